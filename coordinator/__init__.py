@@ -1,0 +1,1 @@
+"""The coordinator: ingest, anomaly scoring, reputation, rounds and robust aggregation."""

@@ -1,0 +1,165 @@
+"""Robust aggregation rules, one per module, listed in an explicit registry.
+
+The registry keys are permanent: operators write them in configs (``byzantine_defense``)
+and they travel in model manifests. Add a rule by adding one line to
+:data:`AGGREGATORS`; the conformance suite then runs it through the shared properties.
+
+Examples
+--------
+>>> import numpy as np
+>>> from coordinator.aggregation import aggregate, build
+>>> updates = np.array([[0.0, 1.0], [1.0, 2.0], [100.0, -100.0]], dtype=np.float32)
+>>> aggregate("coordinate-median", updates)
+array([1., 1.], dtype=float32)
+>>> rule = build("trimmed-mean", trim_fraction=0.34)
+>>> rule(updates).aggregate
+array([1., 1.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final, cast
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from coordinator.aggregation.base import (
+    AggregationDiagnostics,
+    AggregationError,
+    AggregationResult,
+    Aggregator,
+    BreakdownError,
+    StatefulAggregator,
+    UpdateMatrix,
+    UpdateVector,
+)
+from coordinator.aggregation.clipping_vr import ClippingVR
+from coordinator.aggregation.coordinate_median import CoordinateMedian
+from coordinator.aggregation.mean import Mean
+from coordinator.aggregation.trimmed_mean import TrimmedMean
+
+__all__ = [
+    "AGGREGATORS",
+    "STATELESS",
+    "AggregationDiagnostics",
+    "AggregationError",
+    "AggregationResult",
+    "Aggregator",
+    "BreakdownError",
+    "StatefulAggregator",
+    "aggregate",
+    "build",
+    "is_stateful",
+    "parameters",
+]
+
+AGGREGATORS: Final[Mapping[str, type[Aggregator]]] = MappingProxyType(
+    {
+        Mean.name: Mean,
+        CoordinateMedian.name: CoordinateMedian,
+        TrimmedMean.name: TrimmedMean,
+        ClippingVR.name: ClippingVR,
+    }
+)
+"""Every aggregation rule, keyed by its permanent registry name."""
+
+STATELESS: Final[frozenset[str]] = frozenset(
+    name for name, cls in AGGREGATORS.items() if not cls.stateful
+)
+"""Names of the rules whose output depends on the current round only."""
+
+
+def _lookup(name: str) -> type[Aggregator]:
+    try:
+        return AGGREGATORS[name]
+    except KeyError:
+        known = ", ".join(sorted(AGGREGATORS))
+        raise ValueError(f"unknown aggregator {name!r}; known: {known}") from None
+
+
+def parameters(name: str) -> tuple[str, ...]:
+    """Return the hyperparameter names that :func:`build` accepts for rule ``name``.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not in :data:`AGGREGATORS`.
+    """
+    signature = inspect.signature(_lookup(name))
+    return tuple(
+        parameter.name
+        for parameter in signature.parameters.values()
+        if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    )
+
+
+def is_stateful(name: str) -> bool:
+    """Return whether rule ``name`` keeps state across rounds (``ValueError`` if unknown)."""
+    return _lookup(name).stateful
+
+
+def build(name: str, **params: Any) -> Aggregator:
+    """Construct rule ``name`` with hyperparameters ``params``.
+
+    Parameters
+    ----------
+    name:
+        A key of :data:`AGGREGATORS`, e.g. ``"trimmed-mean"``.
+    **params:
+        The rule's hyperparameters (see :func:`parameters`); omitted ones take their
+        defaults.
+
+    Returns
+    -------
+    Aggregator
+        A fresh instance; stateful ones start from an empty state.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the known ones), a parameter the rule does
+        not take (the message lists those it does), or an invalid value (the message
+        names the parameter and the value).
+    """
+    factory = _lookup(name)
+    accepted = parameters(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        listing = ", ".join(accepted) if accepted else "none"
+        raise ValueError(
+            f"aggregator {name!r} takes no parameter {', '.join(unknown)}; it takes: {listing}"
+        )
+    return cast(Callable[..., Aggregator], factory)(**params)
+
+
+def aggregate(
+    name: str, updates: UpdateMatrix, weights: ArrayLike | None = None, **params: Any
+) -> UpdateVector:
+    """Aggregate one round with stateless rule ``name`` and return the float32 ``(d,)`` vector.
+
+    Parameters
+    ----------
+    name:
+        A name in :data:`STATELESS`.
+    updates:
+        float32 ``(n, d)``.
+    weights:
+        Optional non-negative ``(n,)`` weights.
+    **params:
+        The rule's hyperparameters, as for :func:`build`.
+
+    Raises
+    ------
+    ValueError
+        As for :func:`build`, on malformed input, or if the rule is stateful (its state
+        would be thrown away; use :func:`build` and keep the instance).
+    BreakdownError
+        If the rule's breakdown condition fails.
+    """
+    if is_stateful(name):
+        raise ValueError(f"aggregator {name!r} is stateful; build() it and keep the instance")
+    result = build(name, **params)(updates, weights)
+    return np.asarray(result.aggregate, dtype=np.float32)

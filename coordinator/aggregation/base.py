@@ -1,0 +1,249 @@
+"""What every aggregation rule shares: result types, the protocol, errors and input checks.
+
+An aggregation rule turns the ``n`` updates of one round, a float32 matrix of shape
+``(n, d)``, and optional non-negative weights of shape ``(n,)`` (reputations, sample
+counts) into one float32 vector of shape ``(d,)``.
+
+Exceptions::
+
+    AggregationError        base of every failure that is not a malformed input
+    └── BreakdownError      the rule's breakdown condition fails for this round
+                            (too few updates for the number of Byzantines it must tolerate)
+
+Malformed inputs (wrong shape, NaN or Inf, negative weights) raise :class:`ValueError`;
+ingest rejects such updates before they ever reach an aggregator, so here they are
+programming errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeAlias
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "AggregationDiagnostics",
+    "AggregationError",
+    "AggregationResult",
+    "Aggregator",
+    "BreakdownError",
+    "StatefulAggregator",
+    "UpdateMatrix",
+    "UpdateVector",
+    "Weights",
+    "num_byzantine",
+    "row_norms",
+    "validate_fraction",
+    "validate_positive",
+    "validate_positive_int",
+    "validate_updates",
+    "validate_weights",
+]
+
+UpdateMatrix: TypeAlias = NDArray[np.float32]
+"""float32 array of shape ``(n, d)``: one update per row."""
+
+UpdateVector: TypeAlias = NDArray[np.float32]
+"""float32 array of shape ``(d,)``."""
+
+Weights: TypeAlias = NDArray[np.float64]
+"""float64 array of shape ``(n,)``, finite, non-negative, with a positive sum."""
+
+
+class AggregationError(Exception):
+    """Base class of the errors an aggregation rule raises on well-formed input."""
+
+
+class BreakdownError(AggregationError):
+    """The rule's breakdown condition fails: it cannot tolerate the Byzantines it assumes.
+
+    Examples are a trimmed mean asked to drop ``b`` values from each side of ``n <= 2b``
+    values, or Krum with ``n < 2f + 3``.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationDiagnostics:
+    """Per-update signals a rule computes anyway; they feed anomaly scoring and audit.
+
+    Attributes
+    ----------
+    selected:
+        Indices of the updates the rule used, for selection rules (Krum, Multi-Krum,
+        Bulyan); ``None`` for rules that use every update.
+    scores:
+        float64 ``(n,)``: the rule's own suspicion score per update (larger is more
+        suspicious), e.g. Krum scores or distances to the reference; ``None`` if the rule
+        has none.
+    clip_factors:
+        float64 ``(n,)`` in ``[0, 1]``: the factor each update (or its difference to the
+        reference) was scaled by; ``None`` for rules that do not clip.
+    """
+
+    selected: tuple[int, ...] | None = None
+    scores: NDArray[np.float64] | None = None
+    clip_factors: NDArray[np.float64] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationResult:
+    """The outcome of one aggregation.
+
+    Attributes
+    ----------
+    aggregate:
+        float32 ``(d,)``: the aggregated update.
+    diagnostics:
+        What the rule learned about the individual updates on the way.
+    """
+
+    aggregate: UpdateVector
+    diagnostics: AggregationDiagnostics = AggregationDiagnostics()
+
+
+class Aggregator(Protocol):
+    """A robust (or plain) aggregation rule with validated hyperparameters.
+
+    Implementations validate their hyperparameters in ``__init__`` (``ValueError`` naming
+    the parameter and the value) and check their breakdown condition at call time
+    (:class:`BreakdownError`).
+    """
+
+    name: ClassVar[str]
+    """Permanent registry name; it travels in configs and headers, so it never changes."""
+
+    stateful: ClassVar[bool]
+    """Whether the rule keeps state across rounds (then it is a :class:`StatefulAggregator`)."""
+
+    def __call__(
+        self, updates: UpdateMatrix, weights: ArrayLike | None = None
+    ) -> AggregationResult:
+        """Aggregate the float32 ``(n, d)`` updates, optionally weighted by ``(n,)`` weights."""
+        ...
+
+
+class StatefulAggregator(Aggregator, Protocol):
+    """An aggregator whose output depends on earlier rounds (a reference or a centre).
+
+    Its state round-trips through plain values (ints, floats, ``bytes``, ``None``) so the
+    daemon can persist it with msgpack; never pickle.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the state as a dict of plain values."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state produced by :meth:`state_dict` (``ValueError`` if it is invalid)."""
+        ...
+
+
+def validate_updates(updates: ArrayLike) -> UpdateMatrix:
+    """Return ``updates`` as a float32 ``(n, d)`` array after checking it.
+
+    Parameters
+    ----------
+    updates:
+        Real-valued array of shape ``(n, d)`` with ``n >= 1`` and ``d >= 1``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n, d)``; the input itself when it already is C-contiguous float32.
+
+    Raises
+    ------
+    ValueError
+        On a wrong number of dimensions, an empty axis, a non-real dtype, or NaN/Inf
+        (also after the cast to float32, so values beyond float32's range fail too).
+    """
+    array = np.asarray(updates)
+    if array.ndim != 2:
+        raise ValueError(f"updates must have shape (n, d), got shape {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"updates must have n >= 1 and d >= 1, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"updates must be real numbers, got dtype {array.dtype}")
+    matrix = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(matrix).all():
+        raise ValueError("updates contain NaN or Inf (or values beyond float32's range)")
+    return matrix
+
+
+def validate_weights(weights: ArrayLike | None, n: int) -> Weights | None:
+    """Return ``weights`` as float64 ``(n,)`` after checking it, or ``None``.
+
+    Parameters
+    ----------
+    weights:
+        ``None`` (all updates count equally) or ``n`` finite, non-negative numbers with a
+        positive sum. Only ratios matter.
+    n:
+        The number of updates.
+
+    Raises
+    ------
+    ValueError
+        On a wrong shape, NaN/Inf, a negative weight or an all-zero vector.
+    """
+    if weights is None:
+        return None
+    vector = np.asarray(weights, dtype=np.float64)
+    if vector.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), got shape {vector.shape}")
+    if not np.isfinite(vector).all():
+        raise ValueError("weights contain NaN or Inf")
+    if (vector < 0).any():
+        raise ValueError(f"weights must be non-negative, got minimum {vector.min()!r}")
+    if not vector.sum() > 0:
+        raise ValueError("weights must have a positive sum, got all zeros")
+    return vector
+
+
+def row_norms(matrix: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+    """Return the L2 norm of each row of ``matrix`` (shape ``(n, d)``) as float64 ``(n,)``.
+
+    The squares are accumulated in float64, so float32 rows of norm beyond ~1.8e19 do not
+    overflow to Inf.
+    """
+    squares: NDArray[np.float64] = np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64)
+    return np.sqrt(squares)  # (n,)
+
+
+def _as_number(name: str, value: object) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def validate_fraction(name: str, value: object, *, upper: float = 0.5) -> float:
+    """Return ``value`` as a float if ``0 <= value < upper``, else raise ``ValueError``."""
+    number = _as_number(name, value)
+    if not 0.0 <= number < upper:
+        raise ValueError(f"{name} must be in [0, {upper}), got {value!r}")
+    return number
+
+
+def validate_positive(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is finite and ``> 0``, else raise ``ValueError``."""
+    number = _as_number(name, value)
+    if not (np.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
+def validate_positive_int(name: str, value: object) -> int:
+    """Return ``value`` as an int if it is an integer ``>= 1``, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def num_byzantine(n: int, max_byzantine_fraction: float) -> int:
+    """Return ``f = floor(max_byzantine_fraction * n)``, the Byzantines a rule must tolerate."""
+    # A tiny slack so that e.g. 0.2 * 10 = 2.0000000000000004 or 1.9999999999999998 gives 2.
+    return int(np.floor(max_byzantine_fraction * n + 1e-9))

@@ -1,0 +1,170 @@
+"""The coordinator's configuration: a strict, frozen TOML schema.
+
+Keys follow the product vocabulary (DESIGN.md "Contracts") because operators write them in
+``coordinator.toml`` and they appear in round summaries. Unknown keys are errors, so a typo
+never silently falls back to a default. Secrets (the signing key) are files, never values.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from daemon.mqtt import MqttSettings
+from protocol.topics import validate_identifier
+
+__all__ = [
+    "AggregationConfig",
+    "ConfigError",
+    "CoordinatorConfig",
+    "load_coordinator_config",
+]
+
+
+class ConfigError(Exception):
+    """A configuration file is missing, unreadable or invalid (one line, for humans)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AggregationConfig(_Strict):
+    """Hyperparameters of the robust rules (``aggregation_config`` table)."""
+
+    trim_fraction: float = Field(
+        0.2, ge=0.0, lt=0.5, description="trimmed-mean: fraction dropped from each side."
+    )
+    krum_k: int | None = Field(
+        None, ge=1, description="multi-krum: updates averaged (default n - f)."
+    )
+    clip_norm: float | None = Field(
+        None, gt=0, description="norm-clipping: largest update norm kept."
+    )
+    clip_multiplier: float = Field(
+        1.0,
+        gt=0,
+        description="clipping-vr: auto radius = multiplier x median distance to the reference.",
+    )
+
+
+class CoordinatorConfig(_Strict):
+    """Everything ``byzedge coordinator run`` needs."""
+
+    fleet: str = Field(description="Fleet name; the second level of every topic.")
+    name: str = Field("coordinator", description="Sender name in signed model headers.")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    signing_key: Path = Field(description="PEM Ed25519 private key that signs global models.")
+    devices_dir: Path = Field(
+        description="Folder of enrolled devices' public keys, one `<device_id>.pub` each."
+    )
+    state_dir: Path = Field(description="Where state, audit log and round summaries live.")
+    model: str = Field("mlp", description="Registry name of the model architecture.")
+    seed: int = Field(0, description="Seed of the initial model and of cohort sampling.")
+    rounds: int = Field(0, ge=0, description="Rounds to run, then exit; 0 runs forever.")
+    round_timeout_s: float = Field(
+        60.0, gt=0, description="Deadline of a round after its model is published."
+    )
+    min_updates: int = Field(
+        1, ge=1, description="Fewest accepted updates to aggregate; else the round is skipped."
+    )
+    participation_rate: float | None = Field(
+        None, gt=0, le=1, description="Fraction of enrolled devices sampled per round."
+    )
+    devices_per_round: int | None = Field(
+        None, ge=1, description="Number of devices sampled per round (overrides the rate)."
+    )
+    byzantine_defense: str = Field(
+        "clipping-vr", description="Registry name of the robust aggregation rule."
+    )
+    clip_threshold: float | None = Field(
+        None, gt=0, description="clipping-vr radius; automatic (robust) when unset."
+    )
+    max_byzantine_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="Share of Byzantine updates the rule must tolerate."
+    )
+    aggregation_config: AggregationConfig = Field(
+        default_factory=AggregationConfig, description="Per-rule hyperparameters."
+    )
+    server_learning_rate: float = Field(
+        1.0, gt=0, description="Global step: x <- x + rate * aggregate of the deltas."
+    )
+    anomaly_detection: bool = Field(True, description="Score updates and flag outliers.")
+    anomaly_threshold: float = Field(
+        3.0, gt=0, description="Robust z-score above which an update is flagged."
+    )
+    device_reputation: bool = Field(
+        True, description="Weight updates by each device's decaying reputation."
+    )
+    reputation_decay: float = Field(
+        0.95, gt=0, lt=1, description="r <- decay * r + (1 - decay) * (1 if clean else 0)."
+    )
+    audit_logging: bool = Field(True, description="Append a hash-chained audit record per event.")
+    suspicious_device_alerts: bool = Field(
+        True, description="Publish an alert when a device is flagged or rejected."
+    )
+    validation: Literal["digits", "none"] = Field(
+        "digits", description="Held-out set for the round summary's validation accuracy."
+    )
+    max_update_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest reassembled update accepted."
+    )
+    update_ttl_s: float = Field(
+        600.0, gt=0, description="Largest accepted age of an update (created to received)."
+    )
+    model_ttl_s: float = Field(3600.0, gt=0, description="Expiry of a published global model.")
+
+    @model_validator(mode="after")
+    def _check_names(self) -> CoordinatorConfig:
+        validate_identifier(self.fleet, "fleet")
+        validate_identifier(self.name, "coordinator name")
+        return self
+
+
+def load_coordinator_config(
+    path: Path, overrides: dict[str, Any] | None = None
+) -> CoordinatorConfig:
+    """Read ``path`` (TOML), apply ``overrides`` (CLI flags), validate.
+
+    Relative paths in the file are resolved against the file's folder, so a fleet folder
+    can be moved as a whole.
+
+    Raises
+    ------
+    ConfigError
+        With a one-line explanation naming the file and the offending key.
+    """
+    raw = read_toml(path)
+    raw.update(overrides or {})
+    for key in ("signing_key", "devices_dir", "state_dir"):
+        if key in raw and isinstance(raw[key], str):
+            raw[key] = str((path.parent / raw[key]).resolve())
+    try:
+        return CoordinatorConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from exc
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning every failure into a :class:`ConfigError`."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        msg = f"{path}: no such file"
+        raise ConfigError(msg) from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        msg = f"{path}: {exc}"
+        raise ConfigError(msg) from exc
+
+
+def format_validation_error(path: Path, exc: ValidationError) -> str:
+    """One line per problem: ``file: key.path: message``."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"{path}: {where}: {error['msg']}")
+    return "; ".join(lines)

@@ -1,0 +1,236 @@
+"""The fault injector: turns an honest agent into a faulty or malicious one.
+
+The agent calls :meth:`FaultInjector.wrap_source` on its sensor source and appends
+:meth:`FaultInjector.update_stages` to its update pipeline, once, at start-up. An honest
+agent gets an empty injector (the source back unchanged, no stages); the agent never
+asks whether it is compromised.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edge_agent.seams import LocalData, SensorSource, UpdateStage
+from faults._validate import check_non_negative_int
+from faults.attacks import ATTACKS, DataAttack, UpdateAttack
+from faults.errors import FaultConfigError
+from faults.sensors import SENSOR_FAULTS, SensorFault
+
+__all__ = ["FaultInjector", "FaultSpec", "known_fault_names"]
+
+FaultClass = type[SensorFault] | type[DataAttack] | type[UpdateAttack]
+
+# Parameters the injector supplies itself and a spec may not set.
+_RESERVED: Final = frozenset({"self", "source"})
+
+
+def _registry() -> dict[str, FaultClass]:
+    merged: dict[str, FaultClass] = {}
+    merged.update(SENSOR_FAULTS)
+    merged.update(ATTACKS)
+    return merged
+
+
+def known_fault_names() -> list[str]:
+    """Return every registered fault name (sensor faults, then attacks), sorted within each."""
+    return sorted(SENSOR_FAULTS) + sorted(ATTACKS)
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> FaultConfigError:
+    return FaultConfigError(f"unknown {kind} {name!r}; known: {', '.join(known)}")
+
+
+class FaultSpec(BaseModel):
+    """One fault of a plan: a registry name and its hyperparameters.
+
+    Parameters
+    ----------
+    name:
+        A name from ``SENSOR_FAULTS`` or ``ATTACKS``.
+    params:
+        Keyword arguments of that fault's class (the wrapped source excluded).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Permanent name of a sensor fault or an attack.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Hyperparameters of the fault, as keyword arguments of its class.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        if name not in _registry():
+            raise _unknown("fault", name, known_fault_names())
+        return name
+
+
+class _NoSource:
+    """Placeholder source used only to validate data faults' parameters eagerly."""
+
+    def read(self, round_number: int) -> LocalData:
+        msg = "a fault built for validation only cannot be read"
+        raise RuntimeError(msg)
+
+
+def _accepted_params(cls: FaultClass) -> list[str]:
+    signature = inspect.signature(cls.__init__)
+    return [name for name in signature.parameters if name not in _RESERVED]
+
+
+def _derived_seed(seed: int, index: int) -> int:
+    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint32)
+    return int(state[0])
+
+
+class FaultInjector:
+    """Applies a list of faults through the agent's two seams.
+
+    Parameters
+    ----------
+    specs:
+        The faults, as :class:`FaultSpec` or mappings with ``name`` and ``params``. Data
+        faults (sensor faults and data attacks) wrap the source in this order, the first
+        innermost; update attacks run as stages in this order.
+    seed:
+        Non-negative seed of the device. A sensor fault whose params give no ``seed``
+        gets one derived from ``(seed, its index in specs)``.
+
+    Raises
+    ------
+    ValueError
+        (:class:`~faults.errors.FaultConfigError`) for an unknown fault name, a parameter
+        the fault does not take, or a parameter value out of range. Every fault is built
+        once here, so a bad plan fails at construction.
+    """
+
+    def __init__(
+        self, specs: Iterable[FaultSpec | Mapping[str, Any]] = (), *, seed: int = 0
+    ) -> None:
+        self.seed = check_non_negative_int("seed", seed)
+        self.specs: tuple[FaultSpec, ...] = tuple(
+            spec if isinstance(spec, FaultSpec) else FaultSpec.model_validate(spec)
+            for spec in specs
+        )
+        self._data: list[tuple[type[SensorFault] | type[DataAttack], dict[str, Any]]] = []
+        self._stages: list[UpdateAttack] = []
+        registry = _registry()
+        for index, spec in enumerate(self.specs):
+            cls = registry[spec.name]
+            params = dict(spec.params)
+            accepted = _accepted_params(cls)
+            for key, value in params.items():
+                if key not in accepted:
+                    msg = (
+                        f"{spec.name} has no parameter {key!r} (given {value!r}); "
+                        f"accepted: {', '.join(accepted)}"
+                    )
+                    raise FaultConfigError(msg)
+            if issubclass(cls, UpdateAttack):
+                self._stages.append(cls(**params))
+                continue
+            if issubclass(cls, SensorFault):
+                params.setdefault("seed", _derived_seed(self.seed, index))
+            cls(_NoSource(), **params)  # validate now; wrap_source builds the real ones
+            self._data.append((cls, params))
+
+    @classmethod
+    def from_names(
+        cls,
+        attack: str | None = None,
+        sensor_faults: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
+        *,
+        seed: int = 0,
+        attack_params: Mapping[str, Any] | None = None,
+    ) -> FaultInjector:
+        """Build an injector from registry names (the simulator's and CLI's shorthand).
+
+        Parameters
+        ----------
+        attack:
+            A name from ``ATTACKS``, or ``None`` for a device that does not attack.
+        sensor_faults:
+            Names from ``SENSOR_FAULTS`` (default parameters each), or a mapping from
+            such names to their parameters. Applied in order, before the attack.
+        seed:
+            The device's seed (see :class:`FaultInjector`).
+        attack_params:
+            Parameters of ``attack``; defaults when ``None``.
+
+        Returns
+        -------
+        FaultInjector
+            The injector, with the sensor faults first and the attack last.
+
+        Raises
+        ------
+        ValueError
+            If a name is not in the registry it is given for, or a parameter is bad.
+        """
+        if isinstance(sensor_faults, str):
+            sensor_faults = [sensor_faults]
+        if isinstance(sensor_faults, Mapping):
+            pairs = [(name, dict(params)) for name, params in sensor_faults.items()]
+        else:
+            pairs = [(name, {}) for name in sensor_faults]
+        specs: list[FaultSpec] = []
+        for name, params in pairs:
+            if name not in SENSOR_FAULTS:
+                raise _unknown("sensor fault", name, SENSOR_FAULTS)
+            specs.append(FaultSpec(name=name, params=params))
+        if attack is not None:
+            if attack not in ATTACKS:
+                raise _unknown("attack", attack, ATTACKS)
+            specs.append(FaultSpec(name=attack, params=dict(attack_params or {})))
+        elif attack_params:
+            msg = f"attack_params given without an attack: {dict(attack_params)!r}"
+            raise FaultConfigError(msg)
+        return cls(specs, seed=seed)
+
+    def wrap_source(self, source: SensorSource) -> SensorSource:
+        """Return ``source`` wrapped by every data fault (``source`` itself if none).
+
+        Parameters
+        ----------
+        source:
+            The agent's real sensor source.
+
+        Returns
+        -------
+        SensorSource
+            A fresh chain of wrappers on each call (stuck-at state is per chain).
+        """
+        wrapped: SensorSource = source
+        for fault_cls, params in self._data:
+            wrapped = fault_cls(wrapped, **params)
+        return wrapped
+
+    def update_stages(self) -> list[UpdateStage]:
+        """Return the update attacks, in order, to append to the agent's update pipeline."""
+        return list(self._stages)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The registry names of the faults, in order."""
+        return tuple(spec.name for spec in self.specs)
+
+    @property
+    def is_compromised(self) -> bool:
+        """Ground truth for reports: whether any fault (sensor or attack) is injected."""
+        return bool(self.specs)
+
+    @property
+    def is_malicious(self) -> bool:
+        """Ground truth for reports: whether any attack (as opposed to a sensor fault) is on."""
+        return any(name in ATTACKS for name in self.names)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{spec.name}({spec.params!r})" for spec in self.specs)
+        return f"FaultInjector([{inner}], seed={self.seed})"

@@ -1,0 +1,24 @@
+"""Sensor faults: wrappers of the agent's :class:`~edge_agent.seams.SensorSource`.
+
+:data:`SENSOR_FAULTS` maps each permanent name (what fault plans and reports write) to
+its class. Every class is built as ``cls(source, **params)``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from faults.sensors.base import SensorFault
+from faults.sensors.drift import Drift
+from faults.sensors.dropout import Dropout
+from faults.sensors.noise import SensorNoise
+from faults.sensors.stuck_at import StuckAt
+
+__all__ = ["SENSOR_FAULTS", "Drift", "Dropout", "SensorFault", "SensorNoise", "StuckAt"]
+
+SENSOR_FAULTS: Final[dict[str, type[SensorFault]]] = {
+    "stuck-at": StuckAt,
+    "sensor-noise": SensorNoise,
+    "drift": Drift,
+    "dropout": Dropout,
+}

@@ -1,0 +1,77 @@
+"""``dropout``: readings lost in transit, replaced by NaN."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from edge_agent.seams import LocalData, SensorSource
+from faults._validate import check_fraction
+from faults.errors import FaultConfigError
+from faults.sensors.base import SensorFault
+
+__all__ = ["Dropout"]
+
+DropoutUnit = Literal["row", "value"]
+_UNITS: tuple[DropoutUnit, ...] = ("row", "value")
+
+
+class Dropout(SensorFault):
+    """Replace a fraction ``intensity`` of the readings by NaN.
+
+    Parameters
+    ----------
+    source:
+        The wrapped sensor source.
+    intensity:
+        Probability in ``[0, 1]`` that each reading is lost (independently per reading).
+    unit:
+        What one reading is: ``"row"`` (default) drops whole samples (an 8x8 frame lost
+        at once); ``"value"`` drops single channel values.
+    start_round, probability, seed:
+        See :class:`~faults.sensors.base.SensorFault`.
+
+    Notes
+    -----
+    Either way the fraction of NaN values is about ``intensity``. The trainer drops rows
+    that contain NaN, so with ``unit="value"`` even a small intensity loses most rows
+    (a 64-value row survives with probability ``(1 - intensity)^64``).
+    """
+
+    name: ClassVar[str] = "dropout"
+
+    def __init__(
+        self,
+        source: SensorSource,
+        *,
+        intensity: float = 0.1,
+        unit: DropoutUnit = "row",
+        start_round: int = 0,
+        probability: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if unit not in _UNITS:
+            msg = f"unit must be one of {', '.join(_UNITS)}, got {unit!r}"
+            raise FaultConfigError(msg)
+        self.unit: DropoutUnit = unit
+        super().__init__(
+            source,
+            intensity=intensity,
+            start_round=start_round,
+            probability=probability,
+            seed=seed,
+        )
+
+    @staticmethod
+    def _check_intensity(intensity: object) -> float:
+        return check_fraction("intensity", intensity)
+
+    def _apply(self, data: LocalData, round_number: int, rng: np.random.Generator) -> LocalData:
+        features = np.array(data.features, dtype=np.float32, copy=True)
+        if self.unit == "row":
+            lost_rows = rng.random(features.shape[0]) < self.intensity
+            features[lost_rows] = np.nan
+        else:
+            features[rng.random(features.shape) < self.intensity] = np.nan
+        return LocalData(features=features, labels=data.labels)

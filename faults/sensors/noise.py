@@ -1,0 +1,60 @@
+"""``sensor-noise``: additive white Gaussian noise on every reading."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from edge_agent.seams import LocalData, SensorSource
+from faults._validate import check_non_negative
+from faults.sensors.base import SensorFault, as_features
+
+__all__ = ["SensorNoise"]
+
+
+class SensorNoise(SensorFault):
+    """Add i.i.d. Gaussian noise to every reading: ``x' = clip(x + N(0, intensity^2), 0, 1)``.
+
+    Parameters
+    ----------
+    source:
+        The wrapped sensor source.
+    intensity:
+        Standard deviation of the noise (``>= 0``), in the units of the [0, 1] readings.
+    start_round, probability, seed:
+        See :class:`~faults.sensors.base.SensorFault`.
+
+    Notes
+    -----
+    Clipping to [0, 1] shrinks the observed standard deviation for readings near the
+    bounds; NaN readings stay NaN. A fresh noise draw is made per round (deterministic in
+    ``(seed, round)``).
+    """
+
+    name: ClassVar[str] = "sensor-noise"
+
+    def __init__(
+        self,
+        source: SensorSource,
+        *,
+        intensity: float = 0.1,
+        start_round: int = 0,
+        probability: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            source,
+            intensity=intensity,
+            start_round=start_round,
+            probability=probability,
+            seed=seed,
+        )
+
+    @staticmethod
+    def _check_intensity(intensity: object) -> float:
+        return check_non_negative("intensity", intensity)
+
+    def _apply(self, data: LocalData, round_number: int, rng: np.random.Generator) -> LocalData:
+        noise = rng.normal(0.0, self.intensity, size=data.features.shape)
+        return LocalData(features=as_features(data.features + noise), labels=data.labels)

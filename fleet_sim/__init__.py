@@ -1,0 +1,1 @@
+"""Fleet simulator and hardware-in-the-loop harness: brokers, fleets, scenarios, reports."""

@@ -1,0 +1,34 @@
+"""``dense``: raw little-endian float32, 4 bytes per coordinate, lossless."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from protocol.codecs.base import as_update_vector
+from protocol.errors import CodecError
+
+__all__ = ["DenseCodec"]
+
+
+class DenseCodec:
+    """Lossless float32 encoding; the baseline that compression ratios are measured against."""
+
+    name: ClassVar[str] = "dense"
+
+    def encode(self, vector: NDArray[np.float32]) -> bytes:
+        """Return the vector's raw little-endian float32 bytes."""
+        return as_update_vector(vector).tobytes()
+
+    def decode(self, data: bytes, dim: int) -> NDArray[np.float32]:
+        """Read exactly ``dim`` float32 values."""
+        if len(data) != 4 * dim:
+            msg = f"dense body of {len(data)} bytes, expected {4 * dim} for dim {dim}"
+            raise CodecError(msg)
+        values = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        if not np.isfinite(values).all():
+            msg = "dense body holds NaN or infinite values"
+            raise CodecError(msg)
+        return values

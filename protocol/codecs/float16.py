@@ -1,0 +1,45 @@
+"""``float16``: half-precision coordinates, half the bytes of ``dense``.
+
+Values beyond float16's range (65504) saturate instead of becoming infinite, so an honest
+device never sends a non-finite number that the coordinator would have to reject.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from protocol.codecs.base import as_update_vector
+from protocol.errors import CodecError
+
+__all__ = ["FLOAT16_MAX", "Float16Codec", "to_float16"]
+
+FLOAT16_MAX: Final = float(np.finfo(np.float16).max)
+
+
+def to_float16(values: NDArray[np.float32]) -> NDArray[np.float16]:
+    """Cast to little-endian float16, saturating at +-65504 (NaN stays NaN)."""
+    return np.clip(values, -FLOAT16_MAX, FLOAT16_MAX).astype("<f2")
+
+
+class Float16Codec:
+    """Lossy 2-byte encoding; relative error about 1e-3 per coordinate."""
+
+    name: ClassVar[str] = "float16"
+
+    def encode(self, vector: NDArray[np.float32]) -> bytes:
+        """Return the vector's float16 bytes."""
+        return to_float16(as_update_vector(vector)).tobytes()
+
+    def decode(self, data: bytes, dim: int) -> NDArray[np.float32]:
+        """Read exactly ``dim`` float16 values as float32."""
+        if len(data) != 2 * dim:
+            msg = f"float16 body of {len(data)} bytes, expected {2 * dim} for dim {dim}"
+            raise CodecError(msg)
+        values = np.frombuffer(data, dtype="<f2").astype(np.float32)
+        if not np.isfinite(values).all():
+            msg = "float16 body holds NaN or infinite values"
+            raise CodecError(msg)
+        return values

@@ -1,0 +1,110 @@
+"""Every MQTT topic byzedge uses is built and parsed here, and nowhere else.
+
+Layout (MQTT 3.1.1 is enough; all metadata travels in the signed envelope)::
+
+    byzedge/{fleet}/model                      retained, signed global model (coordinator)
+    byzedge/{fleet}/update/{device_id}         a device's signed update, QoS 1
+    byzedge/{fleet}/status/{device_id}         retained device status, last will "offline"
+    byzedge/{fleet}/coordinator/status         JSON round summary (coordinator)
+    byzedge/{fleet}/alerts                     suspicious-device alerts (coordinator)
+"""
+
+from __future__ import annotations
+
+import re
+
+from protocol.errors import TopicError
+
+__all__ = [
+    "PREFIX",
+    "alerts_topic",
+    "coordinator_status_topic",
+    "device_status_topic",
+    "device_status_wildcard",
+    "model_topic",
+    "parse_device_topic",
+    "update_topic",
+    "update_wildcard",
+    "validate_identifier",
+]
+
+PREFIX = "byzedge"
+
+# Identifiers become topic levels, so they must never carry MQTT wildcards or separators.
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_identifier(value: str, what: str = "identifier") -> str:
+    """Return ``value`` if it may be used as a fleet or device id, else raise.
+
+    Raises
+    ------
+    TopicError
+        When the value is empty, longer than 64 characters, or holds anything but
+        letters, digits, ``_``, ``.`` and ``-`` (so never ``/``, ``+`` or ``#``).
+    """
+    if not _IDENTIFIER.fullmatch(value):
+        msg = f"invalid {what} {value!r}: use 1-64 of [A-Za-z0-9_.-], starting alphanumeric"
+        raise TopicError(msg)
+    return value
+
+
+def model_topic(fleet: str) -> str:
+    """Topic of the retained, signed global model."""
+    return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/model"
+
+
+def update_topic(fleet: str, device_id: str) -> str:
+    """Topic on which ``device_id`` publishes its signed updates."""
+    fleet = validate_identifier(fleet, "fleet")
+    return f"{PREFIX}/{fleet}/update/{validate_identifier(device_id, 'device id')}"
+
+
+def update_wildcard(fleet: str) -> str:
+    """Subscription filter matching every device's update topic."""
+    return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/update/+"
+
+
+def device_status_topic(fleet: str, device_id: str) -> str:
+    """Retained status topic of one device (its last will says ``offline``)."""
+    fleet = validate_identifier(fleet, "fleet")
+    return f"{PREFIX}/{fleet}/status/{validate_identifier(device_id, 'device id')}"
+
+
+def device_status_wildcard(fleet: str) -> str:
+    """Subscription filter matching every device's status topic."""
+    return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/status/+"
+
+
+def coordinator_status_topic(fleet: str) -> str:
+    """Topic of the coordinator's JSON round summaries."""
+    return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/coordinator/status"
+
+
+def alerts_topic(fleet: str) -> str:
+    """Topic of suspicious-device alerts."""
+    return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/alerts"
+
+
+def parse_device_topic(topic: str, fleet: str, kind: str) -> str:
+    """Return the device id of ``byzedge/{fleet}/{kind}/{device_id}``.
+
+    Parameters
+    ----------
+    topic:
+        The topic a message arrived on.
+    fleet:
+        The fleet the receiver serves; a topic of another fleet is refused.
+    kind:
+        ``"update"`` or ``"status"``.
+
+    Raises
+    ------
+    TopicError
+        When the topic does not have that exact shape.
+    """
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != PREFIX or parts[1] != fleet or parts[2] != kind:
+        msg = f"unexpected topic {topic!r} for fleet {fleet!r} and kind {kind!r}"
+        raise TopicError(msg)
+    return validate_identifier(parts[3], "device id")
