@@ -241,11 +241,15 @@ class MqttClient:
             raise ValueError(msg)
         frames = split_payload(payload, limit)
         for frame in frames:
-            with self._ack_lock:
-                info = self._client.publish(topic, frame, qos=qos, retain=retain)
-                if qos > 0 and info.mid not in self._acked_early:
-                    self._unacked.add(info.mid)
-                self._acked_early.discard(info.mid)
+            # Never hold our lock while inside paho: its callbacks take paho's locks first
+            # and then ours, so the reverse order here would deadlock.
+            info = self._client.publish(topic, frame, qos=qos, retain=retain)
+            if qos > 0:
+                with self._ack_lock:
+                    if info.mid in self._acked_early:
+                        self._acked_early.discard(info.mid)
+                    else:
+                        self._unacked.add(info.mid)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 _LOGGER.warning(
                     "client %s: publish to %s failed: %s", self.client_id, topic, info.rc

@@ -1,0 +1,1 @@
+"""The edge agent: trains locally, serves with onnxruntime, publishes signed updates."""

@@ -72,8 +72,6 @@ class UpdateStage(Protocol):
     signed). Compromised devices get stages that rewrite the delta (sign flip, noise...).
     """
 
-    def __call__(
-        self, update: NDArray[np.float32], context: RoundContext
-    ) -> NDArray[np.float32]:
+    def __call__(self, update: NDArray[np.float32], context: RoundContext) -> NDArray[np.float32]:
         """Return the (possibly rewritten) float32 update of the same shape."""
         ...

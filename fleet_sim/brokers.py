@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -21,7 +22,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -48,6 +48,8 @@ _STOP_TIMEOUT_S = 10.0
 _PORT_ATTEMPTS = 3
 # Debian installs the daemon in sbin, which is not on a normal user's PATH.
 _MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+# Logged by mosquitto (log_type information) once its listeners are open.
+_RUNNING_MARKER = " running"
 _NOISY_LOGGERS = ("amqtt", "transitions")
 
 _log = logging.getLogger(__name__)
@@ -55,6 +57,10 @@ _log = logging.getLogger(__name__)
 
 class BrokerError(RuntimeError):
     """A broker could not be found, started or parsed from its spec."""
+
+
+class _PortInUseError(BrokerError):
+    """The port was taken between free_port() and the broker's bind(); worth a retry."""
 
 
 class _Runner(Protocol):
@@ -296,9 +302,13 @@ def start_mosquitto(
         runner = _MosquittoProcess(binary, chosen, extra_config, directory, owns_dir=owns_dir)
         try:
             runner.start()
-        except BrokerError as exc:
+        except _PortInUseError as exc:
             last_error = exc
             continue
+        except BrokerError:
+            if owns_dir:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
         return BrokerHandle(_HOST, chosen, "mosquitto", runner=runner, workdir=directory)
     if owns_dir:
         shutil.rmtree(directory, ignore_errors=True)
@@ -319,6 +329,8 @@ def _mosquitto_config(port: int, extra_config: str) -> str:
         "log_type error",
         "log_type warning",
         "log_type notice",
+        # 'information' carries the "running" line that start-up waits for.
+        "log_type information",
     ]
     if os.geteuid() == 0:
         # As root, mosquitto 2 drops to the 'mosquitto' user right after start, before it
@@ -344,6 +356,8 @@ class _MosquittoProcess:
 
     def start(self) -> None:
         with self._log.open("ab") as log:
+            # Only log lines written after this offset belong to this start (restarts append).
+            offset = log.tell()
             # The child keeps its own copy of the descriptor; ours can close right away.
             self._process = subprocess.Popen(
                 [str(self._binary), "-c", str(self._config)],
@@ -353,17 +367,27 @@ class _MosquittoProcess:
             )
         process = self._process
 
-        def alive() -> bool:
-            return process.poll() is None
+        def ready() -> bool:
+            # A port that accepts connections is not proof: someone else may hold it while
+            # our mosquitto is failing with "Address already in use". Wait for mosquitto to
+            # say it runs, then for the port.
+            return _RUNNING_MARKER in self._log_since(offset) and _accepts(_HOST, self._port)
 
-        if not _wait_for_port(_HOST, self._port, _START_TIMEOUT_S, alive):
-            self._terminate()
-            msg = (
-                f"mosquitto did not start on {_HOST}:{self._port} "
-                f"(exit code {process.returncode}); log:\n{self._log_tail()}"
-            )
-            raise BrokerError(msg)
-        _log.debug("mosquitto (pid %d) listening on %s:%d", process.pid, _HOST, self._port)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while process.poll() is None and time.monotonic() < deadline:
+            if ready():
+                _log.debug("mosquitto (pid %d) listening on %s:%d", process.pid, _HOST, self._port)
+                return
+            time.sleep(0.02)
+        self._terminate()
+        tail = "\n".join(self._log_since(offset).splitlines()[-20:]) or "(empty)"
+        msg = (
+            f"mosquitto did not start on {_HOST}:{self._port} "
+            f"(exit code {process.returncode}); log:\n{tail}"
+        )
+        if "Address already in use" in tail:
+            raise _PortInUseError(msg)
+        raise BrokerError(msg)
 
     def stop(self) -> None:
         self._terminate()
@@ -386,24 +410,22 @@ class _MosquittoProcess:
             process.kill()
             process.wait(_STOP_TIMEOUT_S)
 
-    def _log_tail(self, lines: int = 20) -> str:
+    def _log_since(self, offset: int) -> str:
         try:
-            text = self._log.read_text(encoding="utf-8", errors="replace")
+            with self._log.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode("utf-8", errors="replace")
         except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+            return ""
 
 
-def _wait_for_port(host: str, port: int, timeout_s: float, alive: Callable[[], bool]) -> bool:
-    """Poll until ``host:port`` accepts a TCP connection; give up early if not ``alive()``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not alive():
-            return False
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+def _accepts(host: str, port: int) -> bool:
+    """Tell whether ``host:port`` accepts a TCP connection right now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
             return True
-        time.sleep(0.02)
-    return False
+    except OSError:
+        return False
 
 
 # --- embedded amqtt ----------------------------------------------------------------------
@@ -437,12 +459,20 @@ def start_embedded(port: int | None = None) -> BrokerHandle:
         runner = _EmbeddedBroker(chosen)
         try:
             runner.start()
-        except BrokerError as exc:
+        except _PortInUseError as exc:
             last_error = exc
             continue
         return BrokerHandle(_HOST, chosen, "embedded", runner=runner)
     assert last_error is not None  # noqa: S101 - the loop ran at least once
     raise last_error
+
+
+def _caused_by_address_in_use(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _amqtt_broker_class() -> Any:
@@ -481,6 +511,8 @@ class _EmbeddedBroker:
         if error is not None:
             self._thread.join(_STOP_TIMEOUT_S)
             msg = f"embedded broker failed to start on {_HOST}:{self._port}: {error}"
+            if _caused_by_address_in_use(error):
+                raise _PortInUseError(msg) from error
             raise BrokerError(msg) from error
 
     def stop(self) -> None:

@@ -51,12 +51,15 @@ def split_payload(
 ) -> list[bytes]:
     """Return the MQTT messages that carry ``payload``, each at most ``max_message_bytes``.
 
-    A payload that fits is returned alone and unchanged.
+    A payload that fits is returned alone and unchanged, unless it starts with
+    :data:`CHUNK_MAGIC` (it is then chunked, so that the receiver cannot mistake it).
     """
     if max_message_bytes <= _FRAME_OVERHEAD * 2:
         msg = f"max_message_bytes={max_message_bytes} is too small to chunk into"
         raise ValueError(msg)
-    if len(payload) <= max_message_bytes:
+    # A payload that starts like a chunk frame is chunked anyway, or the receiver would
+    # take it for one.
+    if len(payload) <= max_message_bytes and not is_chunk(payload):
         return [payload]
     step = max_message_bytes - _FRAME_OVERHEAD
     count = math.ceil(len(payload) / step)
@@ -112,6 +115,9 @@ class Reassembler:
         timeout_s: float = 60.0,
         clock: Any = time.monotonic,
     ) -> None:
+        if max_pending_per_source < 1:
+            msg = f"max_pending_per_source must be at least 1, got {max_pending_per_source}"
+            raise ValueError(msg)
         self._max_payload_bytes = max_payload_bytes
         self._max_pending = max_pending_per_source
         self._timeout_s = timeout_s

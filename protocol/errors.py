@@ -6,7 +6,7 @@
     ├── EnvelopeError      malformed or truncated framing, bad header fields
     ├── SignatureError     the signature does not verify, or the algorithm is unknown
     ├── ChunkError         a chunk is inconsistent, too large, or reassembly limits are hit
-    ├── CodecError         a body cannot be decoded into a finite vector of the right shape
+    ├── CodecError         a body cannot be decoded into a vector of the right shape
     └── TopicError         a topic or identifier that the contract does not allow
 
 Receivers turn every one of these into a rejection with a reason; none of them ever
@@ -42,7 +42,11 @@ class ChunkError(ProtocolError):
 
 
 class CodecError(ProtocolError):
-    """An update body cannot be decoded into a finite float32 vector of the right size."""
+    """An update body cannot be decoded into a float32 vector of the right size.
+
+    Decoding does not judge the values: a well-formed body may carry NaN or infinities,
+    which the receiver rejects as non-finite.
+    """
 
 
 class TopicError(ProtocolError):

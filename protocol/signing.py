@@ -156,6 +156,8 @@ class SigningKey:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Create with 0600 from the start so the key is never briefly world-readable.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The mode above only applies to a new file: tighten one that already existed.
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(self.to_pem())
         path.with_suffix(".pub").write_bytes(self.verify_key.to_pem())

@@ -36,9 +36,15 @@ from coordinator.aggregation.base import (
     UpdateMatrix,
     UpdateVector,
 )
+from coordinator.aggregation.bulyan import Bulyan
+from coordinator.aggregation.centered_clipping import CenteredClipping
 from coordinator.aggregation.clipping_vr import ClippingVR
 from coordinator.aggregation.coordinate_median import CoordinateMedian
+from coordinator.aggregation.geometric_median import GeometricMedian
+from coordinator.aggregation.krum import Krum
 from coordinator.aggregation.mean import Mean
+from coordinator.aggregation.multi_krum import MultiKrum
+from coordinator.aggregation.norm_clipping import NormClipping
 from coordinator.aggregation.trimmed_mean import TrimmedMean
 
 __all__ = [
@@ -61,6 +67,12 @@ AGGREGATORS: Final[Mapping[str, type[Aggregator]]] = MappingProxyType(
         Mean.name: Mean,
         CoordinateMedian.name: CoordinateMedian,
         TrimmedMean.name: TrimmedMean,
+        Krum.name: Krum,
+        MultiKrum.name: MultiKrum,
+        GeometricMedian.name: GeometricMedian,
+        Bulyan.name: Bulyan,
+        NormClipping.name: NormClipping,
+        CenteredClipping.name: CenteredClipping,
         ClippingVR.name: ClippingVR,
     }
 )

@@ -41,7 +41,11 @@ __all__ = [
     "validate_positive_int",
     "validate_updates",
     "validate_weights",
+    "vector_from_state",
+    "vector_to_state",
 ]
+
+_STATE_VERSION = 1
 
 UpdateMatrix: TypeAlias = NDArray[np.float32]
 """float32 array of shape ``(n, d)``: one update per row."""
@@ -167,7 +171,8 @@ def validate_updates(updates: ArrayLike) -> UpdateMatrix:
         raise ValueError(f"updates must have n >= 1 and d >= 1, got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise ValueError(f"updates must be real numbers, got dtype {array.dtype}")
-    matrix = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # out-of-range values become Inf, rejected just below
+        matrix = np.ascontiguousarray(array, dtype=np.float32)
     if not np.isfinite(matrix).all():
         raise ValueError("updates contain NaN or Inf (or values beyond float32's range)")
     return matrix
@@ -247,3 +252,53 @@ def num_byzantine(n: int, max_byzantine_fraction: float) -> int:
     """Return ``f = floor(max_byzantine_fraction * n)``, the Byzantines a rule must tolerate."""
     # A tiny slack so that e.g. 0.2 * 10 = 2.0000000000000004 or 1.9999999999999998 gives 2.
     return int(np.floor(max_byzantine_fraction * n + 1e-9))
+
+
+def vector_to_state(vector: UpdateVector | None, rounds: int, key: str) -> dict[str, Any]:
+    """Encode a stateful rule's vector (reference, centre) and round count as plain values.
+
+    Returns ``{"version": 1, "rounds": rounds, "dim": d, key: bytes | None}`` where
+    ``key`` (e.g. ``"reference"``) holds the little-endian float32 bytes of the vector
+    (``None``, with ``dim`` 0, before the first round).
+    """
+    return {
+        "version": _STATE_VERSION,
+        "rounds": rounds,
+        "dim": 0 if vector is None else int(vector.shape[0]),
+        key: None if vector is None else vector.astype("<f4").tobytes(),
+    }
+
+
+def vector_from_state(
+    rule: str, state: Mapping[str, Any], key: str
+) -> tuple[UpdateVector | None, int]:
+    """Decode what :func:`vector_to_state` produced into ``(vector, rounds)``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown version, a negative round count, a byte length that does not match
+        ``dim``, or a non-finite vector; the message starts with ``"{rule} state"``.
+    """
+    version = state.get("version")
+    if version != _STATE_VERSION:
+        raise ValueError(f"{rule} state version must be {_STATE_VERSION}, got {version!r}")
+    rounds = state.get("rounds")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"{rule} state rounds must be an integer >= 0, got {rounds!r}")
+    dim = state.get("dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+        raise ValueError(f"{rule} state dim must be an integer >= 0, got {dim!r}")
+    raw = state.get(key)
+    if raw is None:
+        if dim != 0:
+            raise ValueError(f"{rule} state has dim={dim} but no {key}")
+        return None, rounds
+    if not isinstance(raw, bytes | bytearray | memoryview) or dim < 1:
+        raise ValueError(f"{rule} state {key} must be float32 bytes with dim >= 1")
+    if len(raw) != 4 * dim:
+        raise ValueError(f"{rule} state {key} has {len(raw)} bytes, expected {4 * dim}")
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise ValueError(f"{rule} state {key} contains NaN or Inf")
+    return vector, rounds

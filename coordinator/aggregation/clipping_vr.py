@@ -24,11 +24,11 @@ from coordinator.aggregation.base import (
     validate_positive,
     validate_updates,
     validate_weights,
+    vector_from_state,
+    vector_to_state,
 )
 
 __all__ = ["ClippingVR", "clip_factors", "clipped_difference_mean"]
-
-_STATE_VERSION = 1
 
 
 def clip_factors(norms: NDArray[np.float64], threshold: float) -> NDArray[np.float64]:
@@ -182,16 +182,10 @@ class ClippingVR:
     def state_dict(self) -> dict[str, Any]:
         """Return ``{"version", "rounds", "dim", "reference"}`` as plain values.
 
-        ``reference`` is the little-endian float32 bytes of the reference, or ``None``
-        before the first round (then ``dim`` is 0).
+        ``reference`` is the reference as little-endian float32 bytes, or ``None`` before
+        the first round (then ``dim`` is 0).
         """
-        reference = self._reference
-        return {
-            "version": _STATE_VERSION,
-            "rounds": self._rounds,
-            "dim": 0 if reference is None else int(reference.shape[0]),
-            "reference": None if reference is None else reference.astype("<f4").tobytes(),
-        }
+        return vector_to_state(self._reference, self._rounds, "reference")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state produced by :meth:`state_dict`.
@@ -202,32 +196,7 @@ class ClippingVR:
             On an unknown version, a negative round count, a byte length that does not
             match ``dim``, or a non-finite reference. The current state is kept then.
         """
-        version = state.get("version")
-        if version != _STATE_VERSION:
-            raise ValueError(f"clipping-vr state version must be {_STATE_VERSION}, got {version!r}")
-        rounds = state.get("rounds")
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-            raise ValueError(f"clipping-vr state rounds must be an integer >= 0, got {rounds!r}")
-        dim = state.get("dim")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-            raise ValueError(f"clipping-vr state dim must be an integer >= 0, got {dim!r}")
-        raw = state.get("reference")
-        if raw is None:
-            if dim != 0:
-                raise ValueError(f"clipping-vr state has dim={dim} but no reference")
-            reference = None
-        else:
-            if not isinstance(raw, bytes | bytearray | memoryview) or dim < 1:
-                raise ValueError("clipping-vr state reference must be float32 bytes with dim >= 1")
-            if len(raw) != 4 * dim:
-                raise ValueError(
-                    f"clipping-vr state reference has {len(raw)} bytes, expected {4 * dim}"
-                )
-            reference = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-            if not np.isfinite(reference).all():
-                raise ValueError("clipping-vr state reference contains NaN or Inf")
-        self._reference = reference
-        self._rounds = rounds
+        self._reference, self._rounds = vector_from_state(self.name, state, "reference")
         self._last_threshold = None
 
     def __repr__(self) -> str:

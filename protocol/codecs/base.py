@@ -26,7 +26,10 @@ class Codec(Protocol):
         ...
 
     def decode(self, data: bytes, dim: int) -> NDArray[np.float32]:
-        """Decode bytes into a float32 vector of shape ``(dim,)``; raise ``CodecError``."""
+        """Decode bytes into a float32 vector of shape ``(dim,)``; raise ``CodecError``.
+
+        Only the framing is checked: NaN and infinities come through as they were sent.
+        """
         ...
 
 

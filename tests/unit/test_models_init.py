@@ -4,8 +4,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from models import MODELS, fan_in_bounds, get_model_spec, initial_parameters
+from models.torch_modules import build_module
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -41,9 +43,6 @@ def test_bias_bound_uses_the_weights_fan_in_like_torch() -> None:
 
 
 def test_initial_parameters_match_torch_default_init_bounds() -> None:
-    torch = pytest.importorskip("torch")
-    from models.torch_modules import build_module
-
     spec = get_model_spec("cnn")
     bounds = fan_in_bounds(spec)
     for pname, p in build_module(spec).named_parameters():

@@ -27,7 +27,7 @@ def test_every_model_takes_64_flat_inputs_and_has_10_classes(name: str) -> None:
 
 
 def test_unknown_model_name_error_lists_known_names() -> None:
-    with pytest.raises(ValueError, match="unknown model 'resnet'.*cnn, mlp"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'.*cnn, mlp"):
         get_model_spec("resnet")
 
 
@@ -50,7 +50,7 @@ def test_split_rejects_wrong_length_naming_both_lengths() -> None:
 def test_split_rejects_float64_vectors() -> None:
     spec = get_model_spec("cnn")
     with pytest.raises(ValueError, match="float32"):
-        spec.split(np.zeros(spec.dim, dtype=np.float64))  # type: ignore[arg-type]
+        spec.split(np.zeros(spec.dim, dtype=np.float64))
 
 
 def test_split_rejects_two_dimensional_input() -> None:

@@ -45,7 +45,7 @@ def test_train_local_returns_a_float32_delta_of_dim(mlp: ModelSpec, digits: Digi
 def test_local_training_lowers_the_training_loss(mlp: ModelSpec, digits: DigitsSplit) -> None:
     init = initial_parameters(mlp, np.random.default_rng(0))
     data = LocalData(digits.train_x[:300], digits.train_y[:300])
-    delta = train_local(mlp, init, data, TrainingConfig(epochs=2), seed=0)
+    delta = train_local(mlp, init, data, TrainingConfig(epochs=5), seed=0)
     before = OnnxClassifier(export_onnx(mlp, init)).logits(data.features)
     after = OnnxClassifier(export_onnx(mlp, init + delta)).logits(data.features)
     assert _cross_entropy(after, data.labels) < 0.7 * _cross_entropy(before, data.labels)

@@ -1,0 +1,5 @@
+"""``python -m byzedge``."""
+
+from byzedge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``byzedge``, each with ``main(argv) -> int``."""

@@ -1,0 +1,135 @@
+"""``byzedge agent run | infer | check-config``.
+
+``infer`` uses onnxruntime only: it never imports torch, so a device can serve predictions
+with the global model even where training is disabled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from byzedge.commands._common import fail
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The agent's subcommands."""
+    parser = argparse.ArgumentParser(prog="byzedge agent", description="The edge agent.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="train and publish signed updates, round after round")
+    run.add_argument("--config", type=Path, required=True, help="agent.toml")
+    run.add_argument("--fault-plan", type=Path, help="fault plan TOML (hardware-in-the-loop)")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
+    infer = sub.add_parser("infer", help="predict with the current global model (onnxruntime)")
+    infer.add_argument("--config", type=Path, required=True, help="agent.toml")
+    infer.add_argument(
+        "--input",
+        type=Path,
+        help=".npy (m, 64) or CSV of 64 readings per line; default: the digits test set",
+    )
+    check = sub.add_parser("check-config", help="validate agent.toml and its key files")
+    check.add_argument("--config", type=Path, required=True, help="agent.toml")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of ``byzedge agent``."""
+    args = build_parser().parse_args(argv)
+    from coordinator.config import ConfigError  # noqa: PLC0415
+    from edge_agent.config import load_agent_config  # noqa: PLC0415
+
+    overrides = {"fault_plan": str(args.fault_plan)} if getattr(args, "fault_plan", None) else {}
+    try:
+        config = load_agent_config(args.config, overrides)
+    except ConfigError as exc:
+        return fail("agent", str(exc))
+    if args.action == "infer":
+        return _infer(config.state_dir, args.input)
+    from protocol.errors import ProtocolError  # noqa: PLC0415
+    from protocol.signing import SigningKey, VerifyKey  # noqa: PLC0415
+
+    try:
+        signing_key = SigningKey.load(config.signing_key)
+        coordinator_key = VerifyKey.load(config.coordinator_key)
+    except (OSError, ProtocolError) as exc:
+        return fail("agent", f"cannot load keys: {exc}")
+    if args.action == "check-config":
+        print(f"{args.config}: ok (device {config.device_id}, key {signing_key.key_id})")
+        return 0
+    return _run(config, signing_key, coordinator_key, args.log_level)
+
+
+def _run(config: object, signing_key: object, coordinator_key: object, level: str) -> int:
+    from daemon.logging import configure_logging, running_under_journald  # noqa: PLC0415
+    from daemon.signals import install_signal_handlers  # noqa: PLC0415
+    from edge_agent.config import AgentConfig  # noqa: PLC0415
+    from edge_agent.sensors import build_source  # noqa: PLC0415
+    from edge_agent.service import Agent  # noqa: PLC0415
+    from faults import FaultInjector  # noqa: PLC0415
+    from faults.plan import load_fault_plan  # noqa: PLC0415
+    from protocol.signing import SigningKey, VerifyKey  # noqa: PLC0415
+
+    assert isinstance(config, AgentConfig)  # noqa: S101 - narrowing for mypy
+    assert isinstance(signing_key, SigningKey)  # noqa: S101
+    assert isinstance(coordinator_key, VerifyKey)  # noqa: S101
+    configure_logging(level, journald=running_under_journald())
+    injector = FaultInjector(seed=config.seed)
+    if config.fault_plan is not None:
+        try:
+            injector = load_fault_plan(config.fault_plan, config.device_id)
+        except (OSError, ValueError) as exc:
+            return fail("agent", f"fault plan {config.fault_plan}: {exc}")
+        logging.getLogger(__name__).warning(
+            "device %s: fault injection active: %s", config.device_id, injector.names
+        )
+    agent = Agent(
+        config,
+        signing_key=signing_key,
+        coordinator_key=coordinator_key,
+        source=injector.wrap_source(build_source(config.data)),
+        stages=injector.update_stages(),
+    )
+    with install_signal_handlers() as signals:
+        return agent.run(signals.stop)
+
+
+def _infer(state_dir: Path, input_path: Path | None) -> int:
+    import numpy as np  # noqa: PLC0415
+
+    from edge_agent.model_store import ModelStore  # noqa: PLC0415
+
+    store = ModelStore(state_dir)
+    info = store.info()
+    if info is None:
+        return fail("agent", f"no global model in {state_dir} yet; run the agent first", 1)
+    if input_path is None:
+        from models.datasets import load_digits_split  # noqa: PLC0415
+
+        split = load_digits_split()
+        features, labels = split.test_x, split.test_y
+    elif input_path.suffix == ".npy":
+        features, labels = np.load(input_path, allow_pickle=False).astype(np.float32), None
+    else:
+        features, labels = np.loadtxt(input_path, delimiter=",", dtype=np.float32, ndmin=2), None
+    classifier = store.classifier()
+    try:
+        predictions = classifier.predict(features)
+    except ValueError as exc:
+        return fail("agent", f"bad input: {exc}")
+    report: dict[str, object] = {
+        "model": info.model,
+        "round": info.round,
+        "version": info.version,
+        "predictions": predictions.tolist(),
+    }
+    if labels is not None:
+        report["accuracy"] = round(float(np.mean(predictions == labels)), 4)
+    json.dump(report, sys.stdout)
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,90 @@
+"""Multi-Krum.
+
+Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with Adversaries: Byzantine
+Tolerant Gradient Descent", NeurIPS 2017 (section 5, "m-Krum").
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from numpy.typing import ArrayLike
+
+from coordinator.aggregation.base import (
+    AggregationDiagnostics,
+    AggregationResult,
+    UpdateMatrix,
+    num_byzantine,
+    validate_fraction,
+    validate_positive_int,
+    validate_updates,
+    validate_weights,
+)
+from coordinator.aggregation.krum import (
+    check_krum_condition,
+    krum_scores,
+    pairwise_squared_distances,
+    select_lowest,
+)
+from coordinator.aggregation.mean import weighted_mean
+
+__all__ = ["MultiKrum"]
+
+
+class MultiKrum:
+    """Multi-Krum: the (weighted) mean of the ``m`` updates with the lowest Krum scores.
+
+    Scores as in :class:`~coordinator.aggregation.krum.Krum` (``n - f - 2`` nearest,
+    ``f = floor(max_byzantine_fraction * n)``); the output averages the ``m`` best,
+    ``m = min(krum_k, n - f)`` (``n - f`` when ``krum_k`` is unset, as in ByzFL), with their
+    weights. Capping at ``n - f`` keeps a round with few reports from averaging in updates
+    that are likely Byzantine. Needs ``n >= 2f + 3`` (breakdown condition). With ``m = 1``
+    it is Krum.
+
+    Parameters
+    ----------
+    max_byzantine_fraction:
+        Upper bound on the Byzantine fraction, in ``[0, 0.5)``.
+    krum_k:
+        Number of updates averaged, ``>= 1``, or ``None`` for ``n - f``.
+
+    Notes
+    -----
+    The diagnostics hold the selected indices (increasing) and the Krum scores.
+    """
+
+    name: ClassVar[str] = "multi-krum"
+    stateful: ClassVar[bool] = False
+
+    def __init__(self, max_byzantine_fraction: float = 0.2, krum_k: int | None = None) -> None:
+        self.max_byzantine_fraction = validate_fraction(
+            "max_byzantine_fraction", max_byzantine_fraction
+        )
+        self.krum_k = None if krum_k is None else validate_positive_int("krum_k", krum_k)
+
+    def __call__(
+        self, updates: UpdateMatrix, weights: ArrayLike | None = None
+    ) -> AggregationResult:
+        """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
+        matrix = validate_updates(updates)
+        vector = validate_weights(weights, len(matrix))
+        n = len(matrix)
+        f = num_byzantine(n, self.max_byzantine_fraction)
+        check_krum_condition(self.name, n, f)
+        scores = krum_scores(pairwise_squared_distances(matrix), n - f - 2)  # (n,)
+        m = n - f if self.krum_k is None else min(self.krum_k, n - f)
+        chosen = select_lowest(scores, matrix, m)  # (m,)
+        chosen_weights = None if vector is None else vector[chosen]
+        if chosen_weights is not None and not chosen_weights.sum() > 0:
+            chosen_weights = None  # every selected update has weight 0: average them plainly
+        aggregate = weighted_mean(matrix[chosen], chosen_weights)
+        selected = tuple(int(i) for i in chosen)
+        return AggregationResult(
+            aggregate, AggregationDiagnostics(selected=selected, scores=scores)
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiKrum(max_byzantine_fraction={self.max_byzantine_fraction!r}, "
+            f"krum_k={self.krum_k!r})"
+        )

@@ -1,0 +1,145 @@
+"""The agent's configuration: a strict, frozen TOML schema (``agent.toml``).
+
+The device's private key is a file path (under systemd, ``$CREDENTIALS_DIRECTORY``), never
+a value in this file. Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from coordinator.config import ConfigError, format_validation_error, read_toml
+from daemon.mqtt import MqttSettings
+from protocol.codecs import CODECS
+from protocol.topics import validate_identifier
+
+__all__ = [
+    "AgentConfig",
+    "DataConfig",
+    "EligibilityConfig",
+    "TrainingSettings",
+    "load_agent_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Where the device's local training data comes from."""
+
+    source: Literal["digits", "npz"] = Field(
+        "digits",
+        description="`digits`: one shard of sklearn's bundled digits; `npz`: a file of "
+        "`features` (m, 64) float32 in [0, 1] and `labels` (m,) int.",
+    )
+    path: Path | None = Field(None, description="The .npz file, for source = 'npz'.")
+    partition: Literal["iid", "dirichlet"] = Field("iid", description="How digits are dealt.")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (partition only).")
+    num_partitions: int = Field(20, ge=1, description="Number of shards the digits are cut in.")
+    partition_index: int = Field(0, ge=0, description="This device's shard.")
+    seed: int = Field(0, description="Seed of the partition (the same on every device).")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source == "npz" and self.path is None:
+            msg = "data.path is required when data.source = 'npz'"
+            raise ValueError(msg)
+        if self.partition_index >= self.num_partitions:
+            msg = f"partition_index {self.partition_index} >= num_partitions"
+            raise ValueError(msg)
+        return self
+
+
+class TrainingSettings(_Strict):
+    """Local training hyperparameters."""
+
+    epochs: int = Field(1, ge=1, le=100, description="Local epochs per round (E).")
+    learning_rate: float = Field(0.1, gt=0, description="Local SGD step size.")
+    batch_size: int = Field(16, ge=1, description="Local mini-batch size.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="Local SGD momentum.")
+
+
+class EligibilityConfig(_Strict):
+    """When the device may train; unset limits are not checked."""
+
+    max_cpu_percent: float | None = Field(
+        None, gt=0, le=100, description="Skip the round when CPU use is above this."
+    )
+    min_available_memory_mb: float | None = Field(
+        64.0, ge=0, description="Skip the round when less memory than this is free."
+    )
+    max_temperature_c: float | None = Field(
+        80.0, description="Skip the round when the hottest sensor is above this."
+    )
+    min_battery_percent: float | None = Field(
+        None, ge=0, le=100, description="Skip the round on battery below this."
+    )
+
+
+class AgentConfig(_Strict):
+    """Everything ``byzedge agent run`` needs."""
+
+    fleet: str = Field(description="Fleet name; the second level of every topic.")
+    device_id: str = Field(description="This device's enrolled id.")
+    signing_key: Path = Field(description="PEM Ed25519 private key of this device.")
+    coordinator_key: Path = Field(description="PEM public key that signs global models.")
+    state_dir: Path = Field(description="Where the current model and agent state live.")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    model: str = Field("mlp", description="Architecture the fleet trains (must match).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Local data source.")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, description="Local training."
+    )
+    compression: str = Field("dense", description="Update codec: dense, float16 or top-k.")
+    sparsity: float = Field(0.1, gt=0, le=1, description="top-k: fraction of coordinates sent.")
+    error_feedback: bool = Field(
+        True, description="Keep what compression dropped and add it to the next update."
+    )
+    eligibility: EligibilityConfig = Field(
+        default_factory=EligibilityConfig, description="Training eligibility rules."
+    )
+    status_interval_s: float = Field(30.0, gt=0, description="Telemetry status period.")
+    fault_plan: Path | None = Field(
+        None, description="Fault plan (TOML) that turns this agent into a faulty one (HIL)."
+    )
+    seed: int = Field(0, description="Seed of local shuffling and of any injected faults.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentConfig:
+        validate_identifier(self.fleet, "fleet")
+        validate_identifier(self.device_id, "device id")
+        if self.compression not in CODECS:
+            known = ", ".join(sorted(CODECS))
+            msg = f"unknown compression {self.compression!r}; known: {known}"
+            raise ValueError(msg)
+        return self
+
+
+_PATH_KEYS = ("signing_key", "coordinator_key", "state_dir", "fault_plan")
+
+
+def load_agent_config(path: Path, overrides: dict[str, Any] | None = None) -> AgentConfig:
+    """Read ``path`` (TOML), apply ``overrides`` (CLI flags), validate.
+
+    Raises
+    ------
+    ConfigError
+        With one line per problem, naming the file and the key.
+    """
+    raw = read_toml(path)
+    raw.update(overrides or {})
+    for key in _PATH_KEYS:
+        if isinstance(raw.get(key), str):
+            raw[key] = str((path.parent / raw[key]).resolve())
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        data["path"] = str((path.parent / data["path"]).resolve())
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from exc

@@ -1,0 +1,101 @@
+"""From a trained delta to signed MQTT bytes: stages -> compression with error feedback -> seal.
+
+Error feedback (Seide et al. 2014; Karimireddy et al. ICML 2019): with a lossy codec ``C``
+the device sends ``C(p)`` where ``p = u + e`` and keeps ``e <- p - decode(C(p))``, so what
+compression drops this round is sent in a later one instead of being lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.seams import RoundContext, UpdateStage
+from protocol.codecs import Codec, build_codec
+from protocol.envelope import Header, SealedEnvelope, seal
+from protocol.signing import SigningKey
+
+__all__ = ["PreparedUpdate", "UpdatePipeline"]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedUpdate:
+    """A sealed update and what it cost."""
+
+    envelope: SealedEnvelope
+    wire_bytes: bytes
+
+
+class UpdatePipeline:
+    """Stages, then compression with error feedback, then the signature.
+
+    Parameters
+    ----------
+    codec_name, sparsity:
+        The codec (``compression`` in the config) and its sparsity for ``top-k``.
+    error_feedback:
+        Keep and re-send what a lossy codec dropped.
+    stages:
+        Update stages run first (empty for an honest device; the fault injector's
+        attacks otherwise).
+    """
+
+    def __init__(
+        self,
+        codec_name: str,
+        *,
+        sparsity: float = 0.1,
+        error_feedback: bool = True,
+        stages: Sequence[UpdateStage] = (),
+    ) -> None:
+        params = {"sparsity": sparsity} if codec_name == "top-k" else {}
+        self.codec: Codec = build_codec(codec_name, **params)
+        self._error_feedback = error_feedback and codec_name != "dense"
+        self._stages = list(stages)
+        self.residual: NDArray[np.float32] | None = None
+
+    def prepare(
+        self,
+        delta: NDArray[np.float32],
+        context: RoundContext,
+        *,
+        key: SigningKey,
+        fleet: str,
+        base_version: int,
+        counter: int,
+        ttl_s: float = 600.0,
+    ) -> PreparedUpdate:
+        """Run the stages, compress, sign; update the error-feedback residual."""
+        update = delta
+        for stage in self._stages:
+            update = stage(update, context)
+        update = np.asarray(update, dtype=np.float32)
+        if self._error_feedback and self.residual is not None:
+            if self.residual.shape == update.shape:
+                update = update + self.residual
+            else:  # the model changed shape: old residual is meaningless
+                self.residual = None
+        body = self.codec.encode(update)
+        if self._error_feedback:
+            sent = self.codec.decode(body, update.shape[0])
+            # Non-finite values (a broken stage) must not poison every later round.
+            self.residual = np.nan_to_num(update - sent, nan=0.0, posinf=0.0, neginf=0.0)
+        created_ms = int(time.time() * 1000)
+        header = Header(
+            kind="update",
+            fleet=fleet,
+            sender=context.device_id,
+            round=context.round,
+            base_version=base_version,
+            codec=self.codec.name,
+            dim=int(update.shape[0]),
+            counter=counter,
+            created_ms=created_ms,
+            expires_ms=created_ms + int(ttl_s * 1000),
+        )
+        envelope = seal(header, body, key)
+        return PreparedUpdate(envelope=envelope, wire_bytes=envelope.to_bytes())

@@ -1,0 +1,315 @@
+"""The agent daemon: receive the signed model, train when eligible, publish a signed update.
+
+Threads: paho's network thread only queues incoming models; the thread that calls
+:meth:`Agent.run` verifies, trains (torch, imported lazily so inference-only use never
+loads it), compresses, signs and publishes. When several models queue up while training,
+only the newest is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from daemon import systemd
+from daemon.mqtt import MqttClient, Will
+from daemon.store import AtomicStore
+from edge_agent.config import AgentConfig
+from edge_agent.model_store import ModelInfo, ModelStore
+from edge_agent.pipeline import UpdatePipeline
+from edge_agent.seams import RoundContext, SensorSource, UpdateStage
+from edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
+from models import get_model_spec
+from protocol import topics
+from protocol.errors import ProtocolError
+from protocol.manifest import GlobalModel, open_global_model
+from protocol.signing import SigningKey, VerifyKey
+
+__all__ = ["Agent"]
+
+_LOGGER = logging.getLogger(__name__)
+_MAX_MODEL_BYTES = 64 * 1024 * 1024
+
+
+class Agent:
+    """One edge device's federated-learning loop.
+
+    Parameters
+    ----------
+    config:
+        The validated configuration.
+    signing_key:
+        The device's private key (loaded from a file by the caller).
+    coordinator_key:
+        The only key whose models this agent accepts.
+    source:
+        Where local data comes from (possibly wrapped by the fault injector).
+    stages:
+        Update stages (the fault injector's attacks; empty for an honest device).
+    telemetry:
+        Reads the device's state; psutil by default, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        signing_key: SigningKey,
+        coordinator_key: VerifyKey,
+        source: SensorSource,
+        stages: Sequence[UpdateStage] = (),
+        telemetry: Callable[[], TelemetrySnapshot] = read_telemetry,
+    ) -> None:
+        self.config = config
+        self._key = signing_key
+        self._coordinator_key = coordinator_key
+        self._source = source
+        self._telemetry = telemetry
+        self._spec = get_model_spec(config.model)
+        self._pipeline = UpdatePipeline(
+            config.compression,
+            sparsity=config.sparsity,
+            error_feedback=config.error_feedback,
+            stages=stages,
+        )
+        self._inbox: queue.Queue[bytes] = queue.Queue(maxsize=64)
+        self._store = AtomicStore(config.state_dir / "agent.state")
+        self._models = ModelStore(config.state_dir)
+        self._state: dict[str, Any] = self._load_state()
+        self._device_salt = zlib.crc32(config.device_id.encode())
+        self.refused_models = 0
+        self.updates_sent = 0
+        self.last_status: dict[str, Any] = {}
+        self._status_topic = topics.device_status_topic(config.fleet, config.device_id)
+        self._client = MqttClient(
+            config.mqtt,
+            config.device_id,
+            on_message=self._enqueue,
+            subscriptions=[(topics.model_topic(config.fleet), 1)],
+            will=Will(self._status_topic, self._status_bytes("offline")),
+            on_connect=lambda: self._publish_status("online"),
+            seed=config.seed + self._device_salt,
+        )
+
+    # -- state -------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any]:
+        state = self._store.load() or {}
+        residual = state.get("residual")
+        if isinstance(residual, bytes) and len(residual) == 4 * self._spec.dim:
+            self._pipeline.residual = np.frombuffer(residual, dtype="<f4").astype(np.float32)
+        return {
+            "model_counter": int(state.get("model_counter", -1)),
+            "model_version": int(state.get("model_version", -1)),
+            "update_counter": int(state.get("update_counter", 0)),
+        }
+
+    def _save_state(self) -> None:
+        residual = self._pipeline.residual
+        self._store.save(
+            {
+                **self._state,
+                "residual": residual.astype("<f4").tobytes() if residual is not None else None,
+            }
+        )
+
+    # -- main loop ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        """Serve rounds until ``stop`` is set; return the exit code (0)."""
+        stop = stop or threading.Event()
+        self._client.start(wait_s=None)
+        systemd.notify_ready(f"device {self.config.device_id}")
+        next_status = time.monotonic() + self.config.status_interval_s
+        try:
+            while not stop.is_set():
+                systemd.notify_watchdog()
+                try:
+                    payload = self._inbox.get(timeout=0.25)
+                except queue.Empty:
+                    payload = None
+                if payload is not None:
+                    self._handle_model(self._newest(payload))
+                if time.monotonic() >= next_status:
+                    self._publish_status("online")
+                    next_status = time.monotonic() + self.config.status_interval_s
+        finally:
+            systemd.notify_stopping()
+            self._publish_status("offline")
+            self._client.stop()
+        return 0
+
+    def kill(self) -> None:
+        """Drop the broker connection abruptly, as a power cut would (tests)."""
+        self._client.kill()
+
+    @property
+    def connected(self) -> threading.Event:
+        """Set while the MQTT connection is up."""
+        return self._client.connected
+
+    def _enqueue(self, _topic: str, payload: bytes) -> None:
+        try:
+            self._inbox.put_nowait(payload)
+        except queue.Full:  # we only ever use the newest model anyway
+            _LOGGER.warning("device %s: model inbox full, dropping", self.config.device_id)
+
+    def _newest(self, payload: bytes) -> bytes:
+        while True:
+            try:
+                payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return payload
+
+    # -- one model ---------------------------------------------------------------------
+
+    def _handle_model(self, payload: bytes) -> None:
+        device = self.config.device_id
+        try:
+            model = open_global_model(
+                payload,
+                self._coordinator_key,
+                fleet=self.config.fleet,
+                max_bytes=_MAX_MODEL_BYTES,
+            )
+        except ProtocolError as exc:
+            self.refused_models += 1
+            _LOGGER.warning("device %s: refusing global model: %s", device, exc)
+            return
+        if model.counter <= self._state["model_counter"]:
+            return  # a retained copy we already handled, or a replay
+        if model.version < self._state["model_version"]:
+            self.refused_models += 1
+            _LOGGER.warning(
+                "device %s round %d: refusing rollback to model %d (holding %d)",
+                device,
+                model.round,
+                model.version,
+                self._state["model_version"],
+            )
+            return
+        if model.model != self.config.model or model.params.shape != (self._spec.dim,):
+            self.refused_models += 1
+            _LOGGER.warning(
+                "device %s: refusing model %r of dim %d", device, model.model, model.params.size
+            )
+            return
+        self._state["model_counter"] = model.counter
+        self._state["model_version"] = model.version
+        self._models.save(
+            ModelInfo(model.model, model.round, model.version, model.sha256), model.params
+        )
+        if model.includes(device):
+            self._train_and_publish(model)
+        self._save_state()
+
+    def _train_and_publish(self, model: GlobalModel) -> None:
+        device = self.config.device_id
+        snapshot = self._telemetry()
+        eligibility = check_eligibility(snapshot, self.config.eligibility)
+        if not eligibility.eligible:
+            _LOGGER.info(
+                "device %s round %d: not training (%s)", device, model.round, eligibility.reason
+            )
+            self._publish_status("busy", snapshot, reason=eligibility.reason)
+            return
+        self._publish_status("training", snapshot, round_number=model.round)
+        # One seed per (fleet seed, device, round): training and attack stages repeat exactly.
+        seed_seq = np.random.SeedSequence([self.config.seed, self._device_salt, model.round])
+        delta = self._train(model, seed=int(seed_seq.generate_state(1)[0]))
+        counter = max(self._state["update_counter"] + 1, time.time_ns() // 1000)
+        self._state["update_counter"] = counter
+        context = RoundContext(
+            device_id=device,
+            round=model.round,
+            global_params=model.params,
+            rng=np.random.default_rng(seed_seq),
+        )
+        prepared = self._pipeline.prepare(
+            delta,
+            context,
+            key=self._key,
+            fleet=self.config.fleet,
+            base_version=model.version,
+            counter=counter,
+        )
+        self._client.publish(
+            topics.update_topic(self.config.fleet, device), prepared.wire_bytes, qos=1
+        )
+        self.updates_sent += 1
+        _LOGGER.info(
+            "device %s round %d: sent %d-byte update (%s)",
+            device,
+            model.round,
+            len(prepared.wire_bytes),
+            self._pipeline.codec.name,
+        )
+        self._publish_status("online", snapshot, round_number=model.round)
+
+    def _train(self, model: GlobalModel, seed: int) -> NDArray[np.float32]:
+        # torch is imported here, on first training, never by inference-only use.
+        from edge_agent.training import TrainingConfig, train_local  # noqa: PLC0415
+
+        settings = self.config.training
+        data = self._source.read(model.round)
+        return train_local(
+            self._spec,
+            model.params,
+            data,
+            TrainingConfig(
+                epochs=settings.epochs,
+                learning_rate=settings.learning_rate,
+                batch_size=settings.batch_size,
+                momentum=settings.momentum,
+            ),
+            seed=seed,
+        )
+
+    # -- status ------------------------------------------------------------------------
+
+    def _status_bytes(
+        self,
+        state: str,
+        snapshot: TelemetrySnapshot | None = None,
+        *,
+        reason: str | None = None,
+        round_number: int | None = None,
+    ) -> bytes:
+        status: dict[str, Any] = {
+            "device_id": self.config.device_id,
+            "state": state,
+            "time": round(time.time(), 3),
+        }
+        if snapshot is not None:
+            status["telemetry"] = snapshot.to_dict()
+        if reason is not None:
+            status["reason"] = reason
+        if round_number is not None:
+            status["round"] = round_number
+        self.last_status = status
+        return json.dumps(status).encode()
+
+    def _publish_status(
+        self,
+        state: str,
+        snapshot: TelemetrySnapshot | None = None,
+        *,
+        reason: str | None = None,
+        round_number: int | None = None,
+    ) -> None:
+        if snapshot is None and state != "offline":
+            try:
+                snapshot = self._telemetry()
+            except (OSError, RuntimeError) as exc:
+                _LOGGER.debug("device %s: telemetry failed: %s", self.config.device_id, exc)
+        payload = self._status_bytes(state, snapshot, reason=reason, round_number=round_number)
+        self._client.publish(self._status_topic, payload, qos=1, retain=True)

@@ -1,0 +1,227 @@
+"""An in-process fleet: one coordinator and N real agents, each with its own MQTT connection.
+
+Everything is real except the hardware: Ed25519 keys generated per device, configs validated
+by the same schemas as ``agent.toml`` / ``coordinator.toml``, a real broker, real training.
+Agents run as threads (torch limited to one thread each); compromised agents are ordinary
+agents whose sensor source and update pipeline the fault injector wrapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coordinator.config import CoordinatorConfig
+from coordinator.devices import DeviceRegistry
+from coordinator.service import Coordinator, RoundSummary
+from daemon.mqtt import MqttSettings
+from edge_agent.config import AgentConfig
+from edge_agent.sensors import build_source
+from edge_agent.service import Agent
+from edge_agent.telemetry import TelemetrySnapshot
+from faults import FaultInjector
+from protocol.signing import SigningKey, VerifyKey
+
+__all__ = ["FleetSpec", "InProcessFleet", "choose_byzantine"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSpec:
+    """What to build."""
+
+    fleet: str
+    broker_url: str
+    devices: int = 20
+    rounds: int = 20
+    defense: str = "clipping-vr"
+    attack: str | None = None
+    byzantine: frozenset[str] = frozenset()
+    compression: str = "dense"
+    sparsity: float = 0.1
+    seed: int = 0
+    model: str = "mlp"
+    partition: str = "iid"
+    epochs: int = 1
+    learning_rate: float = 0.1
+    batch_size: int = 16
+    round_timeout_s: float = 15.0
+    coordinator_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def device_ids(count: int) -> list[str]:
+    """The demo's device ids: ``dev-000`` ... ."""
+    return [f"dev-{index:03d}" for index in range(count)]
+
+
+def choose_byzantine(count: int, fraction: float, seed: int) -> frozenset[str]:
+    """Pick ``floor(fraction * count)`` compromised devices, reproducibly."""
+    if not 0.0 <= fraction < 1.0:
+        msg = f"byzantine fraction must be in [0, 1), got {fraction!r}"
+        raise ValueError(msg)
+    chosen = np.random.default_rng([seed, 7]).choice(
+        count, size=int(fraction * count), replace=False
+    )
+    ids = device_ids(count)
+    return frozenset(ids[i] for i in chosen)
+
+
+def _steady_telemetry() -> TelemetrySnapshot:
+    # All simulated devices share one host: its load says nothing about a device.
+    return TelemetrySnapshot(
+        cpu_percent=0.0,
+        memory_percent=0.0,
+        memory_available_mb=1024.0,
+        temperature_c=None,
+        battery_percent=None,
+    )
+
+
+class InProcessFleet:
+    """Builds keys, configs, agents and the coordinator under ``workdir``.
+
+    Parameters
+    ----------
+    spec:
+        The fleet to build.
+    workdir:
+        Keys, state folders and logs go here.
+    on_round:
+        Called with each round summary (progress).
+    """
+
+    def __init__(
+        self,
+        spec: FleetSpec,
+        workdir: Path,
+        on_round: Callable[[RoundSummary], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        keys_dir = workdir / "keys"
+        devices_dir = workdir / "devices"
+        devices_dir.mkdir(parents=True, exist_ok=True)
+        coordinator_key = SigningKey.generate()
+        coordinator_key.save(keys_dir / "coordinator.key")
+        mqtt = MqttSettings(url=spec.broker_url, reconnect_min_s=0.2, reconnect_max_s=5.0)
+        self.agents: list[Agent] = []
+        self.compromised: dict[str, FaultInjector] = {}
+        registry: dict[str, VerifyKey] = {}
+        ids = device_ids(spec.devices)
+        for index, device in enumerate(ids):
+            key = SigningKey.generate()
+            key.save(keys_dir / f"{device}.key")
+            (devices_dir / f"{device}.pub").write_bytes(key.verify_key.to_pem())
+            registry[device] = key.verify_key
+            config = AgentConfig(
+                fleet=spec.fleet,
+                device_id=device,
+                signing_key=keys_dir / f"{device}.key",
+                coordinator_key=keys_dir / "coordinator.pub",
+                state_dir=workdir / "agents" / device,
+                mqtt=mqtt,
+                model=spec.model,
+                data={
+                    "source": "digits",
+                    "partition": spec.partition,
+                    "num_partitions": spec.devices,
+                    "partition_index": index,
+                    "seed": spec.seed,
+                },
+                training={
+                    "epochs": spec.epochs,
+                    "learning_rate": spec.learning_rate,
+                    "batch_size": spec.batch_size,
+                },
+                compression=spec.compression,
+                sparsity=spec.sparsity,
+                seed=spec.seed,
+            )
+            injector = FaultInjector.from_names(
+                attack=spec.attack if device in spec.byzantine else None,
+                seed=spec.seed * 1_000 + index,
+            )
+            if injector.is_compromised:
+                self.compromised[device] = injector
+            self.agents.append(
+                Agent(
+                    config,
+                    signing_key=key,
+                    coordinator_key=coordinator_key.verify_key,
+                    source=injector.wrap_source(build_source(config.data)),
+                    stages=injector.update_stages(),
+                    telemetry=_steady_telemetry,
+                )
+            )
+        self.coordinator_config = CoordinatorConfig.model_validate(
+            {
+                "fleet": spec.fleet,
+                "mqtt": mqtt,
+                "signing_key": keys_dir / "coordinator.key",
+                "devices_dir": devices_dir,
+                "state_dir": workdir / "coordinator",
+                "model": spec.model,
+                "seed": spec.seed,
+                "rounds": spec.rounds,
+                "round_timeout_s": spec.round_timeout_s,
+                "byzantine_defense": spec.defense,
+                "device_reputation": spec.defense != "mean",
+                **spec.coordinator_overrides,
+            }
+        )
+        self.coordinator = Coordinator(
+            self.coordinator_config,
+            signing_key=coordinator_key,
+            devices=DeviceRegistry(registry),
+            on_round=on_round,
+        )
+        self._stop_agents = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start_agents(self, wait_s: float = 30.0) -> None:
+        """Start every agent and wait until all are connected."""
+        for agent in self.agents:
+            thread = threading.Thread(
+                target=agent.run,
+                args=(self._stop_agents,),
+                name=f"agent-{agent.config.device_id}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        for agent in self.agents:
+            if not agent.connected.wait(wait_s):
+                msg = f"agent {agent.config.device_id} did not connect within {wait_s} s"
+                raise TimeoutError(msg)
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        """Start the agents, run the coordinator to completion, stop the agents."""
+        try:
+            self.start_agents()
+            return self.coordinator.run(stop)
+        finally:
+            self.stop_agents()
+
+    def stop_agents(self) -> None:
+        """Stop every agent thread."""
+        self._stop_agents.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+    @property
+    def refused_models(self) -> int:
+        """Global models refused by agents (bad signature, rollback...)."""
+        return sum(agent.refused_models for agent in self.agents)
+
+    def honest_ids(self) -> Sequence[str]:
+        """Devices without injected faults."""
+        return [
+            a.config.device_id for a in self.agents if a.config.device_id not in self.compromised
+        ]

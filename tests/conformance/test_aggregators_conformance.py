@@ -1,0 +1,181 @@
+"""Every entry of the aggregator registry, through the same behavioural properties.
+
+Inputs stay in each rule's working regime: n in {3, 7, 11, 15, 19} meets every breakdown
+condition at the default ``max_byzantine_fraction`` (0.2), and coordinates of magnitude at
+most a few units stay inside the default clip radii.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import cast
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+
+from coordinator.aggregation import AGGREGATORS, STATELESS, build, is_stateful, parameters
+from coordinator.aggregation.base import AggregationResult, StatefulAggregator
+
+NAMES = sorted(AGGREGATORS)
+SIZES = st.sampled_from([3, 7, 11, 15, 19])
+PROPERTY = settings(max_examples=25, deadline=None)
+
+
+def _updates(seed: int, n: int, d: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype(np.float32)
+
+
+def _close(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registry_key_is_the_class_name_in_kebab_case(name: str) -> None:
+    assert AGGREGATORS[name].name == name
+    assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_hyperparameter_has_a_default(name: str) -> None:
+    signature = inspect.signature(AGGREGATORS[name])
+    for parameter in parameters(name):
+        assert signature.parameters[parameter].default is not inspect.Parameter.empty
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stateless_flag_matches_the_state_methods(name: str) -> None:
+    rule = build(name)
+    has_state = hasattr(rule, "state_dict") and hasattr(rule, "load_state_dict")
+    assert is_stateful(name) == has_state
+    assert (name in STATELESS) != has_state
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n=SIZES, d=st.integers(1, 8))
+def test_output_is_a_finite_float32_vector_of_the_update_size(
+    name: str, seed: int, n: int, d: int
+) -> None:
+    result = build(name)(_updates(seed, n, d))
+    assert isinstance(result, AggregationResult)
+    assert result.aggregate.shape == (d,)
+    assert result.aggregate.dtype == np.float32
+    assert np.isfinite(result.aggregate).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n=SIZES, d=st.integers(1, 8), weighted=st.booleans())
+def test_identical_updates_give_that_update(
+    name: str, seed: int, n: int, d: int, weighted: bool
+) -> None:
+    update = _updates(seed, 1, d)[0]
+    weights = np.random.default_rng(seed).uniform(0.1, 2.0, size=n) if weighted else None
+    _close(build(name)(np.tile(update, (n, 1)), weights).aggregate, update)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n=SIZES, d=st.integers(1, 8))
+def test_unit_weights_equal_no_weights(name: str, seed: int, n: int, d: int) -> None:
+    updates = _updates(seed, n, d)
+    _close(build(name)(updates, np.ones(n)).aggregate, build(name)(updates).aggregate)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n=SIZES, d=st.integers(1, 8), scale=st.floats(0.01, 100))
+def test_only_weight_ratios_matter(name: str, seed: int, n: int, d: int, scale: float) -> None:
+    updates = _updates(seed, n, d)
+    weights = np.random.default_rng(seed + 1).uniform(0.1, 2.0, size=n)
+    _close(build(name)(updates, weights).aggregate, build(name)(updates, scale * weights).aggregate)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n=SIZES, d=st.integers(1, 8), weighted=st.booleans())
+def test_order_of_the_updates_does_not_matter(
+    name: str, seed: int, n: int, d: int, weighted: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    updates = _updates(seed, n, d)
+    weights = rng.uniform(0.1, 2.0, size=n) if weighted else None
+    order = rng.permutation(n)
+    permuted_weights = None if weights is None else weights[order]
+    expected = build(name)(updates, weights).aggregate
+    _close(build(name)(updates[order], permuted_weights).aggregate, expected)
+
+
+@pytest.mark.parametrize("name", sorted(STATELESS))
+def test_stateless_rules_give_the_same_answer_twice(name: str) -> None:
+    rule = build(name)
+    first, second = _updates(0, 7, 5), _updates(1, 7, 5)
+    expected = rule(first).aggregate
+    rule(second)
+    assert_array_equal(rule(first).aggregate, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inputs_are_not_modified(name: str) -> None:
+    updates = _updates(3, 11, 6)
+    weights = np.linspace(0.5, 1.5, 11)
+    before = (updates.copy(), weights.copy())
+    build(name)(updates, weights)
+    assert_array_equal(updates, before[0])
+    assert_array_equal(weights, before[1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_diagnostics_have_one_entry_per_update(name: str) -> None:
+    diagnostics = build(name)(_updates(4, 11, 6)).diagnostics
+    for array in (diagnostics.scores, diagnostics.clip_factors):
+        assert array is None or array.shape == (11,)
+    if diagnostics.clip_factors is not None:
+        assert ((diagnostics.clip_factors >= 0) & (diagnostics.clip_factors <= 1)).all()
+    if diagnostics.selected is not None:
+        assert all(0 <= i < 11 for i in diagnostics.selected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_updates_are_rejected(name: str) -> None:
+    updates = _updates(5, 7, 4)
+    updates[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        build(name)(updates)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_updates_that_are_not_a_matrix_are_rejected(name: str) -> None:
+    with pytest.raises(ValueError, match="shape"):
+        build(name)(np.zeros(5, dtype=np.float32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weights_of_the_wrong_shape_are_rejected(name: str) -> None:
+    with pytest.raises(ValueError, match="weights"):
+        build(name)(_updates(6, 7, 4), np.ones(6))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_parameters_are_rejected(name: str) -> None:
+    with pytest.raises(ValueError, match="no parameter"):
+        build(name, not_a_parameter=1)
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - STATELESS))
+def test_state_round_trips_through_msgpack_and_continues_identically(name: str) -> None:
+    rounds = [_updates(seed, 11, 6) * (seed + 1) for seed in range(5)]
+    original = cast(StatefulAggregator, build(name))
+    msgpack.packb(original.state_dict())
+    for updates in rounds[:3]:
+        original(updates)
+    restored = cast(StatefulAggregator, build(name))
+    restored.load_state_dict(msgpack.unpackb(msgpack.packb(original.state_dict())))
+    for updates in rounds[3:]:
+        assert_array_equal(restored(updates).aggregate, original(updates).aggregate)
