@@ -178,6 +178,9 @@ def _plot(results: Sequence[RunResult], options: DemoOptions, path: Path) -> Non
         rounds = [r["round"] for r in result.rounds]
         accuracy = [r["accuracy"] for r in result.rounds]
         axes.plot(rounds, accuracy, marker="o", markersize=3, label=result.defense)
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("round")
     axes.set_ylabel("validation accuracy")
     axes.set_ylim(0, 1)
@@ -192,7 +195,7 @@ def _plot(results: Sequence[RunResult], options: DemoOptions, path: Path) -> Non
 def format_table(results: Sequence[RunResult]) -> str:
     """A Markdown table of the runs' final figures."""
     lines = [
-        "| defense | final accuracy | uplink bytes | vs dense float32 | models refused |",
+        "| defense | final accuracy | uplink bytes | dense float32 / uplink | models refused |",
         "|---|---|---|---|---|",
     ]
     for result in results:
@@ -200,7 +203,7 @@ def format_table(results: Sequence[RunResult]) -> str:
         accuracy = f"{result.final_accuracy:.4f}" if result.final_accuracy is not None else "n/a"
         lines.append(
             f"| {result.defense} | {accuracy} | {result.uplink_bytes:,} | "
-            f"{ratio:.1f}x smaller | {result.refused_models} |"
+            f"{ratio:.1f}x | {result.refused_models} |"
         )
     return "\n".join(lines)
 
