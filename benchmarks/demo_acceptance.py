@@ -59,7 +59,8 @@ def main() -> None:
         f"Command: `python benchmarks/demo_acceptance.py --rounds {args.rounds} "
         f"--devices {args.devices}` (same seed 0, mosquitto via `--broker auto`).",
         "",
-        "| scenario | defense | final accuracy | uplink bytes | dense / uplink | run s (all defenses) |",
+        "| scenario | defense | final accuracy | uplink bytes | dense / uplink "
+        "| run s (all defenses) |",
         "|---|---|---|---|---|---|",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

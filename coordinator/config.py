@@ -11,16 +11,26 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from daemon.mqtt import MqttSettings
+from protocol.errors import TopicError
 from protocol.topics import validate_identifier
 
 __all__ = [
     "AggregationConfig",
     "ConfigError",
     "CoordinatorConfig",
+    "checked_identifier",
     "load_coordinator_config",
+    "resolve_mqtt_paths",
 ]
 
 
@@ -117,11 +127,10 @@ class CoordinatorConfig(_Strict):
     )
     model_ttl_s: float = Field(3600.0, gt=0, description="Expiry of a published global model.")
 
-    @model_validator(mode="after")
-    def _check_names(self) -> CoordinatorConfig:
-        validate_identifier(self.fleet, "fleet")
-        validate_identifier(self.name, "coordinator name")
-        return self
+    @field_validator("fleet", "name")
+    @classmethod
+    def _check_identifier(cls, value: str, info: ValidationInfo) -> str:
+        return checked_identifier(value, info.field_name or "identifier")
 
 
 def load_coordinator_config(
@@ -142,10 +151,37 @@ def load_coordinator_config(
     for key in ("signing_key", "devices_dir", "state_dir"):
         if key in raw and isinstance(raw[key], str):
             raw[key] = str((path.parent / raw[key]).resolve())
+    resolve_mqtt_paths(raw, path.parent)
     try:
         return CoordinatorConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(path, exc)) from exc
+
+
+def checked_identifier(value: str, what: str) -> str:
+    """Validate a fleet, device or sender id as a pydantic field validator must.
+
+    :func:`validate_identifier` raises :class:`TopicError`, which pydantic would let escape
+    as is; a ``ValueError`` becomes a validation error that names the key.
+    """
+    try:
+        return validate_identifier(value, what)
+    except TopicError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def resolve_mqtt_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Resolve the ``[mqtt]`` table's relative file paths against ``folder``, in place."""
+    mqtt = raw.get("mqtt")
+    if not isinstance(mqtt, dict):
+        return
+    if isinstance(mqtt.get("password_file"), str):
+        mqtt["password_file"] = str((folder / mqtt["password_file"]).resolve())
+    tls = mqtt.get("tls")
+    if isinstance(tls, dict):
+        for key in ("ca_file", "cert_file", "key_file"):
+            if isinstance(tls.get(key), str):
+                tls[key] = str((folder / tls[key]).resolve())
 
 
 def read_toml(path: Path) -> dict[str, Any]:

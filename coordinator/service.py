@@ -141,7 +141,8 @@ class Coordinator:
         if validation is None and config.validation == "digits":
             validation = load_digits_split()
         self._validation = validation
-        self._audit = AuditLog(config.state_dir / "audit.jsonl") if config.audit_logging else None
+        # Opened in run(), which also closes it, so a coordinator never run holds no file.
+        self._audit: AuditLog | None = None
         self.state = self._load_or_init_state()
         self._client = MqttClient(
             config.mqtt,
@@ -216,6 +217,8 @@ class Coordinator:
         """Run rounds; return 0 when the configured rounds are done or on stop."""
         stop = stop or threading.Event()
         cfg = self.config
+        if cfg.audit_logging:
+            self._audit = AuditLog(cfg.state_dir / "audit.jsonl")
         self._audit_event("coordinator-start", completed_round=self.state.completed_round)
         self._client.start(wait_s=None)
         while not self._client.connected.wait(0.2):

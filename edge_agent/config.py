@@ -9,12 +9,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from coordinator.config import ConfigError, format_validation_error, read_toml
+from coordinator.config import (
+    ConfigError,
+    checked_identifier,
+    format_validation_error,
+    read_toml,
+    resolve_mqtt_paths,
+)
 from daemon.mqtt import MqttSettings
 from protocol.codecs import CODECS
-from protocol.topics import validate_identifier
 
 __all__ = [
     "AgentConfig",
@@ -109,10 +122,13 @@ class AgentConfig(_Strict):
     )
     seed: int = Field(0, description="Seed of local shuffling and of any injected faults.")
 
+    @field_validator("fleet", "device_id")
+    @classmethod
+    def _check_identifier(cls, value: str, info: ValidationInfo) -> str:
+        return checked_identifier(value, info.field_name or "identifier")
+
     @model_validator(mode="after")
     def _check(self) -> AgentConfig:
-        validate_identifier(self.fleet, "fleet")
-        validate_identifier(self.device_id, "device id")
         if self.compression not in CODECS:
             known = ", ".join(sorted(CODECS))
             msg = f"unknown compression {self.compression!r}; known: {known}"
@@ -139,6 +155,7 @@ def load_agent_config(path: Path, overrides: dict[str, Any] | None = None) -> Ag
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         data["path"] = str((path.parent / data["path"]).resolve())
+    resolve_mqtt_paths(raw, path.parent)
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -44,7 +44,10 @@ def main(argv: Sequence[str]) -> int:
     from coordinator.config import ConfigError  # noqa: PLC0415
     from edge_agent.config import load_agent_config  # noqa: PLC0415
 
-    overrides = {"fault_plan": str(args.fault_plan)} if getattr(args, "fault_plan", None) else {}
+    # A path given on the command line is relative to where the command runs, not to the
+    # config file's folder, so it is made absolute before the config loader sees it.
+    fault_plan = getattr(args, "fault_plan", None)
+    overrides = {"fault_plan": str(fault_plan.resolve())} if fault_plan else {}
     try:
         config = load_agent_config(args.config, overrides)
     except ConfigError as exc:
@@ -113,10 +116,15 @@ def _infer(state_dir: Path, input_path: Path | None) -> int:
 
         split = load_digits_split()
         features, labels = split.test_x, split.test_y
-    elif input_path.suffix == ".npy":
-        features, labels = np.load(input_path, allow_pickle=False).astype(np.float32), None
     else:
-        features, labels = np.loadtxt(input_path, delimiter=",", dtype=np.float32, ndmin=2), None
+        labels = None
+        try:
+            if input_path.suffix == ".npy":
+                features = np.load(input_path, allow_pickle=False).astype(np.float32)
+            else:
+                features = np.loadtxt(input_path, delimiter=",", dtype=np.float32, ndmin=2)
+        except (OSError, ValueError) as exc:
+            return fail("agent", f"cannot read --input {input_path}: {exc}")
     classifier = store.classifier()
     try:
         predictions = classifier.predict(features)

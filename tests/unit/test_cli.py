@@ -1,0 +1,199 @@
+"""The ``byzedge`` command line: dispatch, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from byzedge.cli import main
+from coordinator.audit import AuditLog
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    """A fleet folder with keys, one enrolled device and valid configs for both daemons."""
+    assert (
+        main(["keys", "generate", "coordinator", "dev-000", "--dir", str(tmp_path / "keys")]) == 0
+    )
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    (devices / "dev-000.pub").write_bytes((tmp_path / "keys" / "dev-000.pub").read_bytes())
+    (tmp_path / "coordinator.toml").write_text(
+        'fleet = "cli"\n'
+        'signing_key = "keys/coordinator.key"\n'
+        'devices_dir = "devices"\n'
+        'state_dir = "state/coordinator"\n'
+    )
+    (tmp_path / "agent.toml").write_text(
+        'fleet = "cli"\n'
+        'device_id = "dev-000"\n'
+        'signing_key = "keys/dev-000.key"\n'
+        'coordinator_key = "keys/coordinator.pub"\n'
+        'state_dir = "state/dev-000"\n'
+    )
+    return tmp_path
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "usage: byzedge" in capsys.readouterr().out
+
+
+def test_no_arguments_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: byzedge" in capsys.readouterr().out
+
+
+def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_subcommand_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["agent", "--help"])
+    assert exit_info.value.code == 0
+    assert "infer" in capsys.readouterr().out
+
+
+def test_keys_generate_writes_private_key_0600_and_public_key(tmp_path: Path) -> None:
+    assert main(["keys", "generate", "dev-007", "--dir", str(tmp_path)]) == 0
+
+    key, pub = tmp_path / "dev-007.key", tmp_path / "dev-007.pub"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert pub.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+
+
+def test_keys_generate_refuses_to_overwrite_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "generate", "dev-007", "--dir", str(tmp_path)]) == 0
+    before = (tmp_path / "dev-007.key").read_bytes()
+
+    assert main(["keys", "generate", "dev-007", "--dir", str(tmp_path)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "dev-007.key").read_bytes() == before
+
+
+def test_keys_generate_force_replaces_the_key(tmp_path: Path) -> None:
+    assert main(["keys", "generate", "dev-007", "--dir", str(tmp_path)]) == 0
+    before = (tmp_path / "dev-007.key").read_bytes()
+
+    assert main(["keys", "generate", "dev-007", "--dir", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "dev-007.key").read_bytes() != before
+
+
+def test_keys_generate_rejects_an_invalid_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "generate", "bad/name", "--dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("byzedge keys:")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_coordinator_check_config_accepts_a_valid_fleet(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["coordinator", "check-config", "--config", str(fleet / "coordinator.toml")]) == 0
+    assert "ok (fleet cli, 1 enrolled devices)" in capsys.readouterr().out
+
+
+def test_agent_check_config_accepts_a_valid_device(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["agent", "check-config", "--config", str(fleet / "agent.toml")]) == 0
+    assert "ok (device dev-000" in capsys.readouterr().out
+
+
+def test_coordinator_check_config_names_an_unknown_key_in_one_line(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = fleet / "coordinator.toml"
+    config.write_text(config.read_text() + "reputaton_decay = 0.9\n")
+
+    assert main(["coordinator", "check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "reputaton_decay" in err
+
+
+def test_agent_check_config_names_an_unknown_nested_key_in_one_line(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = fleet / "agent.toml"
+    config.write_text(config.read_text() + "[training]\nepoch = 3\n")
+
+    assert main(["agent", "check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "training.epoch" in err
+
+
+def test_coordinator_check_config_reports_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["coordinator", "check-config", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_agent_check_config_reports_a_missing_key_file(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (fleet / "keys" / "dev-000.key").unlink()
+
+    assert main(["agent", "check-config", "--config", str(fleet / "agent.toml")]) == 2
+    assert "cannot load keys" in capsys.readouterr().err
+
+
+def _write_audit_log(path: Path) -> None:
+    log = AuditLog(path)
+    for round_number in range(1, 4):
+        log.append("round-completed", round=round_number, accepted=3)
+    log.close()
+
+
+def test_audit_verify_accepts_an_intact_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_audit_log(path)
+
+    assert main(["audit", "verify", str(path)]) == 0
+    assert "3 records, chain intact" in capsys.readouterr().out
+
+
+def test_audit_verify_exits_3_on_a_tampered_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_audit_log(path)
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["data"]["accepted"] = 2
+    lines[1] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    path.write_text("\n".join(lines) + "\n")
+
+    assert main(["audit", "verify", str(path)]) == 3
+    assert "line 2: record altered" in capsys.readouterr().err
+
+
+def test_audit_verify_exits_3_when_a_record_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_audit_log(path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[2]]) + "\n")
+
+    assert main(["audit", "verify", str(path)]) == 3
+
+
+def test_audit_verify_reports_a_missing_log_as_usage_error(tmp_path: Path) -> None:
+    assert main(["audit", "verify", str(tmp_path / "audit.jsonl")]) == 2
+
+
+def test_demo_rejects_an_unknown_defense(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--defense", "nope"]) == 2
+    assert "unknown defense 'nope'" in capsys.readouterr().err

@@ -1,0 +1,199 @@
+"""coordinator.toml: strict keys, paths relative to the file, one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import ConfigError, load_coordinator_config
+
+REQUIRED = """\
+fleet = "plant-7"
+signing_key = "keys/coordinator.key"
+devices_dir = "devices"
+state_dir = "state"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "coordinator.toml") -> Path:
+    folder = tmp_path / "fleet"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_coordinator_config(path)
+    return str(caught.value)
+
+
+def test_the_required_keys_alone_give_the_documented_defaults(tmp_path: Path) -> None:
+    config = load_coordinator_config(write(tmp_path, REQUIRED))
+
+    assert config.fleet == "plant-7"
+    assert config.byzantine_defense == "clipping-vr"
+    assert config.anomaly_threshold == 3.0
+    assert config.reputation_decay == 0.95
+    assert config.mqtt.max_message_bytes == 128 * 1024
+    assert config.clip_threshold is None
+
+
+def test_relative_paths_resolve_against_the_files_folder_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, REQUIRED)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config = load_coordinator_config(path)
+
+    folder = path.parent.resolve()
+    assert config.signing_key == folder / "keys" / "coordinator.key"
+    assert config.devices_dir == folder / "devices"
+    assert config.state_dir == folder / "state"
+
+
+def test_absolute_paths_are_kept(tmp_path: Path) -> None:
+    absolute = tmp_path / "abs" / "state"
+    text = REQUIRED.replace('state_dir = "state"', f'state_dir = "{absolute}"')
+
+    config = load_coordinator_config(write(tmp_path, text))
+
+    assert config.state_dir == absolute
+
+
+def test_relative_broker_secret_and_tls_paths_resolve_against_the_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = REQUIRED + (
+        '[mqtt]\nurl = "mqtts://broker:8883"\nusername = "coord"\n'
+        'password_file = "secrets/broker-password"\n'
+        '[mqtt.tls]\nca_file = "certs/ca.pem"\ncert_file = "certs/c.pem"\n'
+        'key_file = "certs/c.key"\n'
+    )
+    path = write(tmp_path, text)
+    monkeypatch.chdir(tmp_path)
+
+    config = load_coordinator_config(path)
+
+    folder = path.parent.resolve()
+    assert config.mqtt.password_file == folder / "secrets" / "broker-password"
+    assert config.mqtt.tls is not None
+    assert config.mqtt.tls.ca_file == folder / "certs" / "ca.pem"
+    assert config.mqtt.tls.cert_file == folder / "certs" / "c.pem"
+    assert config.mqtt.tls.key_file == folder / "certs" / "c.key"
+
+
+def test_an_override_wins_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, REQUIRED + "rounds = 5\n")
+
+    config = load_coordinator_config(path, {"rounds": 9})
+
+    assert config.rounds == 9
+
+
+def test_an_unknown_top_level_key_is_rejected_by_name(tmp_path: Path) -> None:
+    message = load_error(write(tmp_path, REQUIRED + "byzantine_defence = 'krum'\n"))
+
+    assert "byzantine_defence" in message
+    assert "Extra inputs are not permitted" in message
+    assert message.startswith(str(tmp_path / "fleet" / "coordinator.toml"))
+
+
+def test_an_unknown_key_in_aggregation_config_is_rejected_with_its_dotted_path(
+    tmp_path: Path,
+) -> None:
+    text = REQUIRED + "[aggregation_config]\ntrim_frac = 0.1\n"
+
+    message = load_error(write(tmp_path, text))
+
+    assert "aggregation_config.trim_frac" in message
+
+
+def test_an_unknown_key_in_mqtt_is_rejected_with_its_dotted_path(tmp_path: Path) -> None:
+    message = load_error(write(tmp_path, REQUIRED + "[mqtt]\npassword = 'hunter2'\n"))
+
+    assert "mqtt.password" in message
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("anomaly_threshold = 0.0", "anomaly_threshold"),
+        ("anomaly_threshold = -1.5", "anomaly_threshold"),
+        ("reputation_decay = 1.0", "reputation_decay"),
+        ("max_byzantine_fraction = 0.5", "max_byzantine_fraction"),
+        ("participation_rate = 1.5", "participation_rate"),
+        ("round_timeout_s = 0", "round_timeout_s"),
+        ("min_updates = 0", "min_updates"),
+        ("validation = 'mnist'", "validation"),
+        ("rounds = 'ten'", "rounds"),
+    ],
+)
+def test_a_bad_value_is_a_config_error_naming_the_key(tmp_path: Path, line: str, key: str) -> None:
+    message = load_error(write(tmp_path, REQUIRED + line + "\n"))
+
+    assert f": {key}: " in message
+
+
+def test_a_bad_value_in_aggregation_config_names_its_dotted_path(tmp_path: Path) -> None:
+    message = load_error(write(tmp_path, REQUIRED + "[aggregation_config]\ntrim_fraction = 0.5\n"))
+
+    assert ": aggregation_config.trim_fraction: " in message
+
+
+def test_a_bad_broker_url_names_mqtt_url(tmp_path: Path) -> None:
+    message = load_error(write(tmp_path, REQUIRED + "[mqtt]\nurl = 'http://broker'\n"))
+
+    assert ": mqtt.url: " in message
+
+
+def test_a_fleet_name_that_would_break_topics_is_a_config_error_naming_fleet(
+    tmp_path: Path,
+) -> None:
+    text = REQUIRED.replace('"plant-7"', '"plant/+"')
+
+    message = load_error(write(tmp_path, text))
+
+    assert ": fleet: " in message
+
+
+def test_a_bad_coordinator_name_is_a_config_error_naming_name(tmp_path: Path) -> None:
+    message = load_error(write(tmp_path, REQUIRED + 'name = "coord#1"\n'))
+
+    assert ": name: " in message
+
+
+def test_a_missing_required_key_is_named(tmp_path: Path) -> None:
+    text = REQUIRED.replace('devices_dir = "devices"\n', "")
+
+    message = load_error(write(tmp_path, text))
+
+    assert ": devices_dir: Field required" in message
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = REQUIRED + "anomaly_threshold = 0\ntypo = 1\n"
+
+    message = load_error(write(tmp_path, text))
+
+    assert "anomaly_threshold" in message
+    assert "typo" in message
+
+
+def test_invalid_toml_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, REQUIRED + "rounds = = 3\n")
+
+    message = load_error(path)
+
+    assert message.startswith(f"{path}: ")
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    message = load_error(tmp_path / "absent.toml")
+
+    assert "no such file" in message
