@@ -18,10 +18,13 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS = {
     "demo": ("byzedge.commands.demo", "run Byzantine attack-vs-defense fleets side by side"),
+    "sim": ("byzedge.commands.sim", "simulate attack-vs-defense fleets in memory"),
     "agent": ("byzedge.commands.agent", "run the edge agent, or infer with its model"),
     "coordinator": ("byzedge.commands.coordinator", "run the coordinator"),
     "keys": ("byzedge.commands.keys", "generate Ed25519 keys for devices and coordinator"),
     "audit": ("byzedge.commands.audit", "verify the coordinator's hash-chained audit log"),
+    "faults": ("byzedge.commands.faults", "validate and describe fault plans"),
+    "bench": ("byzedge.commands.bench", "run speed benchmarks"),
 }
 
 _USAGE = "usage: byzedge [-h] [--version] {" + ",".join(COMMANDS) + "} ..."

@@ -7,9 +7,10 @@ never silently falls back to a default. Secrets (the signing key) are files, nev
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -18,8 +19,16 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
+from coordinator.aggregation import (
+    AGGREGATORS,
+    PRE_AGGREGATORS,
+    STATELESS,
+    build,
+    parameters,
+)
 from daemon.mqtt import MqttSettings
 from protocol.errors import TopicError
 from protocol.topics import validate_identifier
@@ -31,6 +40,7 @@ __all__ = [
     "checked_identifier",
     "load_coordinator_config",
     "resolve_mqtt_paths",
+    "rule_parameters",
 ]
 
 
@@ -57,7 +67,62 @@ class AggregationConfig(_Strict):
     clip_multiplier: float = Field(
         1.0,
         gt=0,
-        description="clipping-vr: auto radius = multiplier x median distance to the reference.",
+        description=(
+            "clipping-vr: scale of the automatic radius (median mode: multiplier x median "
+            "distance to the reference; model-step mode: the paper's lambda)."
+        ),
+    )
+    radius: Literal["median", "model-step"] | None = Field(
+        None,
+        description=(
+            "clipping-vr: automatic radius when clip_threshold is unset; 'median' (default) "
+            "or 'model-step' (clip_multiplier x ||x_k - x_(k-1)||, Byz-VR-MARINA-PP)."
+        ),
+    )
+    reference: Literal["global", "per-device"] | None = Field(
+        None,
+        description=(
+            "clipping-vr: what differences are taken against; 'global' (default: the "
+            "previous aggregate) or 'per-device' (each device's last clipped contribution)."
+        ),
+    )
+    iterations: int | None = Field(
+        None, ge=1, description="centered-clipping: clipping steps L per round (default 3)."
+    )
+    nu: float | None = Field(
+        None, gt=0, description="geometric-median: Weiszfeld smoothing nu (default 0.1)."
+    )
+    max_iter: int | None = Field(
+        None, ge=1, description="geometric-median: iteration cap (rule default when unset)."
+    )
+    tol: float | None = Field(
+        None, gt=0, description="geometric-median: relative stopping step (rule default)."
+    )
+    inner: str | None = Field(
+        None,
+        description=(
+            "bucketing, nnm, arc: registry name of the stateless rule applied after the "
+            "pre-aggregation (default coordinate-median); it takes its hyperparameters from "
+            "this table too."
+        ),
+    )
+    inner_params: dict[str, float | int | str | bool] = Field(
+        default_factory=dict,
+        description=(
+            "bucketing, nnm, arc: hyperparameters of the inner rule, overriding the ones "
+            "this table gives it (e.g. {krum_k = 5})."
+        ),
+    )
+    bucket_size: int | None = Field(
+        None, ge=1, description="bucketing: updates averaged per bucket (default 2)."
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "bucketing: seed of the per-round bucket permutations; unset draws fresh "
+            "OS entropy, which devices cannot predict (the top-level seed is not used)."
+        ),
     )
 
 
@@ -89,6 +154,13 @@ class CoordinatorConfig(_Strict):
     )
     byzantine_defense: str = Field(
         "clipping-vr", description="Registry name of the robust aggregation rule."
+    )
+    fallback_defense: str = Field(
+        "coordinate-median",
+        description=(
+            "Stateless rule used (and named in the round summary) when byzantine_defense's "
+            "breakdown condition fails for a round's number of updates."
+        ),
     )
     clip_threshold: float | None = Field(
         None, gt=0, description="clipping-vr radius; automatic (robust) when unset."
@@ -131,6 +203,75 @@ class CoordinatorConfig(_Strict):
     @classmethod
     def _check_identifier(cls, value: str, info: ValidationInfo) -> str:
         return checked_identifier(value, info.field_name or "identifier")
+
+    @field_validator("byzantine_defense")
+    @classmethod
+    def _check_defense(cls, value: str) -> str:
+        if value not in AGGREGATORS:
+            raise ValueError(f"unknown rule {value!r}; known: {', '.join(sorted(AGGREGATORS))}")
+        return value
+
+    @field_validator("fallback_defense")
+    @classmethod
+    def _check_fallback(cls, value: str) -> str:
+        if value not in STATELESS:
+            known = ", ".join(sorted(STATELESS))
+            raise ValueError(f"fallback_defense must be a stateless rule ({known}), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_rules_build(self) -> Self:
+        """Build both rules once, so a bad hyperparameter fails at load, naming itself."""
+        for name in (self.byzantine_defense, self.fallback_defense):
+            build(name, **rule_parameters(self, name))
+        return self
+
+
+def rule_parameters(config: CoordinatorConfig, name: str) -> dict[str, Any]:
+    """Return the keyword arguments that :func:`coordinator.aggregation.build` needs for ``name``.
+
+    Every constructor parameter of every rule is a config field of the same name, in the
+    ``aggregation_config`` table or at the top level (``clip_threshold``,
+    ``max_byzantine_fraction``); unset (``None``) fields are left out, so the rule's own
+    default applies. A pre-aggregator's ``inner_params`` are the inner rule's parameters
+    from the same fields (except ``max_byzantine_fraction``, which the pre-aggregator
+    derives, and ``inner``/``inner_params``/``seed``, which belong to the outer rule),
+    overridden by ``aggregation_config.inner_params``.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` (or the inner rule) is not registered.
+    """
+    params = _fields_for(config, name)
+    if name in PRE_AGGREGATORS:
+        inner = (
+            params.get("inner") or inspect.signature(AGGREGATORS[name]).parameters["inner"].default
+        )
+        if inner not in AGGREGATORS:
+            raise ValueError(f"unknown inner rule {inner!r}")
+        own = ("inner", "inner_params", "seed", "max_byzantine_fraction")
+        inner_params = {k: v for k, v in _fields_for(config, inner).items() if k not in own}
+        inner_params.update(config.aggregation_config.inner_params)
+        params.pop("inner_params", None)
+        if inner_params:
+            params["inner_params"] = inner_params
+    return params
+
+
+def _fields_for(config: CoordinatorConfig, name: str) -> dict[str, Any]:
+    table = config.aggregation_config
+    values: dict[str, Any] = {}
+    for key in parameters(name):
+        if key in AggregationConfig.model_fields:
+            value = getattr(table, key)
+        elif key in CoordinatorConfig.model_fields:
+            value = getattr(config, key)
+        else:  # a rule grew a parameter without a config field: the conformance suite fails
+            raise ValueError(f"rule {name!r} parameter {key!r} has no config field")
+        if value is not None and value != {}:
+            values[key] = value
+    return values
 
 
 def load_coordinator_config(

@@ -9,6 +9,18 @@ One round (DESIGN.md "Data flow")::
 
 Messages arrive on paho's network thread and are only queued there; all the work happens
 on the thread that calls :meth:`Coordinator.run`.
+
+Aggregation: when ``byzantine_defense`` breaks down for a round's number of updates
+(:class:`~coordinator.aggregation.BreakdownError`), ``fallback_defense`` aggregates that
+round and the round summary names it in ``fallback``. ``clipping-vr`` receives the
+devices' ids (for ``reference = "per-device"``). Rules that stream (``mean``,
+``norm-clipping``, ``clipping-vr``; :func:`~coordinator.aggregation.supports_streaming`)
+take the accepted updates one at a time when anomaly detection is off, so no ``(n, d)``
+matrix is stacked; anomaly scoring needs the matrix, so with it on every rule runs in
+batch. A rule that cannot stream a particular round (an automatic radius not yet known,
+:class:`~coordinator.aggregation.StreamingUnavailableError`) runs that round in batch.
+The accepted updates themselves are held until the round closes in either case, because
+reputations (the weights) are settled only then.
 """
 
 from __future__ import annotations
@@ -19,21 +31,26 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.aggregation import AGGREGATORS, BreakdownError, build, parameters
-from coordinator.aggregation.base import Aggregator
-from coordinator.anomaly import score_updates
+from coordinator.aggregation import (
+    AGGREGATORS,
+    StreamingUnavailableError,
+    build,
+    supports_streaming,
+)
+from coordinator.aggregation.base import Aggregator, StreamingAggregator
 from coordinator.audit import AuditLog
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CoordinatorConfig, rule_parameters
 from coordinator.devices import DeviceRegistry
 from coordinator.ingest import Accepted, Ingest, Rejected, RoundWindow
 from coordinator.reputation import ReputationBook
+from coordinator.round_engine import RoundSettings, ServerStepResult, server_step
 from coordinator.state import CoordinatorState, StateStore
 from daemon import systemd
 from daemon.mqtt import MqttClient, Will
@@ -43,12 +60,9 @@ from protocol import topics
 from protocol.manifest import seal_global_model
 from protocol.signing import SigningKey
 
-__all__ = ["FALLBACK_DEFENSE", "Coordinator", "RoundSummary"]
+__all__ = ["Coordinator", "RoundSummary"]
 
 _LOGGER = logging.getLogger(__name__)
-# When the configured rule's breakdown condition fails (too few updates this round), the
-# coordinator falls back to the coordinate-wise median, which needs only n >= 1.
-FALLBACK_DEFENSE = "coordinate-median"
 _INBOX_LIMIT = 20_000
 
 
@@ -138,6 +152,8 @@ class Coordinator:
         )
         self._reputation = ReputationBook(decay=config.reputation_decay)
         self._aggregator = self._build_rule(config.byzantine_defense)
+        self._fallback = self._build_rule(config.fallback_defense)
+        self._settings = RoundSettings.from_config(config)
         if validation is None and config.validation == "digits":
             validation = load_digits_split()
         self._validation = validation
@@ -158,19 +174,7 @@ class Coordinator:
     # -- set-up ------------------------------------------------------------------------
 
     def _build_rule(self, name: str) -> Aggregator:
-        cfg = self.config
-        available: dict[str, Any] = {
-            "trim_fraction": cfg.aggregation_config.trim_fraction,
-            "krum_k": cfg.aggregation_config.krum_k,
-            "clip_norm": cfg.aggregation_config.clip_norm,
-            "clip_multiplier": cfg.aggregation_config.clip_multiplier,
-            "clip_threshold": cfg.clip_threshold,
-            "max_byzantine_fraction": cfg.max_byzantine_fraction,
-        }
-        params = {
-            key: value for key in parameters(name) if (value := available.get(key)) is not None
-        }
-        return build(name, **params)
+        return build(name, **rule_parameters(self.config, name))
 
     def _load_or_init_state(self) -> CoordinatorState:
         try:
@@ -348,21 +352,23 @@ class Coordinator:
         state = self.state
         accepted = intake.accepted
         device_ids = sorted(accepted)
-        flagged: list[str] = []
-        fallback: str | None = None
-        for device in intake.misbehaving:
-            self._reputation.record(device, good=False)
-        skipped = len(device_ids) < cfg.min_updates
-        if not skipped:
-            updates = np.stack([accepted[d].update for d in device_ids])  # (n, d)
-            if cfg.anomaly_detection and len(device_ids) >= 3:
-                scores = score_updates(updates, threshold=cfg.anomaly_threshold)
-                flagged = [device_ids[i] for i in scores.flagged_indices]
-            for device in device_ids:
-                self._reputation.record(device, good=device not in flagged)
-            weights = self._reputation.weights(device_ids) if cfg.device_reputation else None
-            aggregate, fallback = self._aggregate(updates, weights)
-            state.params = (state.params + cfg.server_learning_rate * aggregate).astype(np.float32)
+        rows = [accepted[d].update for d in device_ids]
+        streamed = self._try_streaming(rows, device_ids, intake.misbehaving)
+        if streamed is not None:
+            step = streamed
+        else:
+            step = server_step(
+                state.params,
+                device_ids,
+                np.stack(rows) if rows else None,  # (n, d)
+                settings=self._settings,
+                reputation=self._reputation,
+                aggregator=self._aggregator,
+                fallback=self._fallback,
+                misbehaving=intake.misbehaving,
+            )
+        if not step.skipped:
+            state.params = step.params
             state.model_version += 1
         state.completed_round = intake.round
         state.reputation = self._reputation.state_dict()
@@ -378,7 +384,7 @@ class Coordinator:
             accepted=len(device_ids),
             rejected=dict(intake.rejected),
             rejected_total=dict(state.rejected_total),
-            flagged=flagged,
+            flagged=list(step.flagged),
             reputations={k: round(v, 4) for k, v in self._reputation.snapshot().items()},
             validation_accuracy=self._validate(state.params),
             uplink_bytes=sum(a.wire_bytes for a in accepted.values()),
@@ -386,29 +392,51 @@ class Coordinator:
                 a.wire_bytes - a.body_bytes + 4 * a.header.dim for a in accepted.values()
             ),
             duration_s=round(time.monotonic() - intake.started, 3),
-            skipped=skipped,
-            fallback=fallback,
+            skipped=step.skipped,
+            fallback=step.fallback,
             clip_threshold=getattr(self._aggregator, "last_clip_threshold", None),
             accepted_devices=device_ids,
         )
         self._report(summary)
         return summary
 
-    def _aggregate(
-        self, updates: NDArray[np.float32], weights: NDArray[np.float64] | None
-    ) -> tuple[NDArray[np.float32], str | None]:
+    def _try_streaming(
+        self,
+        rows: Sequence[NDArray[np.float32]],
+        device_ids: Sequence[str],
+        misbehaving: set[str],
+    ) -> ServerStepResult | None:
+        """The O(d) path: only without anomaly scoring (which needs the whole matrix).
+
+        Returns ``None`` when the round must be aggregated in batch by :func:`server_step`
+        (scoring on, a rule that cannot stream, or one that cannot stream this round).
+        """
+        cfg = self.config
+        if (
+            cfg.anomaly_detection
+            or not supports_streaming(cfg.byzantine_defense)
+            or len(rows) < max(1, cfg.min_updates)
+        ):
+            return None
+        rule = cast(StreamingAggregator, self._aggregator)
         try:
-            return self._aggregator(updates, weights).aggregate, None
-        except BreakdownError as exc:
-            _LOGGER.warning(
-                "fleet %s: %s cannot aggregate this round (%s); using %s",
-                self.config.fleet,
-                self.config.byzantine_defense,
-                exc,
-                FALLBACK_DEFENSE,
-            )
-            rule = build(FALLBACK_DEFENSE)
-            return rule(updates, weights).aggregate, FALLBACK_DEFENSE
+            rule.start(len(rows[0]))
+        except StreamingUnavailableError as exc:
+            _LOGGER.info("fleet %s: aggregating in batch: %s", cfg.fleet, exc)
+            return None
+        for device in misbehaving:
+            self._reputation.record(device, good=False)
+        for device in device_ids:
+            self._reputation.record(device, good=True)
+        weights = self._reputation.weights(device_ids) if cfg.device_reputation else None
+        for index, (row, device) in enumerate(zip(rows, device_ids, strict=True)):
+            weight = 1.0 if weights is None else float(weights[index])
+            rule.accumulate(row, weight, device_id=device)
+        aggregate = rule.finish().aggregate
+        params = (self.state.params + cfg.server_learning_rate * aggregate).astype(np.float32)
+        return ServerStepResult(
+            params, aggregate, tuple(device_ids), (), None, weights, None, skipped=False
+        )
 
     def _validate(self, params: NDArray[np.float32]) -> float | None:
         if self._validation is None:

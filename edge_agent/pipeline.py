@@ -1,4 +1,4 @@
-"""From a trained delta to signed MQTT bytes: stages -> compression with error feedback -> seal.
+"""From a trained delta to signed MQTT bytes: stages -> compress (EF) -> seal -> wire stages.
 
 Error feedback (Seide et al. 2014; Karimireddy et al. ICML 2019): with a lossy codec ``C``
 the device sends ``C(p)`` where ``p = u + e`` and keeps ``e <- p - decode(C(p))``, so what
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import RoundContext, UpdateStage
+from edge_agent.seams import OutgoingMessage, RoundContext, UpdateStage, WireStage
 from protocol.codecs import Codec, build_codec
 from protocol.envelope import Header, SealedEnvelope, seal
 from protocol.signing import SigningKey
@@ -24,10 +24,20 @@ __all__ = ["PreparedUpdate", "UpdatePipeline"]
 
 @dataclass(frozen=True, slots=True)
 class PreparedUpdate:
-    """A sealed update and what it cost."""
+    """A sealed update, what it cost, and the messages to publish.
+
+    Attributes
+    ----------
+    envelope, wire_bytes:
+        The sealed update and its wire bytes, as the honest pipeline produced them.
+    messages:
+        What to publish, in order, each on ``update_topic(fleet, message.topic_device)``:
+        ``[OutgoingMessage(device_id, wire_bytes)]`` without wire stages.
+    """
 
     envelope: SealedEnvelope
     wire_bytes: bytes
+    messages: list[OutgoingMessage]
 
 
 class UpdatePipeline:
@@ -42,6 +52,9 @@ class UpdatePipeline:
     stages:
         Update stages run first (empty for an honest device; the fault injector's
         attacks otherwise).
+    wire_stages:
+        Run on the sealed message, in order, each on every message the previous one
+        returned (empty for an honest device; protocol-level attacks otherwise).
     """
 
     def __init__(
@@ -51,11 +64,13 @@ class UpdatePipeline:
         sparsity: float = 0.1,
         error_feedback: bool = True,
         stages: Sequence[UpdateStage] = (),
+        wire_stages: Sequence[WireStage] = (),
     ) -> None:
         params = {"sparsity": sparsity} if codec_name == "top-k" else {}
         self.codec: Codec = build_codec(codec_name, **params)
         self._error_feedback = error_feedback and codec_name != "dense"
         self._stages = list(stages)
+        self._wire_stages = list(wire_stages)
         self.residual: NDArray[np.float32] | None = None
 
     def prepare(
@@ -69,7 +84,7 @@ class UpdatePipeline:
         counter: int,
         ttl_s: float = 600.0,
     ) -> PreparedUpdate:
-        """Run the stages, compress, sign; update the error-feedback residual."""
+        """Run the stages, compress, sign, run the wire stages; update the EF residual."""
         update = delta
         for stage in self._stages:
             update = stage(update, context)
@@ -98,4 +113,8 @@ class UpdatePipeline:
             expires_ms=created_ms + int(ttl_s * 1000),
         )
         envelope = seal(header, body, key)
-        return PreparedUpdate(envelope=envelope, wire_bytes=envelope.to_bytes())
+        wire_bytes = envelope.to_bytes()
+        messages = [OutgoingMessage(context.device_id, wire_bytes)]
+        for wire_stage in self._wire_stages:
+            messages = [out for message in messages for out in wire_stage(message, context)]
+        return PreparedUpdate(envelope=envelope, wire_bytes=wire_bytes, messages=messages)

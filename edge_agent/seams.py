@@ -1,10 +1,12 @@
 """The seams through which the fault injector (and tests) reach into a real agent.
 
-An agent reads its local data through a :class:`SensorSource` and turns each trained
+An agent reads its local data through a :class:`SensorSource`, turns each trained
 parameter delta into the vector it publishes through a chain of :class:`UpdateStage`
-callables. The fault injector wraps these two seams (sensor faults wrap the source,
-device-local attacks add stages or wrap the training data); the agent itself never asks
-whether it is compromised.
+callables, and after sealing passes the signed bytes through a chain of :class:`WireStage`
+callables that decide which :class:`OutgoingMessage` objects actually go out. The fault
+injector wraps these three seams (sensor faults wrap the source, device-local attacks add
+update stages or wrap the training data, protocol-level abuse adds wire stages); the agent
+itself never asks whether it is compromised.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["LocalData", "RoundContext", "SensorSource", "UpdateStage"]
+__all__ = [
+    "LocalData",
+    "OutgoingMessage",
+    "RoundContext",
+    "SensorSource",
+    "UpdateStage",
+    "WireStage",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,4 +83,34 @@ class UpdateStage(Protocol):
 
     def __call__(self, update: NDArray[np.float32], context: RoundContext) -> NDArray[np.float32]:
         """Return the (possibly rewritten) float32 update of the same shape."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message an agent is about to publish on an update topic.
+
+    Attributes
+    ----------
+    topic_device:
+        The device id whose update topic the message goes to
+        (``byzedge/{fleet}/update/{topic_device}``); the agent's own id for an honest update.
+    payload:
+        The wire bytes (a sealed envelope for an honest update), before MQTT chunking.
+    """
+
+    topic_device: str
+    payload: bytes
+
+
+class WireStage(Protocol):
+    """One step after sealing: takes a message about to be sent, returns what is sent instead.
+
+    The honest chain is empty (the sealed update is published as is). Protocol-level attacks
+    return rewritten messages (garbage bytes, a broken signature) or extra ones (sybil
+    identities); an empty list sends nothing.
+    """
+
+    def __call__(self, message: OutgoingMessage, context: RoundContext) -> list[OutgoingMessage]:
+        """Return the messages to publish in place of ``message``, in order."""
         ...

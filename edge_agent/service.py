@@ -26,7 +26,7 @@ from daemon.store import AtomicStore
 from edge_agent.config import AgentConfig
 from edge_agent.model_store import ModelInfo, ModelStore
 from edge_agent.pipeline import UpdatePipeline
-from edge_agent.seams import RoundContext, SensorSource, UpdateStage
+from edge_agent.seams import RoundContext, SensorSource, UpdateStage, WireStage
 from edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
 from models import get_model_spec
 from protocol import topics
@@ -55,6 +55,9 @@ class Agent:
         Where local data comes from (possibly wrapped by the fault injector).
     stages:
         Update stages (the fault injector's attacks; empty for an honest device).
+    wire_stages:
+        Wire stages run on the sealed update (the fault injector's protocol-level
+        attacks; empty for an honest device).
     telemetry:
         Reads the device's state; psutil by default, injectable for tests.
     """
@@ -67,6 +70,7 @@ class Agent:
         coordinator_key: VerifyKey,
         source: SensorSource,
         stages: Sequence[UpdateStage] = (),
+        wire_stages: Sequence[WireStage] = (),
         telemetry: Callable[[], TelemetrySnapshot] = read_telemetry,
     ) -> None:
         self.config = config
@@ -80,6 +84,7 @@ class Agent:
             sparsity=config.sparsity,
             error_feedback=config.error_feedback,
             stages=stages,
+            wire_stages=wire_stages,
         )
         self._inbox: queue.Queue[bytes] = queue.Queue(maxsize=64)
         self._store = AtomicStore(config.state_dir / "agent.state")
@@ -242,9 +247,12 @@ class Agent:
             base_version=model.version,
             counter=counter,
         )
-        self._client.publish(
-            topics.update_topic(self.config.fleet, device), prepared.wire_bytes, qos=1
-        )
+        for message in prepared.messages:
+            self._client.publish(
+                topics.update_topic(self.config.fleet, message.topic_device),
+                message.payload,
+                qos=1,
+            )
         self.updates_sent += 1
         _LOGGER.info(
             "device %s round %d: sent %d-byte update (%s)",

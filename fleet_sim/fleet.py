@@ -157,6 +157,7 @@ class InProcessFleet:
                     coordinator_key=coordinator_key.verify_key,
                     source=injector.wrap_source(build_source(config.data)),
                     stages=injector.update_stages(),
+                    wire_stages=injector.wire_stages(),
                     telemetry=_steady_telemetry,
                 )
             )

@@ -19,10 +19,12 @@ __all__ = [
     "PARTITIONERS",
     "DirichletPartitioner",
     "IidPartitioner",
+    "LabelSortedPartitioner",
     "Partitioner",
     "get_partitioner",
     "partition_dirichlet",
     "partition_iid",
+    "partition_label_sorted",
 ]
 
 # A device needs a couple of samples for a meaningful local step (and batch statistics).
@@ -147,6 +149,43 @@ def partition_dirichlet(
     return [np.sort(np.asarray(s, dtype=np.int64)) for s in shards]
 
 
+def partition_label_sorted(
+    labels: NDArray[np.integer], num_devices: int, rng: np.random.Generator
+) -> list[NDArray[np.int64]]:
+    """Sort the samples by label and deal contiguous shards (pathological non-IID).
+
+    The split of the bucketing paper (Karimireddy et al., ICLR 2022) and of the
+    Byz-VR-MARINA-PP code: the dataset, shuffled within each class, is sorted by label and
+    cut into ``num_devices`` contiguous near-equal shards, so each device holds one or two
+    classes (with 10 classes and more than 10 devices, mostly one).
+
+    Parameters
+    ----------
+    labels:
+        1-D non-negative integer labels of the whole dataset.
+    num_devices:
+        Number of shards; each gets ``n // num_devices`` or one more index.
+    rng:
+        Source of the order within each class.
+
+    Returns
+    -------
+    list[NDArray[np.int64]]
+        One sorted index array per device; together they cover every index exactly once,
+        and the labels of shard ``k`` are all ``<=`` those of shard ``k + 1``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`partition_iid`.
+    """
+    arr = _check_labels(labels)
+    _check_num_devices(num_devices, arr.shape[0])
+    shuffled = rng.permutation(arr.shape[0])
+    order = shuffled[np.argsort(arr[shuffled], kind="stable")]
+    return [np.sort(part).astype(np.int64) for part in np.array_split(order, int(num_devices))]
+
+
 def _top_up(shards: list[list[int]], rng: np.random.Generator) -> None:
     # The caller checked n >= K * MIN, so whenever a shard is short another one holds more
     # than MIN, and the largest shard can always give one sample away.
@@ -199,8 +238,25 @@ class DirichletPartitioner:
         return partition_dirichlet(labels, num_devices, self.alpha, rng)
 
 
+class LabelSortedPartitioner:
+    """The ``label-sorted`` partitioner: contiguous shards of the label-sorted data.
+
+    See :func:`partition_label_sorted`.
+    """
+
+    def __call__(
+        self, labels: NDArray[np.integer], num_devices: int, rng: np.random.Generator
+    ) -> list[NDArray[np.int64]]:
+        """Return one index array per device."""
+        return partition_label_sorted(labels, num_devices, rng)
+
+
 PARTITIONERS: Mapping[str, Callable[..., Partitioner]] = MappingProxyType(
-    {"iid": IidPartitioner, "dirichlet": DirichletPartitioner}
+    {
+        "iid": IidPartitioner,
+        "dirichlet": DirichletPartitioner,
+        "label-sorted": LabelSortedPartitioner,
+    }
 )
 
 

@@ -97,6 +97,7 @@ def _run(config: object, signing_key: object, coordinator_key: object, level: st
         coordinator_key=coordinator_key,
         source=injector.wrap_source(build_source(config.data)),
         stages=injector.update_stages(),
+        wire_stages=injector.wire_stages(),
     )
     with install_signal_handlers() as signals:
         return agent.run(signals.stop)

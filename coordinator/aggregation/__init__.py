@@ -14,6 +14,26 @@ array([1., 1.], dtype=float32)
 >>> rule = build("trimmed-mean", trim_fraction=0.34)
 >>> rule(updates).aggregate
 array([1., 1.], dtype=float32)
+
+Pre-aggregators (``bucketing``, ``nnm``, ``arc``) wrap any stateless rule, named by
+``inner`` and configured by ``inner_params``:
+
+>>> aggregate(
+...     "nnm", updates, inner="trimmed-mean", inner_params={"trim_fraction": 0.34},
+...     max_byzantine_fraction=0.34,
+... )
+array([0.5, 1.5], dtype=float32)
+>>> aggregate("bucketing", updates, inner="coordinate-median", bucket_size=1, seed=0)
+array([1., 1.], dtype=float32)
+
+Rules in :data:`STREAMING` also take a round update by update, in ``O(d)`` memory
+(:class:`~coordinator.aggregation.base.StreamingAggregator`):
+
+>>> rule = build("mean")
+>>> for row in updates:
+...     rule.accumulate(row)
+>>> rule.finish().aggregate
+array([ 33.666668, -32.333332], dtype=float32)
 """
 
 from __future__ import annotations
@@ -26,6 +46,7 @@ from typing import Any, Final, cast
 import numpy as np
 from numpy.typing import ArrayLike
 
+from coordinator.aggregation.arc import AdaptiveRobustClipping
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationError,
@@ -33,9 +54,12 @@ from coordinator.aggregation.base import (
     Aggregator,
     BreakdownError,
     StatefulAggregator,
+    StreamingAggregator,
+    StreamingUnavailableError,
     UpdateMatrix,
     UpdateVector,
 )
+from coordinator.aggregation.bucketing import Bucketing
 from coordinator.aggregation.bulyan import Bulyan
 from coordinator.aggregation.centered_clipping import CenteredClipping
 from coordinator.aggregation.clipping_vr import ClippingVR
@@ -44,22 +68,28 @@ from coordinator.aggregation.geometric_median import GeometricMedian
 from coordinator.aggregation.krum import Krum
 from coordinator.aggregation.mean import Mean
 from coordinator.aggregation.multi_krum import MultiKrum
+from coordinator.aggregation.nnm import NearestNeighbourMixing
 from coordinator.aggregation.norm_clipping import NormClipping
 from coordinator.aggregation.trimmed_mean import TrimmedMean
 
 __all__ = [
     "AGGREGATORS",
+    "PRE_AGGREGATORS",
     "STATELESS",
+    "STREAMING",
     "AggregationDiagnostics",
     "AggregationError",
     "AggregationResult",
     "Aggregator",
     "BreakdownError",
     "StatefulAggregator",
+    "StreamingAggregator",
+    "StreamingUnavailableError",
     "aggregate",
     "build",
     "is_stateful",
     "parameters",
+    "supports_streaming",
 ]
 
 AGGREGATORS: Final[Mapping[str, type[Aggregator]]] = MappingProxyType(
@@ -74,9 +104,24 @@ AGGREGATORS: Final[Mapping[str, type[Aggregator]]] = MappingProxyType(
         NormClipping.name: NormClipping,
         CenteredClipping.name: CenteredClipping,
         ClippingVR.name: ClippingVR,
+        Bucketing.name: Bucketing,
+        NearestNeighbourMixing.name: NearestNeighbourMixing,
+        AdaptiveRobustClipping.name: AdaptiveRobustClipping,
     }
 )
 """Every aggregation rule, keyed by its permanent registry name."""
+
+PRE_AGGREGATORS: Final[frozenset[str]] = frozenset(
+    {Bucketing.name, NearestNeighbourMixing.name, AdaptiveRobustClipping.name}
+)
+"""Names of the rules that transform the updates and hand them to an ``inner`` rule."""
+
+STREAMING: Final[frozenset[str]] = frozenset(
+    name
+    for name, cls in AGGREGATORS.items()
+    if all(callable(getattr(cls, method, None)) for method in ("start", "accumulate", "finish"))
+)
+"""Names of the rules that also aggregate update by update (``start/accumulate/finish``)."""
 
 STATELESS: Final[frozenset[str]] = frozenset(
     name for name, cls in AGGREGATORS.items() if not cls.stateful
@@ -111,6 +156,16 @@ def parameters(name: str) -> tuple[str, ...]:
 def is_stateful(name: str) -> bool:
     """Return whether rule ``name`` keeps state across rounds (``ValueError`` if unknown)."""
     return _lookup(name).stateful
+
+
+def supports_streaming(name: str) -> bool:
+    """Return whether rule ``name`` is a streaming aggregator (``ValueError`` if unknown).
+
+    A streaming rule may still refuse a particular round (an automatic radius not yet
+    known): its ``start`` then raises :class:`StreamingUnavailableError`.
+    """
+    _lookup(name)
+    return name in STREAMING
 
 
 def build(name: str, **params: Any) -> Aggregator:

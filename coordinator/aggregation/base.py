@@ -6,9 +6,12 @@ counts) into one float32 vector of shape ``(d,)``.
 
 Exceptions::
 
-    AggregationError        base of every failure that is not a malformed input
-    └── BreakdownError      the rule's breakdown condition fails for this round
-                            (too few updates for the number of Byzantines it must tolerate)
+    AggregationError            base of every failure that is not a malformed input
+    ├── BreakdownError          the rule's breakdown condition fails for this round
+    │                           (too few updates for the number of Byzantines it must tolerate)
+    └── StreamingUnavailableError
+                                the rule cannot aggregate update by update this round
+                                (use the batch call instead)
 
 Malformed inputs (wrong shape, NaN or Inf, negative weights) raise :class:`ValueError`;
 ingest rejects such updates before they ever reach an aggregator, so here they are
@@ -24,6 +27,8 @@ from typing import Any, ClassVar, Protocol, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._kernels import all_finite
+
 __all__ = [
     "AggregationDiagnostics",
     "AggregationError",
@@ -31,16 +36,24 @@ __all__ = [
     "Aggregator",
     "BreakdownError",
     "StatefulAggregator",
+    "StreamingAggregator",
+    "StreamingUnavailableError",
+    "StreamSum",
     "UpdateMatrix",
     "UpdateVector",
     "Weights",
     "num_byzantine",
     "row_norms",
+    "stream_dim_of",
     "validate_fraction",
     "validate_positive",
     "validate_positive_int",
+    "validate_stream_dim",
+    "validate_stream_update",
+    "validate_stream_weight",
     "validate_updates",
     "validate_weights",
+    "ensure_finite",
     "vector_from_state",
     "vector_to_state",
 ]
@@ -66,6 +79,15 @@ class BreakdownError(AggregationError):
 
     Examples are a trimmed mean asked to drop ``b`` values from each side of ``n <= 2b``
     values, or Krum with ``n < 2f + 3``.
+    """
+
+
+class StreamingUnavailableError(AggregationError):
+    """A streaming rule cannot aggregate update by update this round; call it in batch.
+
+    Example: ``norm-clipping`` with an automatic radius (the median norm is unknown until
+    every update has been seen), or ``clipping-vr`` with the median radius before any
+    round has produced one.
     """
 
 
@@ -145,13 +167,133 @@ class StatefulAggregator(Aggregator, Protocol):
         ...
 
 
-def validate_updates(updates: ArrayLike) -> UpdateMatrix:
+class StreamingAggregator(Aggregator, Protocol):
+    """An aggregator that can also take the updates of a round one at a time.
+
+    The streaming path holds ``O(d)`` floats (plus ``O(n)`` scalars for the diagnostics),
+    never the ``(n, d)`` matrix::
+
+        rule.start(d)                        # optional: accumulate() starts lazily
+        for update, weight, device in arrivals:
+            rule.accumulate(update, weight, device_id=device)
+        result = rule.finish()               # same result as rule(matrix, weights)
+
+    ``finish()`` returns what the batch call on the same updates, in the same order, with
+    the same weights returns (up to float rounding), whenever the rule's radius is known
+    before the first update (each rule documents the cases where it is not). A stateful
+    rule updates its state in ``finish()`` exactly as the batch call does.
+    """
+
+    def start(self, dim: int) -> None:
+        """Open a round of ``dim``-dimensional updates, discarding any unfinished one.
+
+        Raises
+        ------
+        StreamingUnavailableError
+            When the rule cannot aggregate update by update this round.
+        ValueError
+            On ``dim < 1`` or a ``dim`` that contradicts the rule's state.
+        """
+        ...
+
+    def accumulate(
+        self, update: ArrayLike, weight: float = 1.0, device_id: str | None = None
+    ) -> None:
+        """Add one float32 ``(d,)`` update with a non-negative weight (``start`` if needed)."""
+        ...
+
+    def finish(self) -> AggregationResult:
+        """Close the round and return its aggregate (``ValueError`` if nothing had weight)."""
+        ...
+
+
+def validate_stream_dim(dim: object) -> int:
+    """Return ``dim`` as an int if it is an integer ``>= 1``, else raise ``ValueError``."""
+    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+        raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
+    return int(dim)
+
+
+class StreamSum:
+    """The ``O(d)`` core of a streamed round: ``sum_i w_i v_i`` in float64 and ``sum_i w_i``.
+
+    Parameters
+    ----------
+    dim:
+        ``d >= 1``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = validate_stream_dim(dim)
+        self.total = 0.0
+        self.count = 0
+        self._sum = np.zeros(self.dim)  # (d,) float64
+
+    def add(self, vector: UpdateVector, weight: float, scale: float = 1.0) -> None:
+        """Add ``weight * scale * vector`` to the sum and ``weight`` to the total.
+
+        ``vector`` is already validated, shape ``(d,)``; ``scale`` is a clip factor.
+        """
+        self._sum += (weight * scale) * vector.astype(np.float64)
+        self.total += weight
+        self.count += 1
+
+    def mean(self, rule: str) -> UpdateVector:
+        """Return ``sum_i w_i v_i / sum_i w_i`` as float32 ``(d,)``.
+
+        Raises
+        ------
+        ValueError
+            If nothing was added or the weights sum to 0.
+        """
+        if self.count == 0:
+            raise ValueError(f"{rule}: no updates were accumulated")
+        if not self.total > 0:
+            raise ValueError("weights must have a positive sum, got all zeros")
+        return np.asarray(self._sum / self.total, dtype=np.float32)
+
+
+def stream_dim_of(update: ArrayLike) -> int:
+    """Return the ``d`` of a first streamed update (``ValueError`` unless it is ``(d,)``)."""
+    shape = np.shape(update)
+    if len(shape) != 1 or shape[0] < 1:
+        raise ValueError(f"update must have shape (d,) with d >= 1, got shape {shape}")
+    return int(shape[0])
+
+
+def validate_stream_update(update: ArrayLike, dim: int) -> UpdateVector:
+    """Return one streamed update as float32 ``(dim,)`` after checking it.
+
+    Raises
+    ------
+    ValueError
+        On a shape other than ``(dim,)``, a non-real dtype, or NaN/Inf.
+    """
+    array = np.asarray(update)
+    if array.shape != (dim,):
+        raise ValueError(f"update must have shape ({dim},), got shape {array.shape}")
+    row: UpdateVector = validate_updates(array.reshape(1, dim))[0]
+    return row
+
+
+def validate_stream_weight(weight: object) -> float:
+    """Return one streamed update's weight as a float if it is finite and ``>= 0``."""
+    number = _as_number("weight", weight)
+    if not (np.isfinite(number) and number >= 0):
+        raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+    return number
+
+
+def validate_updates(updates: ArrayLike, *, check_finite: bool = True) -> UpdateMatrix:
     """Return ``updates`` as a float32 ``(n, d)`` array after checking it.
 
     Parameters
     ----------
     updates:
         Real-valued array of shape ``(n, d)`` with ``n >= 1`` and ``d >= 1``.
+    check_finite:
+        ``False`` skips the NaN/Inf test, for a rule that folds it into a pass it makes
+        anyway and then calls :func:`ensure_finite` on what that pass produced.
 
     Returns
     -------
@@ -173,9 +315,29 @@ def validate_updates(updates: ArrayLike) -> UpdateMatrix:
         raise ValueError(f"updates must be real numbers, got dtype {array.dtype}")
     with np.errstate(over="ignore"):  # out-of-range values become Inf, rejected just below
         matrix = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(matrix).all():
-        raise ValueError("updates contain NaN or Inf (or values beyond float32's range)")
+    if check_finite and not all_finite(matrix):
+        raise ValueError(NON_FINITE_MESSAGE)
     return matrix
+
+
+NON_FINITE_MESSAGE = "updates contain NaN or Inf (or values beyond float32's range)"
+
+
+def ensure_finite(derived: ArrayLike, updates: UpdateMatrix) -> bool:
+    """Finish a finiteness test folded into a rule's own pass over ``updates``.
+
+    ``derived`` is something the rule computed from every entry of ``updates`` such that
+    a NaN or Inf entry always makes it non-finite (a weighted sum with non-zero float
+    coefficients, float64 squared norms, a Gram matrix). Returns ``True`` when ``derived``
+    is finite (then so is every entry). Otherwise runs the exact test: raises
+    ``ValueError`` if an entry is NaN or Inf, and returns ``False`` if all entries are
+    finite (``derived`` overflowed; the caller recomputes it more carefully).
+    """
+    if np.isfinite(derived).all():
+        return True
+    if not all_finite(updates):
+        raise ValueError(NON_FINITE_MESSAGE)
+    return False
 
 
 def validate_weights(weights: ArrayLike | None, n: int) -> Weights | None:

@@ -9,21 +9,33 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._columns import (
+    SORT_COLUMNS,
+    column_blocks,
+    median_of_sorted,
+    sorted_rows,
+)
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     BreakdownError,
     UpdateMatrix,
+    UpdateVector,
+    Weights,
     num_byzantine,
     validate_fraction,
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.krum import krum_scores, pairwise_squared_distances, select_lowest
+from coordinator.aggregation.krum import (
+    krum_scores,
+    pairwise_squared_distances,
+    select_lowest_rows,
+)
 
-__all__ = ["Bulyan"]
+__all__ = ["Bulyan", "closest_to_median_mean"]
 
 
 class Bulyan:
@@ -81,28 +93,77 @@ class Bulyan:
             else:
                 k = min(max(m - f - 2, 1), m - 1)
                 scores = krum_scores(distances[np.ix_(remaining, remaining)], k)  # (m,)
-                best = int(select_lowest(scores, matrix[remaining], 1)[0])
+                best = int(select_lowest_rows(scores, matrix, remaining, 1)[0])
             chosen.append(int(remaining[best]))
             remaining = np.delete(remaining, best)
         selected = np.sort(np.array(chosen))  # (θ,)
-        subset = matrix[selected]  # (θ, d)
-        beta = len(selected) - 2 * f
-        median = np.median(subset, axis=0)  # (d,)
-        closest = np.argsort(np.abs(subset - median), axis=0, kind="stable")[:beta]  # (β, d)
-        values = np.take_along_axis(subset, closest, axis=0).astype(np.float64)  # (β, d)
-        if vector is None:
-            aggregate = values.mean(axis=0)
-        else:
-            kept_weights = vector[selected][closest]  # (β, d)
-            total = kept_weights.sum(axis=0)  # (d,)
-            weighted = (kept_weights * values).sum(axis=0)  # (d,)
-            aggregate = np.where(
-                total > 0, weighted / np.where(total > 0, total, 1.0), values.mean(axis=0)
-            )
+        aggregate = closest_to_median_mean(
+            matrix, selected, len(selected) - 2 * f, None if vector is None else vector[selected]
+        )
         diagnostics = AggregationDiagnostics(
             selected=tuple(int(i) for i in selected), scores=first_scores
         )
-        return AggregationResult(aggregate.astype(np.float32), diagnostics)
+        return AggregationResult(aggregate, diagnostics)
 
     def __repr__(self) -> str:
         return f"Bulyan(max_byzantine_fraction={self.max_byzantine_fraction!r})"
+
+
+def closest_to_median_mean(
+    updates: UpdateMatrix,
+    selected: NDArray[np.intp],
+    beta: int,
+    weights: Weights | None = None,
+) -> UpdateVector:
+    """Bulyan's second step: per coordinate, the mean of the ``beta`` values nearest the median.
+
+    Parameters
+    ----------
+    updates:
+        float32 ``(n, d)``.
+    selected:
+        Increasing indices of the ``θ`` selected updates.
+    beta:
+        ``1 <= beta <= θ``.
+    weights:
+        float64 ``(θ,)`` weights of the selected updates, or ``None``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(d,)``: per coordinate ``j``, the (weighted) float64 mean of the ``beta``
+        values ``x_ij`` (``i`` selected) with the smallest ``|x_ij - median_j|`` (float32
+        distances; ties to the lower index, as a stable sort), plain where their weights
+        are all 0.
+
+    Notes
+    -----
+    Cache-sized column blocks are transposed and sorted row by row; the ``beta`` closest
+    values are the ones at most the ``beta``-th smallest distance, and only rows with a
+    tie at that boundary fall back to a stable argsort.
+    """
+    d = updates.shape[1]
+    aggregate = np.empty(d, dtype=np.float32)
+    for columns in column_blocks(d, SORT_COLUMNS):
+        block = np.ascontiguousarray(updates[selected, columns].T)  # (width, θ)
+        median = median_of_sorted(sorted_rows(block))  # (width,)
+        distances = np.abs(block - median[:, None])  # (width, θ) float32
+        bound = sorted_rows(distances)[:, beta - 1 : beta]  # (width, 1)
+        kept = distances <= bound  # (width, θ)
+        tied = np.flatnonzero(kept.sum(axis=1) != beta)
+        if len(tied):
+            order = np.argsort(distances[tied], axis=1, kind="stable")[:, :beta]
+            mask = np.zeros((len(tied), block.shape[1]), dtype=bool)
+            np.put_along_axis(mask, order, True, axis=1)
+            kept[tied] = mask
+        values = np.where(kept, block.astype(np.float64), 0.0)  # (width, θ)
+        plain = values.sum(axis=1) / beta  # (width,)
+        if weights is None:
+            aggregate[columns] = plain.astype(np.float32)
+            continue
+        kept_weights = np.where(kept, weights, 0.0)  # (width, θ)
+        total = kept_weights.sum(axis=1)  # (width,)
+        weighted = (kept_weights * values).sum(axis=1)  # (width,)
+        mixed = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), plain)
+        aggregate[columns] = mixed.astype(np.float32)
+    return aggregate

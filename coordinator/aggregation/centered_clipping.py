@@ -10,14 +10,15 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._columns import GRAM_COLUMNS, column_blocks, single_threaded_blas
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,
     UpdateVector,
-    row_norms,
+    Weights,
     validate_positive,
     validate_positive_int,
     validate_updates,
@@ -100,17 +101,14 @@ class CenteredClipping:
                 f"centered-clipping centre has dimension {centre.shape[0]}, updates have {d}"
             )
         total = float(n) if vector is None else float(vector.sum())
-        for _ in range(self.iterations):
-            differences = matrix - centre  # (n, d)
-            distances = row_norms(differences)  # (n,)
-            tau = (
-                float(np.median(distances)) if self.clip_threshold is None else self.clip_threshold
-            )
-            factors = clip_factors(distances, tau)  # (n,)
-            mass = factors if vector is None else factors * vector  # (n,)
-            centre = np.asarray(
-                centre + (mass / total).astype(np.float32) @ differences, np.float32
-            )
+        centre, distances, factors = _clipped_steps(
+            matrix,
+            centre,
+            vector,
+            total=total,
+            clip_threshold=self.clip_threshold,
+            iterations=self.iterations,
+        )
         self._centre = centre.copy()
         self._rounds += 1
         diagnostics = AggregationDiagnostics(scores=distances, clip_factors=factors)
@@ -134,3 +132,50 @@ class CenteredClipping:
             f"CenteredClipping(clip_threshold={self.clip_threshold!r}, "
             f"iterations={self.iterations!r})"
         )
+
+
+def _clipped_steps(
+    updates: UpdateMatrix,
+    centre: UpdateVector,
+    weights: Weights | None,
+    *,
+    total: float,
+    clip_threshold: float | None,
+    iterations: int,
+) -> tuple[UpdateVector, NDArray[np.float64], NDArray[np.float64]]:
+    """Run centred-clipping steps; return the centre and the last step's distances and factors.
+
+    Step ``t`` needs the distances ``||x_i - v_t||`` over all coordinates before it can
+    move any coordinate of ``v``, but column block ``b`` of ``v_(t+1)`` depends only on
+    block ``b`` of the updates and of ``v_t``. So one pass over cache-sized column blocks
+    moves block ``b`` to ``v_(t+1)`` and right away accumulates the squared distances to
+    ``v_(t+1)`` on it: ``L`` steps read the updates ``L + 1`` times, and no ``(n, d)``
+    temporary is ever made. The arithmetic per coordinate is the definition's: float32
+    differences, float64 squared norms, a float32 weighted sum of the differences.
+    """
+    n, d = updates.shape
+    centre = centre.copy()  # (d,) float32, moved block by block
+    squared = np.zeros(n)  # (n,) squared distances to the current centre
+    for columns in column_blocks(d, GRAM_COLUMNS):
+        squared += _squared_norms(updates[:, columns] - centre[columns])
+    with single_threaded_blas():
+        for step in range(iterations):
+            distances = np.sqrt(squared)  # (n,)
+            tau = float(np.median(distances)) if clip_threshold is None else clip_threshold
+            factors = clip_factors(distances, tau)  # (n,)
+            mass = factors if weights is None else factors * weights  # (n,)
+            coefficients = (mass / total).astype(np.float32)  # (n,)
+            last = step == iterations - 1
+            squared = np.zeros(n)
+            for columns in column_blocks(d, GRAM_COLUMNS):
+                block = updates[:, columns]  # (n, width) view
+                moved = centre[columns] + coefficients @ (block - centre[columns])  # (width,)
+                centre[columns] = moved
+                if not last:
+                    squared += _squared_norms(block - moved)
+    return centre, distances, factors
+
+
+def _squared_norms(difference: UpdateMatrix) -> NDArray[np.float64]:
+    """Return the squared norm of each row of a float32 ``(n, width)`` block, in float64."""
+    return np.einsum("ij,ij->i", difference, difference, dtype=np.float64)  # type: ignore[no-any-return]

@@ -11,6 +11,13 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._columns import (
+    SORT_COLUMNS,
+    column_blocks,
+    median_of_sorted,
+    sorted_rows,
+    transposed,
+)
 from coordinator.aggregation.base import (
     AggregationResult,
     UpdateMatrix,
@@ -33,6 +40,10 @@ def coordinate_median(updates: UpdateMatrix, weights: Weights | None = None) -> 
     exceeds half), and returns their midpoint; with equal weights this is the unweighted
     median, and an update of weight 0 is never chosen.
 
+    The columns are processed in cache-sized blocks (transposed, then sorted row by row
+    with numpy's vectorised sort), which is several times faster than
+    ``numpy.median(axis=0)`` and gives the same float32 values bit for bit.
+
     Parameters
     ----------
     updates:
@@ -45,18 +56,28 @@ def coordinate_median(updates: UpdateMatrix, weights: Weights | None = None) -> 
     numpy.ndarray
         float32 ``(d,)``.
     """
-    if weights is None:
-        return np.asarray(np.median(updates, axis=0), dtype=np.float32)  # (d,)
-    order = np.argsort(updates, axis=0, kind="stable")  # (n, d)
-    values = np.take_along_axis(updates, order, axis=0)  # (n, d)
-    normalised = weights / weights.sum()  # (n,)
-    cumulative = np.cumsum(normalised[order], axis=0)  # (n, d)
+    d = updates.shape[1]
+    result = np.empty(d, dtype=np.float32)
+    normalised = None if weights is None else weights / weights.sum()  # (n,)
+    for columns in column_blocks(d, SORT_COLUMNS):
+        block = transposed(updates, columns)  # (width, n), contiguous
+        if normalised is None:
+            result[columns] = median_of_sorted(sorted_rows(block))
+        else:
+            result[columns] = _weighted_median_rows(block, normalised)
+    return result
+
+
+def _weighted_median_rows(block: UpdateMatrix, normalised: Weights) -> UpdateVector:
+    """Return the weighted median of each row of the ``(width, n)`` ``block``."""
+    order = np.argsort(block, axis=1, kind="stable")  # (width, n)
+    values = np.take_along_axis(block, order, axis=1)  # (width, n)
+    cumulative = np.cumsum(normalised[order], axis=1)  # (width, n)
     slack = 1e-12  # cumulative sums of normalised float64 weights are exact to ~1e-15
-    lower = np.argmax(cumulative >= 0.5 - slack, axis=0)  # (d,)
-    upper = np.argmax(cumulative > 0.5 + slack, axis=0)  # (d,)
-    columns = np.arange(updates.shape[1])
-    low: NDArray[np.float64] = values[lower, columns].astype(np.float64)  # (d,)
-    high: NDArray[np.float64] = values[upper, columns].astype(np.float64)  # (d,)
+    lower = np.argmax(cumulative >= 0.5 - slack, axis=1)[:, None]  # (width, 1)
+    upper = np.argmax(cumulative > 0.5 + slack, axis=1)[:, None]  # (width, 1)
+    low: NDArray[np.float64] = np.take_along_axis(values, lower, axis=1)[:, 0].astype(np.float64)
+    high: NDArray[np.float64] = np.take_along_axis(values, upper, axis=1)[:, 0].astype(np.float64)
     return ((low + high) / 2).astype(np.float32)
 
 

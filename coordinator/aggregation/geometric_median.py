@@ -11,13 +11,18 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._columns import (
+    GRAM_COLUMNS,
+    centred_gram,
+    column_blocks,
+    single_threaded_blas,
+)
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,
     UpdateVector,
     Weights,
-    row_norms,
     validate_positive,
     validate_positive_int,
     validate_updates,
@@ -25,6 +30,13 @@ from coordinator.aggregation.base import (
 )
 
 __all__ = ["GeometricMedian", "smoothed_weiszfeld"]
+
+
+_GRAM_RTOL = 1e-12
+"""Relative error allowed for the Gram matrix entries (float64 sums over ``d`` products)."""
+
+_DISTANCE_RTOL = 1e-9
+"""Largest error, relative to ``max(nu, distance)^2``, the Gram path accepts per distance."""
 
 
 def smoothed_weiszfeld(
@@ -40,6 +52,16 @@ def smoothed_weiszfeld(
     sum_i b_i``; it stops after ``max_iter`` iterations or once ``z`` moves by at most
     ``tol * max(1, ||z||)``.
 
+    Every iterate is a convex combination ``z = sum_i c_i x_i``, so the iterations run on
+    the coefficients ``c`` (``n`` numbers) with the centred Gram matrix ``G`` computed in
+    one pass: ``||z - x_i||^2 = G_ii - 2 (G c)_i + c'Gc`` and
+    ``||z' - z||^2 = (c' - c)'G(c' - c)``; ``z`` itself is formed once at the end. Each
+    of these is checked against a bound on its rounding error; if a distance could be off
+    by more than ``1e-9`` relative (updates whose spread is tiny next to their distance
+    from the mean, e.g. Byzantine updates many orders of magnitude larger than the honest
+    ones) or the stopping test is too close to call, the iterations rerun directly on the
+    ``d``-dimensional vectors, in float64, as the definition reads.
+
     Returns
     -------
     aggregate:
@@ -50,18 +72,94 @@ def smoothed_weiszfeld(
         The number of iterations run.
     """
     alpha = np.ones(len(updates)) if weights is None else weights / weights.sum()  # (n,)
-    points = updates.astype(np.float64)  # (n, d)
-    z = alpha @ points / alpha.sum()  # (d,)
+    solved = _weiszfeld_gram(updates, alpha, nu, max_iter, tol)
+    if solved is None:
+        return _weiszfeld_direct(updates, alpha, nu, max_iter, tol)
+    coefficients, distances, iterations = solved
+    return _combine(updates, coefficients).astype(np.float32), distances, iterations
+
+
+def _weiszfeld_gram(
+    updates: UpdateMatrix, alpha: NDArray[np.float64], nu: float, max_iter: int, tol: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64], int] | None:
+    """Run the iterations on the coefficients; ``None`` when rounding could matter."""
+    gram, projections, mean_squared = centred_gram(updates)  # (n, n), (n,), float
+    diagonal = np.diag(gram).copy()  # (n,)
+    magnitude = np.abs(gram)  # (n, n)
+    floor = nu * nu
+
+    def squared_distances(c: NDArray[np.float64]) -> NDArray[np.float64] | None:
+        gc = gram @ c  # (n,)
+        squared = np.maximum(diagonal - 2 * gc + c @ gc, 0.0)  # (n,)
+        size = np.abs(c)
+        error = _GRAM_RTOL * (diagonal + 2 * magnitude @ size + size @ magnitude @ size)
+        if (error > _DISTANCE_RTOL * np.maximum(squared, floor)).any():
+            return None
+        return squared
+
+    c = alpha / alpha.sum()  # (n,)
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
-        distances = row_norms(points - z)  # (n,)
+        squared = squared_distances(c)
+        if squared is None:
+            return None
+        beta = alpha / np.maximum(nu, np.sqrt(squared))  # (n,)
+        c_next = beta / beta.sum()  # (n,)
+        delta = c_next - c  # (n,)
+        step_squared = float(delta @ gram @ delta)
+        step_error = _GRAM_RTOL * float(np.abs(delta) @ magnitude @ np.abs(delta))
+        c = c_next
+        size = np.abs(c)
+        norm_squared = mean_squared + 2 * float(c @ projections) + float(c @ gram @ c)
+        norm_error = _GRAM_RTOL * (
+            mean_squared + 2 * float(size @ np.abs(projections)) + float(size @ magnitude @ size)
+        )
+        bound_squared = tol * tol * max(1.0, norm_squared)
+        margin = step_error + tol * tol * (norm_error if norm_squared > 1.0 else 0.0)
+        if abs(step_squared - bound_squared) <= margin:
+            return None  # too close to call: let the direct iterations decide
+        if step_squared <= bound_squared:
+            break
+    squared = squared_distances(c)
+    if squared is None:
+        return None
+    return c, np.sqrt(squared), iterations
+
+
+def _combine(updates: UpdateMatrix, coefficients: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Return ``sum_i coefficients_i x_i`` in float64, one column block at a time."""
+    d = updates.shape[1]
+    result = np.empty(d)
+    with single_threaded_blas():
+        for columns in column_blocks(d, GRAM_COLUMNS):
+            result[columns] = coefficients @ updates[:, columns].astype(np.float64)
+    return result
+
+
+def _distances_to(updates: UpdateMatrix, point: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Return ``||x_i - point||`` (float64 ``(n,)``), one column block at a time."""
+    squared = np.zeros(len(updates))
+    for columns in column_blocks(updates.shape[1], GRAM_COLUMNS):
+        difference = updates[:, columns].astype(np.float64) - point[columns]  # (n, width)
+        squared += np.einsum("ij,ij->i", difference, difference)
+    return np.sqrt(squared)
+
+
+def _weiszfeld_direct(
+    updates: UpdateMatrix, alpha: NDArray[np.float64], nu: float, max_iter: int, tol: float
+) -> tuple[UpdateVector, NDArray[np.float64], int]:
+    """The iterations on the ``d``-dimensional vectors, in float64 (the definition)."""
+    z = _combine(updates, alpha) / alpha.sum()  # (d,)
+    iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
+        distances = _distances_to(updates, z)  # (n,)
         beta = alpha / np.maximum(nu, distances)  # (n,)
-        z_next = beta @ points / beta.sum()  # (d,)
+        z_next = _combine(updates, beta) / beta.sum()  # (d,)
         step = float(np.linalg.norm(z_next - z))
         z = z_next
         if step <= tol * max(1.0, float(np.linalg.norm(z))):
             break
-    return z.astype(np.float32), row_norms(points - z), iterations
+    return z.astype(np.float32), _distances_to(updates, z), iterations
 
 
 class GeometricMedian:

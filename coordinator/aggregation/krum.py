@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._columns import centred_gram
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
@@ -22,7 +23,14 @@ from coordinator.aggregation.base import (
     validate_weights,
 )
 
-__all__ = ["Krum", "krum_scores", "pairwise_squared_distances", "select_lowest"]
+__all__ = [
+    "Krum",
+    "distances_from_gram",
+    "krum_scores",
+    "pairwise_squared_distances",
+    "select_lowest",
+    "select_lowest_rows",
+]
 
 _TIE_RTOL = 1e-9  # scores this close (relatively) count as tied
 
@@ -32,14 +40,20 @@ def pairwise_squared_distances(updates: UpdateMatrix) -> NDArray[np.float64]:
 
     The rows are centred on their mean and cast to float64 first, so that
     ``||x_i||^2 + ||x_j||^2 - 2 <x_i, x_j>`` does not cancel catastrophically for close,
-    large updates. The diagonal is exactly 0 and no entry is negative.
+    large updates. The Gram matrix is accumulated over cache-sized column blocks (one
+    pass, ``O(n^2 + n * block)`` extra memory, a BLAS ``syrk`` per block), never as an
+    ``(n, d)`` float64 copy. The diagonal is exactly 0 and no entry is negative.
     """
-    centred = updates.astype(np.float64) - updates.mean(axis=0, dtype=np.float64)  # (n, d)
-    gram = centred @ centred.T  # (n, n)
+    gram, _, _ = centred_gram(updates)  # (n, n)
+    return distances_from_gram(gram)
+
+
+def distances_from_gram(gram: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Return ``G_ii + G_jj - 2 G_ij`` clipped at 0, with an exactly zero diagonal."""
     squared = np.diag(gram)  # (n,)
     distances = np.maximum(squared[:, None] + squared[None, :] - 2 * gram, 0.0)  # (n, n)
     np.fill_diagonal(distances, 0.0)
-    return distances  # type: ignore[no-any-return]
+    return distances
 
 
 def krum_scores(distances: NDArray[np.float64], num_neighbours: int) -> NDArray[np.float64]:
@@ -82,13 +96,26 @@ def select_lowest(scores: NDArray[np.float64], rows: UpdateMatrix, m: int) -> ND
     m:
         ``1 <= m <= k``.
     """
+    return select_lowest_rows(scores, rows, np.arange(len(scores)), m)
+
+
+def select_lowest_rows(
+    scores: NDArray[np.float64], updates: UpdateMatrix, rows: NDArray[np.intp], m: int
+) -> NDArray[np.intp]:
+    """:func:`select_lowest` for the updates ``updates[rows]``, without copying them.
+
+    Returns positions into ``scores`` / ``rows`` exactly as
+    ``select_lowest(scores, updates[rows], m)`` does; only the rows tied at the ``m``-th
+    lowest score are read (for the tie-break), so a caller that scores a subset of the
+    updates round after round (Bulyan) never copies that subset.
+    """
     order = np.argsort(scores, kind="stable")  # (k,)
     threshold = float(scores[order[m - 1]])
     slack = _TIE_RTOL * abs(threshold)
     below = np.flatnonzero(scores < threshold - slack)  # (< m,)
     band = np.flatnonzero(np.abs(scores - threshold) <= slack)  # (>= m - len(below),)
     if len(below) + len(band) > m:
-        raw = np.ascontiguousarray(rows[band])  # (b, d)
+        raw = np.ascontiguousarray(updates[rows[band]])  # (b, d)
         keys = raw.view(np.dtype((np.void, raw.dtype.itemsize * raw.shape[1]))).ravel()  # (b,)
         band = band[np.argsort(keys, kind="stable")][: m - len(below)]
     return np.sort(np.concatenate([below, band]))

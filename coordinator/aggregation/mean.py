@@ -9,13 +9,20 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._kernels import all_finite
 from coordinator.aggregation.base import (
+    NON_FINITE_MESSAGE,
     AggregationResult,
+    StreamSum,
     UpdateMatrix,
     UpdateVector,
     Weights,
+    ensure_finite,
+    stream_dim_of,
+    validate_stream_update,
+    validate_stream_weight,
     validate_updates,
     validate_weights,
 )
@@ -25,6 +32,9 @@ __all__ = ["Mean", "weighted_mean"]
 
 def weighted_mean(updates: UpdateMatrix, weights: Weights | None = None) -> UpdateVector:
     """Return ``sum_i w_i x_i / sum_i w_i`` (the plain mean when ``weights`` is ``None``).
+
+    Computed as one float32 matrix-vector product with the coefficients ``w_i / sum_j
+    w_j`` (``1 / n`` unweighted), which reads the updates once at memory speed.
 
     Parameters
     ----------
@@ -38,10 +48,36 @@ def weighted_mean(updates: UpdateMatrix, weights: Weights | None = None) -> Upda
     numpy.ndarray
         float32 ``(d,)``.
     """
+    return np.asarray(_coefficients(len(updates), weights) @ updates, dtype=np.float32)  # (d,)
+
+
+def _coefficients(n: int, weights: Weights | None) -> NDArray[np.float32]:
+    """Return the float32 ``(n,)`` coefficients ``w_i / sum_j w_j`` (``1 / n`` unweighted)."""
     if weights is None:
-        return np.asarray(np.mean(updates, axis=0, dtype=np.float32), dtype=np.float32)  # (d,)
-    coefficients = (weights / weights.sum()).astype(np.float32)  # (n,)
-    return np.asarray(coefficients @ updates, dtype=np.float32)  # (d,)
+        return np.full(n, 1.0 / n, dtype=np.float32)
+    return (weights / weights.sum()).astype(np.float32)
+
+
+def _checked_mean(updates: UpdateMatrix, weights: Weights | None) -> UpdateVector:
+    """:func:`weighted_mean` of updates not yet checked for NaN/Inf, checking them on the way.
+
+    Every coordinate of the product is ``sum_i a_i x_ij``; a NaN or Inf ``x_ij`` with
+    ``a_i != 0`` makes it NaN or Inf (``a_i x_ij`` is, and IEEE sums never turn those
+    finite). So a finite result proves every row with a non-zero float32 coefficient
+    finite, and only rows whose coefficient is 0 (weight 0, or a weight that underflows
+    float32) need a separate look. A non-finite result from finite rows (coefficients
+    times values near 3.4e38 rounding past it) is recomputed in float64.
+    """
+    coefficients = _coefficients(len(updates), weights)  # (n,)
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = np.asarray(coefficients @ updates, dtype=np.float32)  # (d,)
+    if not ensure_finite(result, updates):
+        exact = np.einsum("k,kd->d", coefficients.astype(np.float64), updates, dtype=np.float64)
+        result = exact.astype(np.float32)
+    silent = np.flatnonzero(coefficients == 0)
+    if len(silent) and not all_finite(updates[silent]):
+        raise ValueError(NON_FINITE_MESSAGE)
+    return result
 
 
 class Mean:
@@ -50,17 +86,46 @@ class Mean:
     ``x = sum_i w_i x_i / sum_i w_i``. Breakdown point 0: a single Byzantine update
     moves the output arbitrarily far, so use it only as a baseline or behind a
     pre-aggregator that bounds each update.
+
+    Streaming (:meth:`start`, :meth:`accumulate`, :meth:`finish`) keeps the running
+    float64 sum ``sum_i w_i x_i`` and ``sum_i w_i``: ``O(d)`` memory, the batch result up
+    to float rounding.
     """
 
     name: ClassVar[str] = "mean"
     stateful: ClassVar[bool] = False
 
+    def __init__(self) -> None:
+        self._stream: StreamSum | None = None
+
+    def start(self, dim: int) -> None:
+        """Open a streamed round of ``dim``-dimensional updates (``ValueError`` if ``dim < 1``)."""
+        self._stream = StreamSum(dim)
+
+    def accumulate(
+        self, update: ArrayLike, weight: float = 1.0, device_id: str | None = None
+    ) -> None:
+        """Add one float32 ``(d,)`` update with weight ``>= 0``; ``device_id`` is unused."""
+        if self._stream is None:
+            self.start(stream_dim_of(update))
+        stream = self._stream
+        assert stream is not None  # noqa: S101 (start() set it or raised)
+        stream.add(validate_stream_update(update, stream.dim), validate_stream_weight(weight))
+
+    def finish(self) -> AggregationResult:
+        """Return the weighted mean of the streamed updates and close the round."""
+        if self._stream is None:
+            raise ValueError("mean: no updates were accumulated")
+        aggregate = self._stream.mean(self.name)
+        self._stream = None
+        return AggregationResult(aggregate)
+
     def __call__(
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
-        matrix = validate_updates(updates)
-        return AggregationResult(weighted_mean(matrix, validate_weights(weights, len(matrix))))
+        matrix = validate_updates(updates, check_finite=False)  # checked by the product
+        return AggregationResult(_checked_mean(matrix, validate_weights(weights, len(matrix))))
 
     def __repr__(self) -> str:
         return "Mean()"

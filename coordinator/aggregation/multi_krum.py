@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from numpy.typing import ArrayLike
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,
+    UpdateVector,
     num_byzantine,
     validate_fraction,
     validate_positive_int,
@@ -77,7 +79,10 @@ class MultiKrum:
         chosen_weights = None if vector is None else vector[chosen]
         if chosen_weights is not None and not chosen_weights.sum() > 0:
             chosen_weights = None  # every selected update has weight 0: average them plainly
-        aggregate = weighted_mean(matrix[chosen], chosen_weights)
+        if chosen_weights is None:
+            aggregate = _mean_of_rows(matrix, chosen)
+        else:
+            aggregate = weighted_mean(matrix[chosen], chosen_weights)
         selected = tuple(int(i) for i in chosen)
         return AggregationResult(
             aggregate, AggregationDiagnostics(selected=selected, scores=scores)
@@ -88,3 +93,16 @@ class MultiKrum:
             f"MultiKrum(max_byzantine_fraction={self.max_byzantine_fraction!r}, "
             f"krum_k={self.krum_k!r})"
         )
+
+
+def _mean_of_rows(updates: UpdateMatrix, rows: NDArray[np.intp]) -> UpdateVector:
+    """Return ``numpy.mean(updates[rows], axis=0)`` (float32) without copying the rows.
+
+    The rows are added one after the other in float32 and the sum divided once, which is
+    what numpy's mean along axis 0 of a wide C-contiguous matrix does.
+    """
+    total: UpdateVector = updates[rows[0]].copy()  # (d,)
+    for row in rows[1:]:
+        total += updates[row]
+    total /= np.float32(len(rows))
+    return total

@@ -14,9 +14,14 @@ from numpy.typing import ArrayLike
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
+    StreamingUnavailableError,
+    StreamSum,
     UpdateMatrix,
     row_norms,
+    stream_dim_of,
     validate_positive,
+    validate_stream_update,
+    validate_stream_weight,
     validate_updates,
     validate_weights,
 )
@@ -35,6 +40,13 @@ class NormClipping:
     no breakdown condition, and with ``M`` automatic it holds while the Byzantines are
     fewer than half.
 
+    Streaming (:meth:`start`, :meth:`accumulate`, :meth:`finish`): with a fixed
+    ``clip_norm`` each update is clipped as it arrives into one float64 running sum,
+    ``O(d)`` memory and the batch result. The automatic radius (the median norm) is known
+    only once every update has been seen, and a stateless rule has no previous round to
+    borrow it from, so :meth:`start` then raises
+    :class:`~coordinator.aggregation.base.StreamingUnavailableError` (aggregate in batch).
+
     Parameters
     ----------
     clip_norm:
@@ -52,6 +64,9 @@ class NormClipping:
 
     def __init__(self, clip_norm: float | None = None) -> None:
         self.clip_norm = None if clip_norm is None else validate_positive("clip_norm", clip_norm)
+        self._stream: StreamSum | None = None
+        self._norms: list[float] = []
+        self._factors: list[float] = []
 
     def __call__(
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
@@ -68,6 +83,51 @@ class NormClipping:
         return AggregationResult(
             aggregate, AggregationDiagnostics(scores=norms, clip_factors=factors)
         )
+
+    def start(self, dim: int) -> None:
+        """Open a streamed round of ``dim``-dimensional updates.
+
+        Raises
+        ------
+        StreamingUnavailableError
+            When ``clip_norm`` is unset (automatic radius).
+        """
+        if self.clip_norm is None:
+            raise StreamingUnavailableError(
+                "norm-clipping: the automatic radius (median norm) is known only after "
+                "every update; set clip_norm to stream, or aggregate in batch"
+            )
+        self._stream = StreamSum(dim)
+        self._norms = []
+        self._factors = []
+
+    def accumulate(
+        self, update: ArrayLike, weight: float = 1.0, device_id: str | None = None
+    ) -> None:
+        """Clip one float32 ``(d,)`` update and add it with weight ``>= 0`` to the sum."""
+        if self._stream is None:
+            self.start(stream_dim_of(update))
+        stream = self._stream
+        assert stream is not None  # noqa: S101 (start() set it or raised)
+        assert self.clip_norm is not None  # noqa: S101 (start() checked it)
+        vector = validate_stream_update(update, stream.dim)
+        w = validate_stream_weight(weight)
+        norm = row_norms(vector[None, :])  # (1,)
+        factor = float(clip_factors(norm, self.clip_norm)[0])
+        stream.add(vector, w, factor)
+        self._norms.append(float(norm[0]))
+        self._factors.append(factor)
+
+    def finish(self) -> AggregationResult:
+        """Return the mean of the clipped streamed updates and close the round."""
+        if self._stream is None:
+            raise ValueError("norm-clipping: no updates were accumulated")
+        aggregate = self._stream.mean(self.name)
+        diagnostics = AggregationDiagnostics(
+            scores=np.array(self._norms), clip_factors=np.array(self._factors)
+        )
+        self._stream, self._norms, self._factors = None, [], []
+        return AggregationResult(aggregate, diagnostics)
 
     def __repr__(self) -> str:
         return f"NormClipping(clip_norm={self.clip_norm!r})"

@@ -11,6 +11,12 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._columns import (
+    SORT_COLUMNS,
+    column_blocks,
+    sorted_rows,
+    transposed,
+)
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
@@ -59,26 +65,59 @@ def trimmed_mean(
     if n <= 2 * b:
         raise BreakdownError(f"trimmed mean needs n > 2b, got n={n}, b={b}")
     if b == 0:
-        kept_values = updates
         trimmed_share = np.zeros(n)
         if weights is None:
             return np.mean(updates, axis=0, dtype=np.float32), trimmed_share
-        kept_weights = np.broadcast_to(weights[:, None], (n, d))
-    else:
-        order = np.argsort(updates, axis=0, kind="stable")  # (n, d)
-        kept_order = order[b : n - b]  # (n - 2b, d)
-        kept_values = np.take_along_axis(updates, kept_order, axis=0)  # (n - 2b, d)
-        trimmed_rows = np.concatenate([order[:b], order[n - b :]]).ravel()  # (2b * d,)
-        trimmed_share = np.bincount(trimmed_rows, minlength=n) / d  # (n,)
+        weighted = np.einsum("k,kd->d", weights, updates, dtype=np.float64)  # (d,)
+        return (weighted / weights.sum()).astype(np.float32), trimmed_share
+    kept_count = n - 2 * b
+    aggregate = np.empty(d, dtype=np.float32)
+    trimmed_counts = np.zeros(n, dtype=np.int64)
+    for columns in column_blocks(d, SORT_COLUMNS):
+        block = transposed(updates, columns)  # (width, n), contiguous
+        ordered = sorted_rows(block)  # (width, n)
+        trimmed = _trimmed_mask(block, ordered, b)  # (width, n)
+        trimmed_counts += np.count_nonzero(trimmed, axis=0)
         if weights is None:
-            return np.mean(kept_values, axis=0, dtype=np.float32), trimmed_share
-        kept_weights = weights[kept_order]  # (n - 2b, d)
-    total = kept_weights.sum(axis=0)  # (d,)
-    weighted = np.einsum("kd,kd->d", kept_weights, kept_values, dtype=np.float64)  # (d,)
-    plain = kept_values.mean(axis=0, dtype=np.float64)  # (d,)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        aggregate = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), plain)
-    return aggregate.astype(np.float32), trimmed_share
+            kept_sum = ordered[:, b : n - b].sum(axis=1, dtype=np.float64)  # (width,)
+            aggregate[columns] = (kept_sum / kept_count).astype(np.float32)
+            continue
+        kept_weights = np.where(trimmed, 0.0, weights)  # (width, n)
+        total = kept_weights.sum(axis=1)  # (width,)
+        weighted = np.einsum("kn,kn->k", kept_weights, block, dtype=np.float64)  # (width,)
+        plain = np.where(trimmed, 0.0, block).sum(axis=1, dtype=np.float64) / kept_count
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mixed = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), plain)
+        aggregate[columns] = mixed.astype(np.float32)
+    return aggregate, trimmed_counts / d
+
+
+def _trimmed_mask(block: UpdateMatrix, ordered: UpdateMatrix, b: int) -> NDArray[np.bool_]:
+    """Return which entries of each row of ``block`` a stable sort puts in the trimmed tails.
+
+    ``ordered`` is ``block`` with each row sorted; ``1 <= b`` and ``n > 2b``. Row ``k``
+    trims its ``b`` smallest and ``b`` largest values; among values tied at a tail's
+    boundary, a stable sort trims the lowest-indexed ones at the bottom and the
+    highest-indexed ones at the top. Rows without such ties (almost all of them on real
+    updates) are decided by comparisons with the two boundary values; the others by a
+    stable argsort of just those rows.
+    """
+    n = block.shape[1]
+    low = ordered[:, b - 1 : b]  # (width, 1): largest value trimmed at the bottom
+    high = ordered[:, n - b : n - b + 1]  # (width, 1): smallest value trimmed at the top
+    trimmed = block <= low  # (width, n)
+    trimmed |= block >= high
+    # A row has exactly b values <= low (and b >= high) unless a value equal to the
+    # boundary lies just inside it.
+    tied = (ordered[:, b] == low[:, 0]) | (ordered[:, n - b - 1] == high[:, 0])  # (width,)
+    if tied.any():
+        rows = np.flatnonzero(tied)
+        order = np.argsort(block[rows], axis=1, kind="stable")  # (t, n)
+        mask = np.zeros((len(rows), n), dtype=bool)
+        np.put_along_axis(mask, order[:, :b], True, axis=1)
+        np.put_along_axis(mask, order[:, n - b :], True, axis=1)
+        trimmed[rows] = mask
+    return trimmed
 
 
 class TrimmedMean:

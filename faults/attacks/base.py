@@ -1,8 +1,14 @@
-"""The two kinds of device-local attack: on the training data, or on the update.
+"""The three kinds of device-local attack: on the training data, the update, or the wire.
 
 A *data* attack is a :class:`~edge_agent.seams.SensorSource` wrapper (built as
 ``cls(source, **params)``); an *update* attack is an :class:`~edge_agent.seams.UpdateStage`
-(built as ``cls(**params)``). :attr:`acts_on` on each class says which.
+(built as ``cls(**params)``); a *wire* attack is an :class:`~edge_agent.seams.WireStage`
+(built as ``cls(**params)``) that rewrites or adds the signed messages after sealing.
+:attr:`acts_on` on each class says which.
+
+Every attack takes ``start_round`` (onset), ``probability`` (intermittency: the chance it
+acts in a given round from ``start_round`` on) and ``seed`` (of that per-round coin and of
+its own draws, where it has any); see :class:`~faults._schedule.Schedule`.
 """
 
 from __future__ import annotations
@@ -13,15 +19,45 @@ from typing import ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import LocalData, RoundContext, SensorSource
-from faults._validate import check_non_negative_int
+from edge_agent.seams import LocalData, OutgoingMessage, RoundContext, SensorSource, UpdateStage
+from faults._schedule import Schedule
 
-__all__ = ["AttackTarget", "DataAttack", "UpdateAttack"]
+__all__ = ["AttackTarget", "DataAttack", "UpdateAttack", "WireAttack"]
 
-AttackTarget = Literal["data", "update"]
+AttackTarget = Literal["data", "update", "wire"]
 
 
-class DataAttack(ABC):
+class _Scheduled:
+    """Mixin: ``start_round``, ``probability`` and ``seed`` validated into a Schedule."""
+
+    name: ClassVar[str]
+
+    def _init_schedule(self, start_round: int, probability: float, seed: int) -> None:
+        self.schedule = Schedule(
+            self.name, start_round=start_round, probability=probability, seed=seed
+        )
+
+    @property
+    def start_round(self) -> int:
+        """First round in which the attack may act."""
+        return self.schedule.start_round
+
+    @property
+    def probability(self) -> float:
+        """Chance that the attack acts in a round at or after ``start_round``."""
+        return self.schedule.probability
+
+    @property
+    def seed(self) -> int:
+        """Seed of the per-round coin and draws."""
+        return self.schedule.seed
+
+    def is_active(self, round_number: int) -> bool:
+        """Return whether the attack acts in ``round_number``."""
+        return self.schedule.is_active(round_number)
+
+
+class DataAttack(_Scheduled, ABC):
     """An attack that poisons the training data by wrapping the sensor source.
 
     Parameters
@@ -30,21 +66,39 @@ class DataAttack(ABC):
         The sensor source being wrapped.
     start_round:
         First round (``>= 0``) in which the attack acts; earlier rounds read honestly.
+    probability:
+        Chance in ``[0, 1]`` that the attack acts in a round from ``start_round`` on.
+    seed:
+        Non-negative seed of the per-round coin and of the attack's own draws.
     """
 
-    name: ClassVar[str]
     acts_on: ClassVar[AttackTarget] = "data"
 
-    def __init__(self, source: SensorSource, *, start_round: int = 0) -> None:
+    def __init__(
+        self,
+        source: SensorSource,
+        *,
+        start_round: int = 0,
+        probability: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         self.source = source
-        self.start_round = check_non_negative_int("start_round", start_round)
+        self._init_schedule(start_round, probability, seed)
 
     @abstractmethod
     def _poison(self, data: LocalData, round_number: int) -> LocalData:
         """Return the poisoned version of ``data``."""
 
+    def update_stage(self) -> UpdateStage | None:
+        """Return an update stage that goes with this data attack (``None`` by default).
+
+        The injector appends it to the update pipeline (a boosted backdoor scales the
+        update it trained on poisoned data).
+        """
+        return None
+
     def read(self, round_number: int) -> LocalData:
-        """Read the wrapped source, poisoned from ``start_round`` on.
+        """Read the wrapped source, poisoned in the rounds the attack is active.
 
         Parameters
         ----------
@@ -54,35 +108,39 @@ class DataAttack(ABC):
         Returns
         -------
         LocalData
-            The wrapped source's data, poisoned when ``round_number >= start_round``.
+            The wrapped source's data, poisoned when :meth:`is_active`.
         """
         data = self.source.read(round_number)
-        if round_number < self.start_round:
+        if not self.is_active(round_number):
             return data
         return self._poison(data, round_number)
 
 
-class UpdateAttack(ABC):
+class UpdateAttack(_Scheduled, ABC):
     """An attack that rewrites the update vector in the agent's update pipeline.
 
     Parameters
     ----------
     start_round:
         First round (``>= 0``) in which the attack acts; earlier updates pass unchanged.
+    probability:
+        Chance in ``[0, 1]`` that the attack acts in a round from ``start_round`` on.
+    seed:
+        Non-negative seed of the per-round coin. Random draws of the attack itself come
+        from ``context.rng``, the generator the agent seeds per device and round.
     """
 
-    name: ClassVar[str]
     acts_on: ClassVar[AttackTarget] = "update"
 
-    def __init__(self, *, start_round: int = 0) -> None:
-        self.start_round = check_non_negative_int("start_round", start_round)
+    def __init__(self, *, start_round: int = 0, probability: float = 1.0, seed: int = 0) -> None:
+        self._init_schedule(start_round, probability, seed)
 
     @abstractmethod
     def _forge(self, update: NDArray[np.float32], context: RoundContext) -> NDArray[np.float32]:
         """Return the malicious update."""
 
     def __call__(self, update: NDArray[np.float32], context: RoundContext) -> NDArray[np.float32]:
-        """Return the malicious float32 update (the input itself before ``start_round``).
+        """Return the malicious float32 update (the input itself when not active).
 
         Parameters
         ----------
@@ -96,6 +154,49 @@ class UpdateAttack(ABC):
         numpy.ndarray
             A float32 vector of the same shape.
         """
-        if context.round < self.start_round:
+        if not self.is_active(context.round):
             return update
         return self._forge(update, context).astype(np.float32, copy=False)
+
+
+class WireAttack(_Scheduled, ABC):
+    """A protocol-level attack: rewrites or adds signed messages after sealing.
+
+    Parameters
+    ----------
+    start_round:
+        First round (``>= 0``) in which the attack acts; earlier messages pass unchanged.
+    probability:
+        Chance in ``[0, 1]`` that the attack acts in a round from ``start_round`` on.
+    seed:
+        Non-negative seed of the per-round coin and of the attack's own draws.
+    """
+
+    acts_on: ClassVar[AttackTarget] = "wire"
+
+    def __init__(self, *, start_round: int = 0, probability: float = 1.0, seed: int = 0) -> None:
+        self._init_schedule(start_round, probability, seed)
+
+    @abstractmethod
+    def _abuse(self, message: OutgoingMessage, context: RoundContext) -> list[OutgoingMessage]:
+        """Return the messages sent in place of ``message``."""
+
+    def __call__(self, message: OutgoingMessage, context: RoundContext) -> list[OutgoingMessage]:
+        """Return the messages to publish instead of ``message`` (``[message]`` when idle).
+
+        Parameters
+        ----------
+        message:
+            A message about to be published (the sealed update, or an earlier wire
+            stage's output).
+        context:
+            The round being sent.
+
+        Returns
+        -------
+        list of OutgoingMessage
+            What to publish, in order.
+        """
+        if not self.is_active(context.round):
+            return [message]
+        return self._abuse(message, context)

@@ -24,7 +24,7 @@ class GaussianNoise(UpdateAttack):
         uses 1, Blades 0.1).
     mean:
         Mean of every coordinate (default 0; Blades uses 0.1).
-    start_round:
+    start_round, probability, seed:
         See :class:`~faults.attacks.base.UpdateAttack`.
 
     Notes
@@ -36,8 +36,16 @@ class GaussianNoise(UpdateAttack):
 
     name: ClassVar[str] = "gaussian-noise"
 
-    def __init__(self, *, scale: float = 1000.0, mean: float = 0.0, start_round: int = 0) -> None:
-        super().__init__(start_round=start_round)
+    def __init__(
+        self,
+        *,
+        scale: float = 1000.0,
+        mean: float = 0.0,
+        start_round: int = 0,
+        probability: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(start_round=start_round, probability=probability, seed=seed)
         self.scale = check_positive("scale", scale)
         self.mean = check_finite("mean", mean)
 

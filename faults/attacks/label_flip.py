@@ -23,7 +23,7 @@ class LabelFlip(DataAttack):
         The wrapped sensor source.
     num_classes:
         Number of classes ``C >= 2`` (default 10, the digits task: ``y' = 9 - y``).
-    start_round:
+    start_round, probability, seed:
         See :class:`~faults.attacks.base.DataAttack`.
 
     Notes
@@ -41,9 +41,15 @@ class LabelFlip(DataAttack):
     name: ClassVar[str] = "label-flip"
 
     def __init__(
-        self, source: SensorSource, *, num_classes: int = 10, start_round: int = 0
+        self,
+        source: SensorSource,
+        *,
+        num_classes: int = 10,
+        start_round: int = 0,
+        probability: float = 1.0,
+        seed: int = 0,
     ) -> None:
-        super().__init__(source, start_round=start_round)
+        super().__init__(source, start_round=start_round, probability=probability, seed=seed)
         self.num_classes = check_non_negative_int("num_classes", num_classes)
         if self.num_classes < 2:
             msg = f"num_classes must be >= 2, got {num_classes!r}"

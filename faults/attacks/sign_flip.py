@@ -22,7 +22,7 @@ class SignFlip(UpdateAttack):
     factor:
         Positive, finite gain (default 4.0). ``factor = 1`` is the classic bit-flip
         attack of the epfml code (``-g``); larger gains push the mean further off.
-    start_round:
+    start_round, probability, seed:
         See :class:`~faults.attacks.base.UpdateAttack`.
 
     Notes
@@ -34,8 +34,15 @@ class SignFlip(UpdateAttack):
 
     name: ClassVar[str] = "sign-flip"
 
-    def __init__(self, *, factor: float = 4.0, start_round: int = 0) -> None:
-        super().__init__(start_round=start_round)
+    def __init__(
+        self,
+        *,
+        factor: float = 4.0,
+        start_round: int = 0,
+        probability: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(start_round=start_round, probability=probability, seed=seed)
         self.factor = check_positive("factor", factor)
 
     def _forge(self, update: NDArray[np.float32], context: RoundContext) -> NDArray[np.float32]:

@@ -9,16 +9,32 @@ from __future__ import annotations
 from typing import Final
 
 from faults.sensors.base import SensorFault
+from faults.sensors.bit_flip import BitFlip
+from faults.sensors.calibration import CalibrationOffset
 from faults.sensors.drift import Drift
 from faults.sensors.dropout import Dropout
 from faults.sensors.noise import SensorNoise
+from faults.sensors.spikes import Spikes
 from faults.sensors.stuck_at import StuckAt
 
-__all__ = ["SENSOR_FAULTS", "Drift", "Dropout", "SensorFault", "SensorNoise", "StuckAt"]
+__all__ = [
+    "SENSOR_FAULTS",
+    "BitFlip",
+    "CalibrationOffset",
+    "Drift",
+    "Dropout",
+    "SensorFault",
+    "SensorNoise",
+    "Spikes",
+    "StuckAt",
+]
 
 SENSOR_FAULTS: Final[dict[str, type[SensorFault]]] = {
     "stuck-at": StuckAt,
     "sensor-noise": SensorNoise,
     "drift": Drift,
     "dropout": Dropout,
+    "spikes": Spikes,
+    "bit-flip": BitFlip,
+    "calibration-offset": CalibrationOffset,
 }

@@ -1,4 +1,4 @@
-"""``dropout``: readings lost in transit, replaced by NaN."""
+"""``dropout``: readings lost in transit, replaced by NaN or missing altogether."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ class Dropout(SensorFault):
     unit:
         What one reading is: ``"row"`` (default) drops whole samples (an 8x8 frame lost
         at once); ``"value"`` drops single channel values.
+    missing:
+        With ``unit="row"``, remove lost rows (and their labels) instead of filling them
+        with NaN: the device simply has fewer samples that round (default ``False``).
     start_round, probability, seed:
         See :class:`~faults.sensors.base.SensorFault`.
 
@@ -47,6 +50,7 @@ class Dropout(SensorFault):
         *,
         intensity: float = 0.1,
         unit: DropoutUnit = "row",
+        missing: bool = False,
         start_round: int = 0,
         probability: float = 1.0,
         seed: int = 0,
@@ -55,6 +59,13 @@ class Dropout(SensorFault):
             msg = f"unit must be one of {', '.join(_UNITS)}, got {unit!r}"
             raise FaultConfigError(msg)
         self.unit: DropoutUnit = unit
+        if not isinstance(missing, bool):  # a plan's TOML may hold anything
+            msg = f"missing must be true or false, got {missing!r}"  # type: ignore[unreachable]
+            raise FaultConfigError(msg)
+        if missing and unit != "row":
+            msg = f"missing=True needs unit='row', got unit={unit!r}"
+            raise FaultConfigError(msg)
+        self.missing = missing
         super().__init__(
             source,
             intensity=intensity,
@@ -71,6 +82,8 @@ class Dropout(SensorFault):
         features = np.array(data.features, dtype=np.float32, copy=True)
         if self.unit == "row":
             lost_rows = rng.random(features.shape[0]) < self.intensity
+            if self.missing:
+                return LocalData(features=features[~lost_rows], labels=data.labels[~lost_rows])
             features[lost_rows] = np.nan
         else:
             features[rng.random(features.shape) < self.intensity] = np.nan

@@ -176,7 +176,14 @@ def test_state_round_trips_through_msgpack_and_continues_identically() -> None:
 
 def test_state_before_the_first_round_has_no_reference() -> None:
     state = ClippingVR().state_dict()
-    assert state == {"version": 1, "rounds": 0, "dim": 0, "reference": None}
+    assert state == {
+        "version": 2,
+        "rounds": 0,
+        "dim": 0,
+        "reference": None,
+        "radius": None,
+        "device_references": {},
+    }
     rule = ClippingVR()
     rule.load_state_dict(state)
     assert rule.reference is None
@@ -193,7 +200,17 @@ def test_reset_forgets_the_reference() -> None:
 @pytest.mark.parametrize(
     "state",
     [
-        {"version": 2, "rounds": 0, "dim": 0, "reference": None},
+        {"version": 3, "rounds": 0, "dim": 0, "reference": None},
+        {"version": 2, "rounds": 0, "dim": 0, "reference": None, "radius": -1.0},
+        {"version": 2, "rounds": 0, "dim": 0, "reference": None, "radius": "1"},
+        {"version": 2, "rounds": 1, "dim": 1, "reference": b"\x00" * 4, "device_references": []},
+        {
+            "version": 2,
+            "rounds": 1,
+            "dim": 1,
+            "reference": b"\x00" * 4,
+            "device_references": {"dev-1": b"\x00" * 8},
+        },
         {"version": 1, "rounds": -1, "dim": 0, "reference": None},
         {"version": 1, "rounds": 1, "dim": 2, "reference": None},
         {"version": 1, "rounds": 1, "dim": 2, "reference": b"\x00" * 4},
@@ -229,5 +246,96 @@ def test_updates_of_another_dimension_than_the_reference_are_rejected() -> None:
     ],
 )
 def test_invalid_hyperparameters_are_rejected_by_name(parameter: str, value: object) -> None:
+    with pytest.raises(ValueError, match=parameter):
+        ClippingVR(**{parameter: value})  # type: ignore[arg-type]
+
+
+def test_version_1_states_still_load() -> None:
+    rule = ClippingVR()
+    reference = np.array([1.0, 2.0], dtype="<f4").tobytes()
+    rule.load_state_dict({"version": 1, "rounds": 4, "dim": 2, "reference": reference})
+    assert rule.rounds == 4
+    assert_array_equal(rule.reference, [1.0, 2.0])
+
+
+def test_model_step_radius_is_the_multiplier_times_the_previous_aggregate_norm() -> None:
+    rule = ClippingVR(radius="model-step", clip_multiplier=0.5)
+    rule(_f32([[6.0, 8.0], [6.0, 8.0]]))  # first round: 0.5 x median radius, output (3, 4)
+    assert_allclose(rule.reference, [3.0, 4.0], rtol=1e-6)
+    rule(_f32([[3.0, 14.0]]))
+    assert rule.last_clip_threshold == pytest.approx(2.5)  # 0.5 * ||(3, 4)||
+    assert_allclose(rule.reference, [3.0, 6.5], rtol=1e-6)
+
+
+def test_model_step_norm_given_by_the_caller_wins() -> None:
+    rule = ClippingVR(radius="model-step", clip_multiplier=2.0)
+    rule(_f32([[1.0, 0.0]]), model_step_norm=0.25)
+    assert rule.last_clip_threshold == pytest.approx(0.5)
+
+
+def test_model_step_falls_back_to_the_median_radius_when_the_step_is_zero() -> None:
+    rule = ClippingVR(radius="model-step")
+    rule(_f32([[1.0], [2.0], [3.0]]))
+    assert rule.last_clip_threshold == pytest.approx(2.0)
+
+
+def test_per_device_references_follow_each_devices_clipped_contribution() -> None:
+    rule = ClippingVR(clip_threshold=1.0, reference="per-device")
+    rule(_f32([[0.0], [10.0]]), device_ids=["a", "b"])
+    assert_allclose(rule.device_reference("a"), [0.0])
+    assert_allclose(rule.device_reference("b"), [1.0])  # clipped to radius 1 from 0
+    assert_allclose(rule.reference, [0.5])
+    result = rule(_f32([[10.0], [0.5]]), device_ids=["b", "c"])
+    # b: reference 1 -> 2 (clipped); c (new): the global reference 0.5, unclipped
+    assert_allclose(result.aggregate, [(2.0 + 0.5) / 2])
+    assert_allclose(rule.device_reference("b"), [2.0])
+
+
+def test_per_device_references_survive_the_state_round_trip() -> None:
+    rule = ClippingVR(clip_threshold=1.0, reference="per-device")
+    rule(_f32([[0.0, 1.0], [10.0, 0.0]]), device_ids=["a", "b"])
+    restored = ClippingVR(clip_threshold=1.0, reference="per-device")
+    restored.load_state_dict(msgpack.unpackb(msgpack.packb(rule.state_dict())))
+    assert_array_equal(restored.device_reference("b"), rule.device_reference("b"))
+    global_mode = ClippingVR()
+    global_mode.load_state_dict(rule.state_dict())
+    assert global_mode.device_reference("b") is None
+
+
+def test_global_reference_ignores_device_ids() -> None:
+    updates = _f32([[0.0], [10.0]])
+    assert_array_equal(
+        ClippingVR()(updates, device_ids=["a", "b"]).aggregate, ClippingVR()(updates).aggregate
+    )
+
+
+@pytest.mark.parametrize("ids", [["a"], ["a", "a"]])
+def test_device_ids_must_match_the_rows_and_be_distinct(ids: list[str]) -> None:
+    with pytest.raises(ValueError, match="device_ids"):
+        ClippingVR()(_f32([[0.0], [1.0]]), device_ids=ids)
+
+
+def test_a_device_contributes_once_per_streamed_round() -> None:
+    rule = ClippingVR(clip_threshold=1.0)
+    rule.accumulate(np.zeros(1, dtype=np.float32), device_id="a")
+    with pytest.raises(ValueError, match="already contributed"):
+        rule.accumulate(np.zeros(1, dtype=np.float32), device_id="a")
+
+
+def test_streaming_records_the_rounds_own_median_for_the_next_round() -> None:
+    rule = ClippingVR(clip_threshold=None)
+    rule(_f32([[2.0], [2.0], [2.0]]))  # reference 2
+    rule(_f32([[1.0], [2.0], [3.0]]))  # median radius 1, reference stays 2
+    for value in ([2.0], [6.0], [12.0]):  # distances 0, 4, 10 clipped at the lagged 2
+        rule.accumulate(np.array(value, dtype=np.float32))
+    rule.finish()
+    assert rule.last_clip_threshold == pytest.approx(1.0)
+    assert rule.state_dict()["radius"] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value"), [("radius", "max"), ("reference", "local"), ("radius", None)]
+)
+def test_invalid_modes_are_rejected_by_name(parameter: str, value: object) -> None:
     with pytest.raises(ValueError, match=parameter):
         ClippingVR(**{parameter: value})  # type: ignore[arg-type]

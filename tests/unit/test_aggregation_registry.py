@@ -6,11 +6,14 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from coordinator.aggregation import (
     AGGREGATORS,
+    PRE_AGGREGATORS,
     STATELESS,
+    STREAMING,
     aggregate,
     build,
     is_stateful,
     parameters,
+    supports_streaming,
 )
 from coordinator.aggregation.base import (
     AggregationError,
@@ -36,6 +39,9 @@ def test_registry_holds_the_permanent_names() -> None:
         "norm-clipping",
         "centered-clipping",
         "clipping-vr",
+        "bucketing",
+        "nnm",
+        "arc",
     }
 
 
@@ -82,7 +88,39 @@ def test_build_rejects_a_bad_value_naming_parameter_and_value() -> None:
 def test_parameters_lists_constructor_arguments() -> None:
     assert parameters("mean") == ()
     assert parameters("trimmed-mean") == ("trim_fraction",)
-    assert parameters("clipping-vr") == ("clip_threshold", "clip_multiplier")
+    assert parameters("clipping-vr") == (
+        "clip_threshold",
+        "clip_multiplier",
+        "radius",
+        "reference",
+    )
+    assert parameters("bucketing") == (
+        "inner",
+        "inner_params",
+        "bucket_size",
+        "max_byzantine_fraction",
+        "seed",
+    )
+    assert parameters("nnm") == ("inner", "inner_params", "max_byzantine_fraction")
+    assert parameters("arc") == ("inner", "inner_params", "max_byzantine_fraction")
+
+
+def test_streaming_rules_are_mean_norm_clipping_and_clipping_vr() -> None:
+    assert {name for name in AGGREGATORS if supports_streaming(name)} == {
+        "mean",
+        "norm-clipping",
+        "clipping-vr",
+    }
+    assert {"mean", "norm-clipping", "clipping-vr"} == STREAMING
+
+
+def test_supports_streaming_rejects_an_unknown_name() -> None:
+    with pytest.raises(ValueError, match="unknown aggregator"):
+        supports_streaming("avg")
+
+
+def test_pre_aggregators_are_listed() -> None:
+    assert {"bucketing", "nnm", "arc"} == PRE_AGGREGATORS
 
 
 def test_aggregate_runs_a_stateless_rule_in_one_call() -> None:

@@ -44,9 +44,10 @@ def test_every_sensor_fault_keeps_shape_labels_and_range(
     assert data.features.shape == source.features.shape
     assert data.features.dtype == np.float32
     np.testing.assert_array_equal(data.labels, source.labels)
-    finite = data.features[~np.isnan(data.features)]
-    assert finite.min(initial=0.0) >= 0.0
-    assert finite.max(initial=1.0) <= 1.0
+    if name != "bit-flip":  # bit flips leave the sensor range by design (NaN, inf, 1e38)
+        finite = data.features[~np.isnan(data.features)]
+        assert finite.min(initial=0.0) >= 0.0
+        assert finite.max(initial=1.0) <= 1.0
     np.testing.assert_array_equal(fault.read(round_number).features, data.features)
 
 

@@ -4,23 +4,59 @@ import ast
 from pathlib import Path
 
 from faults import ATTACKS, SENSOR_FAULTS, known_fault_names
+from faults.omniscient import OMNISCIENT_ATTACKS
 
 
 def test_sensor_fault_names_are_the_permanent_ones() -> None:
-    assert set(SENSOR_FAULTS) == {"stuck-at", "sensor-noise", "drift", "dropout"}
+    assert set(SENSOR_FAULTS) == {
+        "stuck-at",
+        "sensor-noise",
+        "drift",
+        "dropout",
+        "spikes",
+        "bit-flip",
+        "calibration-offset",
+    }
 
 
 def test_attack_names_are_the_permanent_ones() -> None:
-    assert set(ATTACKS) == {"label-flip", "sign-flip", "gaussian-noise"}
+    assert set(ATTACKS) == {
+        "label-flip",
+        "backdoor",
+        "sign-flip",
+        "gaussian-noise",
+        "scaled-update",
+        "model-replacement",
+        "zero-update",
+        "stale-replay",
+        "random-update",
+        "garbage-payload",
+        "bad-signature",
+        "sybil",
+    }
+
+
+def test_colluding_attack_names_are_the_permanent_ones() -> None:
+    assert set(OMNISCIENT_ATTACKS) == {
+        "alie",
+        "ipm",
+        "min-max",
+        "min-sum",
+        "mimic",
+        "shift-back",
+        "optimal-alie",
+        "optimal-ipm",
+    }
 
 
 def test_registry_keys_match_class_names() -> None:
-    for name, cls in {**SENSOR_FAULTS, **ATTACKS}.items():
+    for name, cls in {**SENSOR_FAULTS, **ATTACKS, **OMNISCIENT_ATTACKS}.items():
         assert cls.name == name
 
 
 def test_registries_do_not_share_names() -> None:
     assert not set(SENSOR_FAULTS) & set(ATTACKS)
+    assert not (set(SENSOR_FAULTS) | set(ATTACKS)) & set(OMNISCIENT_ATTACKS)
     assert len(known_fault_names()) == len(SENSOR_FAULTS) + len(ATTACKS)
 
 
@@ -28,8 +64,17 @@ def test_every_entry_says_what_it_acts_on() -> None:
     assert all(cls.acts_on == "data" for cls in SENSOR_FAULTS.values())
     assert {name: cls.acts_on for name, cls in ATTACKS.items()} == {
         "label-flip": "data",
+        "backdoor": "data",
         "sign-flip": "update",
         "gaussian-noise": "update",
+        "scaled-update": "update",
+        "model-replacement": "update",
+        "zero-update": "update",
+        "stale-replay": "update",
+        "random-update": "update",
+        "garbage-payload": "wire",
+        "bad-signature": "wire",
+        "sybil": "wire",
     }
 
 

@@ -118,7 +118,7 @@ def test_partitioners_reject_two_dimensional_labels() -> None:
 
 
 def test_registry_holds_the_permanent_names() -> None:
-    assert set(PARTITIONERS) == {"iid", "dirichlet"}
+    assert set(PARTITIONERS) == {"iid", "dirichlet", "label-sorted"}
 
 
 @pytest.mark.parametrize("name", sorted(PARTITIONERS))

@@ -1,0 +1,325 @@
+"""Issue 4's robustness experiments on digits, as ``byzedge sim matrix`` commands.
+
+Usage::
+
+    python benchmarks/robustness.py [--print] EXP [EXP ...]     # exp1 ... exp6, or all
+
+Each experiment is one or more ``byzedge sim matrix`` commands (printed before they run;
+``--print`` only prints them) writing under ``benchmarks/results/robustness/<name>/``
+(``matrix.json``, ``heatmap.png``, ``report.md``), plus accuracy-per-round curves drawn
+by ``benchmarks/robustness_curves.py``. ``benchmarks/results/robustness.md`` discusses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+OUT = Path("benchmarks/results/robustness")
+ALL_DEFENSES = (
+    "mean,coordinate-median,trimmed-mean,krum,multi-krum,geometric-median,bulyan,"
+    "norm-clipping,centered-clipping,clipping-vr"
+)
+PAPER_DEFENSES = (
+    "mean,coordinate-median,krum,trimmed-mean,geometric-median,centered-clipping,clipping-vr"
+)
+HETERO_DEFENSES = (
+    "mean,coordinate-median,bucketing+coordinate-median,krum,bucketing+krum,geometric-median,"
+    "bucketing+geometric-median,trimmed-mean,bucketing+trimmed-mean,centered-clipping,"
+    "clipping-vr"
+)
+
+# name -> list of (output folder, matrix arguments, curve plots: (png, filter args))
+EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]] = {
+    "exp1": [
+        (
+            "exp1-case-study",
+            [
+                "--devices",
+                "100",
+                "--rounds",
+                "20",
+                "--partition",
+                "iid",
+                "--seed",
+                "0",
+                "--attacks",
+                "sign-flip,alie",
+                "--fractions",
+                "0.05",
+                "--defenses",
+                ALL_DEFENSES,
+                "--title",
+                "exp1: 100 devices, 5% compromised (system defaults)",
+            ],
+            [],
+        )
+    ],
+    "exp2": [
+        (
+            "exp2-momentum-iid",
+            [
+                "--devices",
+                "25",
+                "--rounds",
+                "30",
+                "--partition",
+                "iid",
+                "--seed",
+                "0",
+                "--momentum1",
+                "0.9",
+                "--fractions",
+                "0.2",
+                "--attacks",
+                "sign-flip,label-flip,mimic,ipm,alie",
+                "--attack-params",
+                json.dumps({"sign-flip": {"factor": 1.0}}),
+                "--defenses",
+                PAPER_DEFENSES,
+                "--no-reputation",
+                "--defenses-know-fraction",
+                "--title",
+                "exp2: 25 devices, 5 Byzantine, worker momentum 0.9, IID",
+            ],
+            [],
+        ),
+        (
+            "exp2-momentum-label-sorted",
+            [
+                "--devices",
+                "25",
+                "--rounds",
+                "30",
+                "--partition",
+                "label-sorted",
+                "--byzantine-data",
+                "iid",
+                "--seed",
+                "0",
+                "--momentum1",
+                "0.9",
+                "--fractions",
+                "0.2",
+                "--attacks",
+                "sign-flip,label-flip,mimic,ipm,alie",
+                "--attack-params",
+                json.dumps({"sign-flip": {"factor": 1.0}}),
+                "--defenses",
+                PAPER_DEFENSES,
+                "--no-reputation",
+                "--defenses-know-fraction",
+                "--title",
+                "exp2b: label-sorted honest data, IID Byzantine data (bucketing exp 3)",
+            ],
+            [],
+        ),
+    ],
+    "exp2-dsgd": [
+        (
+            f"exp2-dsgd-{partition}",
+            [
+                "--devices",
+                "25",
+                "--rounds",
+                "200",
+                "--partition",
+                partition,
+                "--byzantine-data",
+                "iid",
+                "--seed",
+                "0",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "128",
+                "--learning-rate",
+                "1.0",
+                "--eval-every",
+                "10",
+                "--momentum1",
+                "0.9",
+                "--fractions",
+                "0.2",
+                "--attacks",
+                "sign-flip,label-flip,mimic,ipm,alie",
+                "--attack-params",
+                json.dumps({"sign-flip": {"factor": 1.0}}),
+                "--defenses",
+                PAPER_DEFENSES,
+                "--no-reputation",
+                "--defenses-know-fraction",
+                "--title",
+                f"exp2 (DSGD: one full-batch step per round), {partition}",
+            ],
+            [],
+        )
+        for partition in ("iid", "label-sorted")
+    ],
+    "exp3": [
+        (
+            f"exp3-{partition}",
+            [
+                "--devices",
+                "25",
+                "--rounds",
+                "30",
+                "--partition",
+                partition,
+                "--seed",
+                "0",
+                "--attacks",
+                "none",
+                "--fractions",
+                "0",
+                "--defenses",
+                HETERO_DEFENSES,
+                "--no-reputation",
+                "--title",
+                f"exp3: no attack, {partition}, 25 devices",
+            ],
+            [(f"exp3-{partition}-curves.png", ["--title", f"exp3 {partition}: no attack"])],
+        )
+        for partition in ("label-sorted", "iid")
+    ],
+    "exp4": [
+        (
+            f"exp4-shift-back{tag}{suffix}",
+            [
+                "--devices",
+                "20",
+                "--devices-per-round",
+                "4",
+                "--rounds",
+                "100",
+                "--partition",
+                "iid",
+                "--seed",
+                "0",
+                "--fractions",
+                fraction,
+                "--attacks",
+                "shift-back",
+                "--attack-params",
+                json.dumps({"shift-back": {"mult": 2.0}}),
+                "--defenses",
+                defenses,
+                *extra,
+                "--no-reputation",
+                "--defenses-know-fraction",
+                "--title",
+                f"exp4: 20 devices, {fraction} Byzantine, 4 sampled per round, shift-back{suffix}",
+            ],
+            [
+                (
+                    f"exp4-shift-back{tag}{suffix}-curves.png",
+                    ["--title", f"exp4: shift-back, {fraction} Byzantine{suffix}"],
+                )
+            ],
+        )
+        for fraction, tag in (("0.25", ""), ("0.4", "-40pct"))
+        for suffix, defenses, extra in (
+            (
+                "",
+                "mean,coordinate-median,bucketing+coordinate-median,centered-clipping,clipping-vr",
+                [],
+            ),
+            (
+                "-model-step-radius",
+                "clipping-vr",
+                ["--defense-params", json.dumps({"clipping-vr": {"radius": "model-step"}})],
+            ),
+        )
+    ],
+    "exp5": [
+        (
+            f"exp5-backdoor-{label}",
+            [
+                "--devices",
+                "25",
+                "--rounds",
+                "30",
+                "--partition",
+                "iid",
+                "--seed",
+                "0",
+                "--fractions",
+                "0.04,0.2",
+                "--attacks",
+                "backdoor",
+                "--attack-params",
+                json.dumps({"backdoor": {"boost": 25.0}}),
+                "--defenses",
+                "mean,coordinate-median,norm-clipping,clipping-vr",
+                *extra,
+                "--title",
+                f"exp5: boosted backdoor, {label}",
+            ],
+            [],
+        )
+        for label, extra in (
+            ("anomaly-and-reputation", []),
+            ("bare-rules", ["--no-reputation"]),
+        )
+    ],
+    "exp6": [
+        (
+            "exp6-worst-case",
+            [
+                "--devices",
+                "25",
+                "--rounds",
+                "20",
+                "--partition",
+                "iid",
+                "--seed",
+                "0",
+                "--fractions",
+                "0.05,0.1,0.2,0.3",
+                "--attacks",
+                "sign-flip,label-flip,gaussian-noise,alie,ipm,min-max,optimal-alie,mimic",
+                "--defenses",
+                ALL_DEFENSES + ",bucketing+coordinate-median",
+                "--no-reputation",
+                "--defenses-know-fraction",
+                "--title",
+                "exp6: worst case over attacks, 25 devices",
+            ],
+            [],
+        )
+    ],
+}
+
+
+def main() -> int:
+    """Run (or print) the chosen experiments."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiments", nargs="+", help="exp1 ... exp6, exp2-dsgd, or all")
+    parser.add_argument("--print", action="store_true", help="print the commands only")
+    args = parser.parse_args()
+    names = list(EXPERIMENTS) if args.experiments == ["all"] else args.experiments
+    for name in names:
+        for folder, matrix_args, curves in EXPERIMENTS[name]:
+            out = OUT / folder
+            command = [sys.executable, "-m", "byzedge", "sim", "matrix", *matrix_args]
+            command += ["--out", str(out)]
+            print("$", shlex.join(["byzedge", *command[3:]]), flush=True)
+            for png, filters in curves:
+                plot = [sys.executable, "benchmarks/robustness_curves.py", str(OUT / png)]
+                plot += [str(out / "matrix.json"), *filters]
+                print("$", shlex.join(["python", *plot[1:]]), flush=True)
+            if args.print:
+                continue
+            subprocess.run(command, check=True)
+            for png, filters in curves:
+                plot = [sys.executable, "benchmarks/robustness_curves.py", str(OUT / png)]
+                subprocess.run([*plot, str(out / "matrix.json"), *filters], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Fused passes over a round's float32 ``(n, d)`` matrix, with exact finiteness checks.
+
+Most rules read all ``n * d`` values a few times, and each pass over a 200 MB matrix costs
+about as much as the plain mean; a separate ``numpy.isfinite(x).all()`` pass costs more
+than the mean itself. The helpers here fold the finiteness test into work a rule does
+anyway, or make it as cheap as one float32 sum:
+
+- :func:`all_finite`: whether every entry is finite (exact);
+- :func:`squared_distances_to`: ``||x_i - c||^2`` per row, finite exactly when the rows are;
+- :func:`clipped_step`: ``c + sum_i a_i (x_i - c)`` and, optionally, the squared distances
+  of the rows to that new point, in one pass over cache-sized column blocks.
+
+Private to :mod:`coordinator.aggregation`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from coordinator.aggregation._columns import GRAM_COLUMNS, column_blocks, single_threaded_blas
+
+__all__ = ["all_finite", "clipped_step", "squared_distances_to"]
+
+
+def all_finite(values: NDArray[np.floating]) -> bool:  # type: ignore[type-arg]
+    """Return whether every entry of the float array ``values`` is finite (exact).
+
+    Fast path: one float32 (or native) pairwise sum. The sum is finite only if every term
+    is: a NaN term makes every partial sum containing it NaN; an Inf term makes it +-Inf
+    or NaN; and IEEE addition never turns +-Inf or NaN back into a finite value. The
+    converse fails only when finite terms overflow (a partial sum beyond 3.4e38); then the
+    exact elementwise test decides. So a finite sum proves finiteness, and the slow test
+    runs only on inputs that are non-finite or enormous.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(values, axis=None)
+    if np.isfinite(total):
+        return True
+    return bool(np.isfinite(values).all())
+
+
+def _block_squared_norms(difference: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Squared norm of each row of a float32 ``(n, width)`` block (float32 SIMD dot)."""
+    squared: NDArray[np.float64] = np.einsum("ij,ij->i", difference, difference).astype(
+        np.float64
+    )
+    return squared
+
+
+def _squared_norms_exact(difference: NDArray[np.float32]) -> NDArray[np.float64]:
+    return np.einsum("ij,ij->i", difference, difference, dtype=np.float64)  # type: ignore[no-any-return]
+
+
+def squared_distances_to(
+    updates: NDArray[np.float32], centre: NDArray[np.float32]
+) -> NDArray[np.float64]:
+    """Return float64 ``(n,)`` ``||x_i - c||^2`` of float32 differences, one pass.
+
+    Each cache-sized column block's squares are summed in float32 (SIMD lanes, a few
+    thousand terms: relative error ~1e-7) and the blocks in float64. Where a float32
+    block sum is not finite (a NaN or Inf entry, or differences beyond ~1.8e19 whose
+    squares overflow float32) that block is summed again in float64, which cannot
+    overflow: a float32 difference of finite values is at most 6.8e38, its square at most
+    4.7e77, and any realistic ``d`` of them stay below float64's 1.8e308. So the result is
+    finite exactly when every entry of ``updates`` (and of the finite ``centre``) is.
+    """
+    n, d = updates.shape
+    squared = np.zeros(n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for columns in column_blocks(d, GRAM_COLUMNS):
+            difference = updates[:, columns] - centre[columns]  # (n, width), in cache
+            block = _block_squared_norms(difference)
+            if not np.isfinite(block).all():
+                block = _squared_norms_exact(difference)
+            squared += block
+    return squared
+
+
+def clipped_step(
+    updates: NDArray[np.float32],
+    centre: NDArray[np.float32],
+    coefficients: NDArray[np.float32],
+    with_distances: bool = False,
+) -> tuple[NDArray[np.float32], NDArray[np.float64] | None]:
+    """Return ``v = c + sum_i a_i (x_i - c)`` (float32 ``(d,)``) and ``||x_i - v||^2`` or None.
+
+    ``coefficients`` are the float32 ``a_i`` (clip factor times weight over the total).
+    One pass over column blocks: each block of ``v`` is made from the block's float32
+    differences, then (``with_distances``) the rows' squared distances to it are
+    accumulated, as in :func:`squared_distances_to`, while the block is in cache.
+    """
+    n, d = updates.shape
+    moved = np.empty(d, dtype=np.float32)
+    squared = np.zeros(n) if with_distances else None
+    with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):
+        for columns in column_blocks(d, GRAM_COLUMNS):
+            block = updates[:, columns]  # (n, width) view
+            moved[columns] = centre[columns] + coefficients @ (block - centre[columns])
+            if squared is not None:
+                difference = block - moved[columns]
+                part = _block_squared_norms(difference)
+                if not np.isfinite(part).all():
+                    part = _squared_norms_exact(difference)
+                squared += part
+    return moved, squared

@@ -1,0 +1,63 @@
+"""``calibration-offset``: a sensor out of calibration, with a constant offset and gain."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from edge_agent.seams import LocalData, SensorSource
+from faults._validate import check_finite
+from faults.sensors.base import SensorFault, as_features
+
+__all__ = ["CalibrationOffset"]
+
+
+class CalibrationOffset(SensorFault):
+    """Mis-calibration: ``x' = clip(gain * x + intensity, 0, 1)``.
+
+    Parameters
+    ----------
+    source:
+        The wrapped sensor source.
+    intensity:
+        The constant offset (finite, default 0.1; negative reads low).
+    gain:
+        The constant gain (finite, default 1.0: offset only).
+    start_round, probability, seed:
+        See :class:`~faults.sensors.base.SensorFault`.
+
+    Notes
+    -----
+    Unlike ``drift``, the error does not grow with time: a sensor mounted or replaced with
+    the wrong calibration constants. NaN readings stay NaN.
+    """
+
+    name: ClassVar[str] = "calibration-offset"
+
+    def __init__(
+        self,
+        source: SensorSource,
+        *,
+        intensity: float = 0.1,
+        gain: float = 1.0,
+        start_round: int = 0,
+        probability: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.gain = check_finite("gain", gain)
+        super().__init__(
+            source,
+            intensity=intensity,
+            start_round=start_round,
+            probability=probability,
+            seed=seed,
+        )
+
+    @staticmethod
+    def _check_intensity(intensity: object) -> float:
+        return check_finite("intensity", intensity)
+
+    def _apply(self, data: LocalData, round_number: int, rng: np.random.Generator) -> LocalData:
+        calibrated = data.features * np.float32(self.gain) + np.float32(self.intensity)
+        return LocalData(features=as_features(calibrated), labels=data.labels)

@@ -1,0 +1,152 @@
+"""Local training of many simulated devices at once, equal to per-device ``train_local``.
+
+:func:`edge_agent.training.train_local` runs one small SGD loop per device; with tens of
+devices of a few dozen samples each, the simulator spends its time in Python and autograd
+overhead rather than arithmetic. :func:`train_many` runs the same loops for ``K`` devices
+in lockstep with :mod:`torch.func` (``vmap`` of ``grad`` of a ``functional_call``) over
+stacked parameters:
+
+* each device's mini-batches are exactly those ``train_local`` draws (a
+  ``torch.Generator`` seeded with the device's seed, one ``randperm`` per epoch, batches
+  cut in order, the last one smaller);
+* the batches are padded to ``batch_size`` with a mask, and the loss of a device is the
+  masked sum of per-sample cross-entropies divided by its real batch size, i.e. the same
+  mean ``train_local`` uses;
+* devices with fewer steps than the longest get all-masked steps, whose gradient is zero,
+  so plain SGD leaves them unchanged (hence local momentum must be 0: a heavy-ball buffer
+  would keep moving them).
+
+``tests/sim/test_batched_training.py`` checks the deltas against ``train_local`` within
+1e-5 for the same data and seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional
+
+from edge_agent.seams import LocalData
+from edge_agent.training import TrainingConfig
+from models.spec import ModelSpec
+from models.torch_modules import build_module
+
+__all__ = ["train_many"]
+
+
+def _usable(spec: ModelSpec, data: LocalData) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The rows ``train_local`` keeps: finite features and labels in ``[0, num_classes)``."""
+    features = np.asarray(data.features, dtype=np.float32)
+    labels = np.asarray(data.labels)
+    if features.ndim != 2 or features.shape[1] != spec.input_dim:
+        raise ValueError(f"features must have shape (m, {spec.input_dim}), got {features.shape}")
+    if labels.shape != (features.shape[0],):
+        raise ValueError(f"labels must have shape ({features.shape[0]},), got {labels.shape}")
+    keep = np.isfinite(features).all(axis=1) & (labels >= 0) & (labels < spec.num_classes)
+    return features[keep], labels[keep].astype(np.int64)
+
+
+def _batches(m: int, config: TrainingConfig, seed: int) -> list[torch.Tensor]:
+    """The index batches ``train_local`` draws for ``m`` rows and ``seed``, in order."""
+    generator = torch.Generator().manual_seed(seed)
+    batches: list[torch.Tensor] = []
+    for _ in range(config.epochs):
+        order = torch.randperm(m, generator=generator)
+        batches.extend(order[s : s + config.batch_size] for s in range(0, m, config.batch_size))
+    return batches
+
+
+def train_many(
+    spec: ModelSpec,
+    global_params: NDArray[np.float32],
+    datasets: Sequence[LocalData],
+    config: TrainingConfig,
+    seeds: Sequence[int],
+) -> NDArray[np.float32]:
+    """Train ``len(datasets)`` devices from ``global_params``; return their deltas.
+
+    Parameters
+    ----------
+    spec, global_params, config:
+        As for :func:`edge_agent.training.train_local`; ``config.momentum`` must be 0.
+    datasets:
+        Each device's local data (unusable rows are dropped, as ``train_local`` does).
+    seeds:
+        Each device's shuffling seed.
+
+    Returns
+    -------
+    NDArray[np.float32]
+        ``(K, spec.dim)``: row ``k`` equals ``train_local(spec, global_params,
+        datasets[k], config, seeds[k])`` up to float rounding.
+
+    Raises
+    ------
+    ValueError
+        On mismatched lengths, bad shapes, or local momentum.
+    """
+    if len(datasets) != len(seeds):
+        raise ValueError(f"{len(datasets)} datasets for {len(seeds)} seeds")
+    if config.momentum != 0.0:
+        raise ValueError("train_many needs plain local SGD (momentum 0)")
+    spec.split(global_params)
+    # As train_local does: one intra-op thread. The steps are tiny; more threads only fight
+    # over the cores (and with the other matrix worker), which slows them many times over.
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    count = len(datasets)
+    if count == 0:
+        return np.zeros((0, spec.dim), dtype=np.float32)
+    usable = [_usable(spec, data) for data in datasets]
+    plans = [
+        _batches(len(labels), config, int(seed))
+        for (_, labels), seed in zip(usable, seeds, strict=True)
+    ]
+    steps = max((len(plan) for plan in plans), default=0)
+    width = config.batch_size
+    rows = max(1, *(len(labels) for _, labels in usable))
+    features = torch.zeros((count, rows, spec.input_dim), dtype=torch.float32)
+    labels_t = torch.zeros((count, rows), dtype=torch.int64)
+    index = torch.zeros((count, max(steps, 1), width), dtype=torch.int64)
+    mask = torch.zeros((count, max(steps, 1), width), dtype=torch.float32)
+    for k, ((x, y), plan) in enumerate(zip(usable, plans, strict=True)):
+        features[k, : len(y)] = torch.from_numpy(np.ascontiguousarray(x))
+        labels_t[k, : len(y)] = torch.from_numpy(np.ascontiguousarray(y))
+        for s, batch in enumerate(plan):
+            index[k, s, : len(batch)] = batch
+            mask[k, s, : len(batch)] = 1.0
+
+    module = build_module(spec)
+    names = [p.name for p in spec.params]
+    start = {
+        name: torch.from_numpy(np.array(piece, dtype=np.float32, copy=True))
+        for name, piece in zip(names, spec.split(global_params).values(), strict=True)
+    }
+    params = {
+        name: value.unsqueeze(0).repeat(count, *([1] * value.dim()))
+        for name, value in start.items()
+    }
+
+    def loss(
+        p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        logits = functional_call(module, p, (x,))
+        per_sample = functional.cross_entropy(logits, y, reduction="none")
+        return (per_sample * w).sum() / w.sum().clamp(min=1.0)
+
+    step_grad = vmap(grad(loss))
+    device_index = torch.arange(count)[:, None]
+    lr = config.learning_rate
+    with torch.no_grad():
+        for s in range(steps):
+            batch = index[:, s]  # (K, width)
+            x = features[device_index, batch]  # (K, width, input_dim)
+            y = labels_t[device_index, batch]  # (K, width)
+            grads = step_grad(params, x, y, mask[:, s])
+            params = {name: params[name] - lr * grads[name] for name in names}
+    flat = torch.cat([params[name].reshape(count, -1) for name in names], dim=1)
+    return (flat.numpy() - global_params[None, :]).astype(np.float32)

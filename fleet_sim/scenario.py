@@ -1,0 +1,158 @@
+"""Scenarios of the in-memory simulator: one strict, frozen model, read from TOML.
+
+Example ``scenario.toml``::
+
+    devices = 25
+    rounds = 20
+    partition = "iid"                 # iid | dirichlet (alpha) | label-sorted
+    byzantine_fraction = 0.2
+    attack = "alie"                   # device-local attack, sensor fault or omniscient attack
+    attack_params = {}
+    defense = "centered-clipping"
+    aggregation = { iterations = 1 }  # hyperparameters of the defense
+    momentum1 = 0.9
+    seed = 0
+
+Keys follow the coordinator's vocabulary (``participation_rate``, ``devices_per_round``,
+``compression``, ``sparsity``, ``anomaly_detection``, ``anomaly_threshold``,
+``device_reputation``, ``reputation_decay``, ``momentum1``, ``error_feedback``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = ["Scenario", "load_scenario"]
+
+
+class Scenario(BaseModel):
+    """One simulated fleet: data, cohort, compromised devices, defense, training."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    name: str = Field("scenario", description="Label used in reports.")
+    devices: int = Field(25, ge=1, description="Number of devices in the fleet.")
+    rounds: int = Field(20, ge=1, description="Rounds to simulate.")
+    model: str = Field("mlp", description="Registry name of the model (mlp or cnn).")
+    partition: Literal["iid", "dirichlet", "label-sorted"] = Field(
+        "iid", description="How the digits training split is dealt to the devices."
+    )
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet only).")
+    participation_rate: float | None = Field(
+        None, gt=0, le=1, description="Fraction of devices sampled per round (None: all)."
+    )
+    devices_per_round: int | None = Field(
+        None, ge=1, description="Devices sampled per round (overrides participation_rate)."
+    )
+    byzantine_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of compromised devices, floor(fraction * devices)."
+    )
+    fault_plan: Path | None = Field(
+        None, description="A fault plan (TOML) naming the compromised devices instead."
+    )
+    byzantine_data: Literal["own-shard", "iid"] = Field(
+        "own-shard",
+        description="own-shard: compromised devices get their shard of the partition like "
+        "everyone; iid: the partition is dealt to the honest devices only and each "
+        "compromised device samples len(train)/devices points uniformly (the bucketing "
+        "paper's non-IID set-up, where no class lives on Byzantine devices only).",
+    )
+    attack: str | None = Field(
+        None,
+        description="Name in faults.ATTACKS, faults.SENSOR_FAULTS or the omniscient attacks; "
+        "None or 'none' for no attack.",
+    )
+    attack_params: dict[str, Any] = Field(
+        default_factory=dict, description="Hyperparameters of the attack."
+    )
+    defense: str = Field("clipping-vr", description="Registry name of the aggregation rule.")
+    aggregation: dict[str, Any] = Field(
+        default_factory=dict, description="Hyperparameters of the defense (build() keywords)."
+    )
+    max_byzantine_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="What krum/bulyan/multi-krum assume (as in the config)."
+    )
+    momentum1: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Worker momentum beta: m <- beta*m + (1-beta)*delta, m is sent.",
+    )
+    learning_rate: float = Field(0.3, gt=0, description="Local SGD step size.")
+    epochs: int = Field(2, ge=1, description="Local epochs per round.")
+    batch_size: int = Field(8, ge=1, description="Local mini-batch size.")
+    server_learning_rate: float = Field(1.0, gt=0, description="x <- x + rate * aggregate.")
+    compression: str = Field("dense", description="Uplink codec: dense, float16 or top-k.")
+    sparsity: float = Field(0.1, gt=0, le=1, description="top-k: share of coordinates kept.")
+    error_feedback: bool = Field(True, description="Error feedback for lossy codecs.")
+    anomaly_detection: bool = Field(True, description="Score updates and flag outliers.")
+    anomaly_threshold: float = Field(3.0, gt=0, description="Robust z-score flag threshold.")
+    device_reputation: bool = Field(True, description="Weight updates by reputation.")
+    reputation_decay: float = Field(0.95, gt=0, lt=1, description="Reputation EMA decay.")
+    trainer: Literal["batched", "per-device"] = Field(
+        "batched",
+        description="batched: all sampled devices at once (torch.func, same deltas as "
+        "train_local); per-device: edge_agent.training.train_local one device at a time.",
+    )
+    eval_every: int = Field(1, ge=1, description="Evaluate the global model every k rounds.")
+    seed: int = Field(0, ge=0, description="Seed of everything.")
+
+    @field_validator("attack", mode="before")
+    @classmethod
+    def _none_means_no_attack(cls, value: object) -> object:
+        return None if value in ("none", "") else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        if self.fault_plan is not None and self.byzantine_fraction > 0:
+            msg = "give either byzantine_fraction or fault_plan, not both"
+            raise ValueError(msg)
+        if self.devices_per_round is not None and self.devices_per_round > self.devices:
+            msg = f"devices_per_round {self.devices_per_round} > devices {self.devices}"
+            raise ValueError(msg)
+        return self
+
+    def with_changes(self, **changes: Any) -> Scenario:
+        """Return a validated copy with ``changes`` applied."""
+        data = self.model_dump()
+        data.update(changes)
+        return Scenario.model_validate(data, strict=False)
+
+
+def load_scenario(path: Path, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Read a scenario from TOML, apply ``overrides``, validate.
+
+    Raises
+    ------
+    ValueError
+        When the file is not TOML or not a valid scenario (the message names the keys).
+    OSError
+        When the file cannot be read.
+    """
+    with path.open("rb") as handle:
+        try:
+            raw = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+    raw.update(overrides or {})
+    if isinstance(raw.get("fault_plan"), str):
+        plan = Path(raw["fault_plan"])
+        raw["fault_plan"] = plan if plan.is_absolute() else path.parent / plan
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'scenario'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"{path}: {problems}") from exc

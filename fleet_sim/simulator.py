@@ -1,0 +1,628 @@
+"""The in-memory fleet simulator: real agents' and coordinator's code, no broker.
+
+Everything a device and the coordinator do in production runs here, only the transport is a
+function call:
+
+* each sampled device reads its shard through its (possibly fault-wrapped) sensor source,
+  trains with :func:`edge_agent.training.train_local` (torch), applies worker momentum,
+  and runs the real :class:`~edge_agent.pipeline.UpdatePipeline` (attack stages, codec with
+  error feedback, Ed25519 seal with its own key);
+* colluding (omniscient) attackers see the round's sampled honest updates and send the
+  attack vectors through their own pipelines, signed with their own keys;
+* the coordinator's real :class:`~coordinator.ingest.Ingest` verifies every message's bytes
+  (so protocol-level abuse is rejected exactly as over MQTT), then
+  :func:`coordinator.round_engine.server_step` scores, updates reputation and aggregates.
+
+Worker momentum (``momentum1 = β``) follows the papers' EMA form (Karimireddy, He, Jaggi,
+ICML 2021, and the ``mom_sgd`` base method of Byz-VR-MARINA-PP, algorithms.md §2.3, §6.1):
+each device keeps ``m_i <- β m_i + (1 - β) Δ_i`` where ``Δ_i`` is its trained delta, and
+sends ``m_i``; the state persists across rounds the device is not sampled in (it ages).
+Device-local update attacks run in the pipeline, after momentum (they rewrite what the
+device would have sent); colluding attackers send their vectors as is (no momentum), as
+the Byzantine workers of the bucketing paper do.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import inspect
+import logging
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from coordinator.aggregation import build, parameters
+from coordinator.aggregation.base import Aggregator
+from coordinator.devices import DeviceRegistry
+from coordinator.ingest import Accepted, Ingest, Rejected, RoundWindow
+from coordinator.reputation import ReputationBook
+from coordinator.round_engine import DEFAULT_FALLBACK, RoundSettings, server_step
+from edge_agent.pipeline import UpdatePipeline
+from edge_agent.seams import LocalData, RoundContext, SensorSource
+from edge_agent.training import TrainingConfig, train_local
+from faults import ATTACKS, SENSOR_FAULTS, FaultInjector
+from faults.omniscient import (
+    OMNISCIENT_ATTACKS,
+    ColludingAttack,
+    CollusionContext,
+    is_colluding_name,
+)
+from faults.plan import read_fault_plan
+from fleet_sim.scenario import Scenario
+from models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
+from models.datasets import DigitsSplit, load_digits_split
+from models.partition import get_partitioner
+from protocol import topics
+from protocol.signing import SigningKey
+
+__all__ = [
+    "FlagCounts",
+    "RoundRecord",
+    "SimulationResult",
+    "Simulator",
+    "flag_counts",
+    "omniscient_attacks",
+    "run_scenario",
+    "sample_cohort",
+    "split_defense",
+]
+
+_LOGGER = logging.getLogger(__name__)
+_FLEET = "sim"
+# In memory nothing limits message sizes but the coordinator's own checks.
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> DigitsSplit:
+    # Loaded once per process (a matrix worker runs many scenarios); never mutated.
+    return load_digits_split()
+
+
+def omniscient_attacks() -> Mapping[str, Any]:
+    """The registered colluding attacks (:data:`faults.omniscient.OMNISCIENT_ATTACKS`)."""
+    return OMNISCIENT_ATTACKS
+
+
+def device_ids(count: int) -> list[str]:
+    """The simulator's device ids: ``dev-000`` ... (the demo's)."""
+    return [f"dev-{index:03d}" for index in range(count)]
+
+
+def sample_cohort(ids: Sequence[str], round_number: int, seed: int, size: int | None) -> list[str]:
+    """Sample ``size`` devices for ``round_number`` as the coordinator does (sorted ids).
+
+    ``None`` or ``size >= len(ids)`` means everyone. The generator is seeded with
+    ``[seed, round_number]``, like :meth:`Coordinator._sample_cohort`.
+    """
+    enrolled = sorted(ids)
+    if size is None or size >= len(enrolled):
+        return enrolled
+    rng = np.random.default_rng([seed, round_number])
+    return sorted(rng.choice(enrolled, size=size, replace=False).tolist())
+
+
+def _cohort_size(scenario: Scenario) -> int | None:
+    if scenario.devices_per_round is not None:
+        return scenario.devices_per_round
+    if scenario.participation_rate is not None:
+        return max(1, round(scenario.participation_rate * scenario.devices))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class FlagCounts:
+    """Anomaly flags against the ground truth, over every scored update."""
+
+    true_positives: int = 0
+    false_positives: int = 0
+    false_negatives: int = 0
+
+    @property
+    def precision(self) -> float | None:
+        """``TP / (TP + FP)``; ``None`` when nothing was flagged."""
+        flagged = self.true_positives + self.false_positives
+        return None if flagged == 0 else self.true_positives / flagged
+
+    @property
+    def recall(self) -> float | None:
+        """``TP / (TP + FN)``; ``None`` when no compromised update was scored."""
+        positives = self.true_positives + self.false_negatives
+        return None if positives == 0 else self.true_positives / positives
+
+    def __add__(self, other: FlagCounts) -> FlagCounts:
+        return FlagCounts(
+            self.true_positives + other.true_positives,
+            self.false_positives + other.false_positives,
+            self.false_negatives + other.false_negatives,
+        )
+
+
+def flag_counts(
+    scored: Sequence[str], flagged: Sequence[str], compromised: frozenset[str] | set[str]
+) -> FlagCounts:
+    """Count one round's flags against the ground truth.
+
+    Parameters
+    ----------
+    scored:
+        Devices whose updates the anomaly scorer saw.
+    flagged:
+        Those it flagged (a subset of ``scored``).
+    compromised:
+        Ground truth: devices with an injected fault or attack.
+    """
+    flags = set(flagged)
+    bad = {d for d in scored if d in compromised}
+    return FlagCounts(
+        true_positives=len(flags & bad),
+        false_positives=len(flags - bad),
+        false_negatives=len(bad - flags),
+    )
+
+
+@dataclass(slots=True)
+class RoundRecord:
+    """What one simulated round did."""
+
+    round: int
+    accuracy: float | None
+    cohort_size: int
+    byzantine_in_cohort: int
+    accepted: int
+    rejected: dict[str, int]
+    flagged: list[str]
+    fallback: str | None
+    backdoor_success: float | None = None
+
+
+@dataclass(slots=True)
+class SimulationResult:
+    """One scenario's outcome."""
+
+    scenario: dict[str, Any]
+    compromised: list[str]
+    rounds: list[RoundRecord] = field(default_factory=list)
+    flags: FlagCounts = field(default_factory=FlagCounts)
+    duration_s: float = 0.0
+
+    @property
+    def accuracies(self) -> list[float | None]:
+        """The accuracy of each round (``None`` where not evaluated)."""
+        return [r.accuracy for r in self.rounds]
+
+    @property
+    def final_accuracy(self) -> float | None:
+        """The last evaluated accuracy."""
+        values = [a for a in self.accuracies if a is not None]
+        return values[-1] if values else None
+
+    @property
+    def backdoor_success(self) -> float | None:
+        """The last round's backdoor success rate (``None`` without a backdoor)."""
+        return self.rounds[-1].backdoor_success if self.rounds else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly document."""
+        return {
+            "scenario": self.scenario,
+            "compromised": self.compromised,
+            "final_accuracy": self.final_accuracy,
+            "flag_precision": self.flags.precision,
+            "flag_recall": self.flags.recall,
+            "backdoor_success": self.backdoor_success,
+            "duration_s": self.duration_s,
+            "rounds": [asdict(r) for r in self.rounds],
+        }
+
+
+class _ShardSource:
+    """A device's fixed shard of the training split (the in-memory DigitsShardSource)."""
+
+    def __init__(self, data: LocalData) -> None:
+        self._data = data
+
+    def read(self, round_number: int) -> LocalData:
+        return self._data
+
+
+@dataclass(slots=True)
+class _Device:
+    device_id: str
+    index: int
+    key: SigningKey
+    source: SensorSource
+    pipeline: UpdatePipeline
+    injector: FaultInjector
+    colluding: bool
+    momentum: NDArray[np.float32] | None = None
+    counter: int = 0
+
+
+def _round_seed(seed: int, device_id: str, round_number: int) -> np.random.SeedSequence:
+    """The agent's per-round seed sequence (edge_agent.service: training and stages)."""
+    return np.random.SeedSequence([seed, zlib.crc32(device_id.encode()), round_number])
+
+
+def split_defense(defense: str) -> tuple[str, str | None]:
+    """Split ``"pre+inner"`` (e.g. ``"bucketing+krum"``) into the two registry names."""
+    rule, _, inner = defense.partition("+")
+    return rule, inner or None
+
+
+def _build_defense(scenario: Scenario) -> Aggregator:
+    """Build ``scenario.defense``; ``pre+inner`` wraps a registered inner rule."""
+    rule, inner = split_defense(scenario.defense)
+    params = dict(scenario.aggregation)
+    accepted = parameters(rule)
+    if inner is not None:
+        params.setdefault("inner", inner)
+    if "max_byzantine_fraction" in accepted:
+        params.setdefault("max_byzantine_fraction", scenario.max_byzantine_fraction)
+    if "seed" in accepted:
+        params.setdefault("seed", scenario.seed)  # reproducible buckets
+    return build(rule, **params)
+
+
+class Simulator:
+    """Runs one :class:`Scenario` in memory.
+
+    Parameters
+    ----------
+    scenario:
+        What to simulate.
+    split:
+        The digits split (loaded when ``None``; pass it to share one across runs).
+    """
+
+    def __init__(self, scenario: Scenario, split: DigitsSplit | None = None) -> None:
+        self.scenario = scenario
+        self.spec = get_model_spec(scenario.model)
+        self.split = split if split is not None else _digits()
+        self.training = TrainingConfig(
+            epochs=scenario.epochs,
+            learning_rate=scenario.learning_rate,
+            batch_size=scenario.batch_size,
+        )
+        attack = scenario.attack
+        known = set(ATTACKS) | set(SENSOR_FAULTS) | set(OMNISCIENT_ATTACKS)
+        if attack is not None and attack not in known and not is_colluding_name(attack):
+            raise ValueError(f"unknown attack {attack!r}; known: {', '.join(sorted(known))}")
+        self.attack_name = attack
+        self._colluding_attack: ColludingAttack | None = None
+        self.ids = device_ids(scenario.devices)
+        self.compromised = self._choose_compromised()
+        self.devices = self._build_devices()
+        self.registry = DeviceRegistry({d.device_id: d.key.verify_key for d in self.devices})
+        self.ingest = Ingest(
+            _FLEET,
+            self.registry,
+            max_message_bytes=_MAX_MESSAGE_BYTES,
+            max_update_bytes=_MAX_MESSAGE_BYTES,
+        )
+        self.reputation = ReputationBook(decay=scenario.reputation_decay)
+        self.aggregator = _build_defense(scenario)
+        self.fallback = build(DEFAULT_FALLBACK)
+        self.settings = RoundSettings(
+            anomaly_detection=scenario.anomaly_detection,
+            anomaly_threshold=scenario.anomaly_threshold,
+            device_reputation=scenario.device_reputation,
+            server_learning_rate=scenario.server_learning_rate,
+        )
+        self.initial_params = initial_parameters(self.spec, np.random.default_rng(scenario.seed))
+        self.params = self.initial_params.copy()
+        self.model_version = 0
+        self._backdoor = self._backdoor_probe()
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def _choose_compromised(self) -> frozenset[str]:
+        scenario = self.scenario
+        if scenario.fault_plan is not None:
+            return frozenset()  # decided per device from the plan in _build_devices
+        if self.attack_name is None or scenario.byzantine_fraction == 0:
+            return frozenset()
+        count = int(scenario.byzantine_fraction * scenario.devices)
+        chosen = np.random.default_rng([scenario.seed, 7]).choice(
+            scenario.devices, size=count, replace=False
+        )
+        return frozenset(self.ids[i] for i in chosen)
+
+    def _build_devices(self) -> list[_Device]:
+        scenario = self.scenario
+        plan = read_fault_plan(scenario.fault_plan) if scenario.fault_plan is not None else None
+        chosen = set(plan.compromised(self.ids)) if plan is not None else set(self.compromised)
+        shards = self._shards(chosen)
+        devices: list[_Device] = []
+        compromised: set[str] = set(self.compromised)
+        for index, (device_id, shard) in enumerate(zip(self.ids, shards, strict=True)):
+            if plan is not None:
+                injector = plan.injector_for(device_id, self.ids)
+            elif device_id in self.compromised:
+                # Seeded as fleet_sim.fleet seeds its agents' injectors (transport parity).
+                injector = self._injector(scenario.seed * 1_000 + index)
+            else:
+                injector = FaultInjector(seed=scenario.seed * 1_000 + index)
+            if injector.is_compromised:
+                compromised.add(device_id)
+            colluding = injector.colluding_attack is not None
+            if colluding and self._colluding_attack is None:
+                # One joint attack forges every colluder's vector (the first one's).
+                self._colluding_attack = injector.colluding_attack
+            data = LocalData(
+                features=self.split.train_x[shard].astype(np.float32),
+                labels=self.split.train_y[shard].astype(np.int64),
+            )
+            pipeline = UpdatePipeline(
+                scenario.compression,
+                sparsity=scenario.sparsity,
+                # Colluders send their forged vectors exactly (no residual mixed in).
+                error_feedback=scenario.error_feedback and not colluding,
+                stages=injector.update_stages(),
+                wire_stages=injector.wire_stages(),
+            )
+            devices.append(
+                _Device(
+                    device_id=device_id,
+                    index=index,
+                    key=SigningKey.generate(),
+                    source=injector.wrap_source(_ShardSource(data)),
+                    pipeline=pipeline,
+                    injector=injector,
+                    colluding=colluding,
+                )
+            )
+        self.compromised = frozenset(compromised)
+        return devices
+
+    def _shards(self, compromised: set[str]) -> list[NDArray[np.int64]]:
+        """Each device's indices into the training split."""
+        scenario = self.scenario
+        params = {"alpha": scenario.alpha} if scenario.partition == "dirichlet" else {}
+        partition = get_partitioner(scenario.partition, **params)
+        labels = self.split.train_y
+        rng = np.random.default_rng(scenario.seed)
+        if scenario.byzantine_data == "own-shard" or not compromised:
+            return partition(labels, scenario.devices, rng)
+        honest = [d for d in self.ids if d not in compromised]
+        dealt = iter(partition(labels, len(honest), rng))
+        size = len(labels) // scenario.devices
+        sampler = np.random.default_rng([scenario.seed, 11])
+        return [
+            np.sort(sampler.choice(len(labels), size=size, replace=False)).astype(np.int64)
+            if device in compromised
+            else next(dealt)
+            for device in self.ids
+        ]
+
+    def _injector(self, seed: int) -> FaultInjector:
+        name = self.attack_name
+        params = dict(self.scenario.attack_params)
+        if name in SENSOR_FAULTS:
+            return FaultInjector.from_names(sensor_faults={name: params}, seed=seed)
+        return FaultInjector.from_names(attack=name, attack_params=params, seed=seed)
+
+    def _backdoor_probe(self) -> tuple[NDArray[np.float32], int] | None:
+        """Triggered non-target test samples and the target class, for a backdoor attack."""
+        if self.attack_name != "backdoor" or not self.compromised:
+            return None
+        try:
+            module = importlib.import_module("faults.attacks.backdoor")
+        except ImportError:
+            return None
+        trigger = getattr(module, "apply_trigger", None)
+        cls = ATTACKS.get("backdoor")
+        if trigger is None or cls is None:
+            return None
+        signature = inspect.signature(cls.__init__)
+        defaults = {
+            k: p.default for k, p in signature.parameters.items() if p.default is not p.empty
+        }
+        options = {**defaults, **self.scenario.attack_params}
+        target = int(options.get("target_class", 0))
+        keep = self.split.test_y != target
+        trigger_params = {
+            k: options[k]
+            for k in inspect.signature(trigger).parameters
+            if k in options and k not in {"features", "x"}
+        }
+        triggered = np.asarray(trigger(self.split.test_x[keep], **trigger_params), np.float32)
+        return triggered, target
+
+    # -- rounds ----------------------------------------------------------------------------
+
+    def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> SimulationResult:
+        """Run every round; return the per-round records and the flag statistics."""
+        started = time.monotonic()
+        result = SimulationResult(
+            scenario=self.scenario.model_dump(mode="json"),
+            compromised=sorted(self.compromised),
+        )
+        size = _cohort_size(self.scenario)
+        for round_number in range(1, self.scenario.rounds + 1):
+            record, counts = self.step(round_number, size)
+            result.rounds.append(record)
+            result.flags = result.flags + counts
+            if on_round is not None:
+                on_round(record)
+        result.duration_s = round(time.monotonic() - started, 3)
+        return result
+
+    def step(self, round_number: int, size: int | None) -> tuple[RoundRecord, FlagCounts]:
+        """Simulate one round; return its record and flag counts."""
+        scenario = self.scenario
+        cohort_ids = sample_cohort(self.ids, round_number, scenario.seed, size)
+        by_id = {d.device_id: d for d in self.devices}
+        cohort = [by_id[d] for d in cohort_ids]
+        window = RoundWindow(
+            round_number,
+            self.model_version,
+            self.spec.dim,
+            frozenset(cohort_ids) if size is not None and size < len(self.ids) else None,
+        )
+        colluders = [d for d in cohort if d.colluding]
+        honest_ids = [d.device_id for d in cohort if d.device_id not in self.compromised]
+        # Colluders forge their vectors; they train only in a cohort without honest devices,
+        # where their own honest updates are all they can see.
+        vectors = self._train_cohort(cohort, round_number, include_colluders=not honest_ids)
+        if colluders:
+            seen = honest_ids or [d.device_id for d in colluders]
+            forged = self._collude(
+                np.stack([vectors[d] for d in seen]), len(colluders), round_number, len(cohort)
+            )
+            for device, vector in zip(colluders, forged, strict=True):
+                vectors[device.device_id] = np.asarray(vector, dtype=np.float32)
+        accepted: dict[str, Accepted] = {}
+        rejected: Counter[str] = Counter()
+        misbehaving: set[str] = set()
+        for device in cohort:
+            for topic, frame in self._send(device, vectors[device.device_id], round_number):
+                outcome = self.ingest.submit(topic, frame, window)
+                if isinstance(outcome, Accepted):
+                    accepted[outcome.device_id] = outcome
+                elif isinstance(outcome, Rejected):
+                    rejected[outcome.reason.value] += 1
+                    if outcome.attributable and outcome.device_id is not None:
+                        misbehaving.add(outcome.device_id)
+        ids = sorted(accepted)
+        updates = np.stack([accepted[d].update for d in ids]) if ids else None
+        outcome_step = server_step(
+            self.params,
+            ids,
+            updates,
+            settings=self.settings,
+            reputation=self.reputation,
+            aggregator=self.aggregator,
+            fallback=self.fallback,
+            misbehaving=misbehaving,
+        )
+        if outcome_step.model_changed:
+            self.params = outcome_step.params
+            self.model_version += 1
+        counts = (
+            flag_counts(ids, outcome_step.flagged, self.compromised)
+            if outcome_step.scores is not None
+            else FlagCounts()
+        )
+        evaluate = round_number % scenario.eval_every == 0 or round_number == scenario.rounds
+        accuracy, backdoor = self.evaluate() if evaluate else (None, None)
+        record = RoundRecord(
+            round=round_number,
+            accuracy=accuracy,
+            cohort_size=len(cohort),
+            byzantine_in_cohort=sum(d.device_id in self.compromised for d in cohort),
+            accepted=len(ids),
+            rejected=dict(rejected),
+            flagged=list(outcome_step.flagged),
+            fallback=outcome_step.fallback,
+            backdoor_success=backdoor,
+        )
+        return record, counts
+
+    def _train_cohort(
+        self, cohort: Sequence[_Device], round_number: int, *, include_colluders: bool = False
+    ) -> dict[str, NDArray[np.float32]]:
+        trainers = [d for d in cohort if include_colluders or not d.colluding]
+        datasets = [d.source.read(round_number) for d in trainers]
+        seeds = [
+            int(_round_seed(self.scenario.seed, d.device_id, round_number).generate_state(1)[0])
+            for d in trainers
+        ]
+        if self.scenario.trainer == "batched":
+            from fleet_sim.batched_training import train_many  # noqa: PLC0415 - torch
+
+            deltas = list(train_many(self.spec, self.params, datasets, self.training, seeds))
+        else:
+            deltas = [
+                train_local(self.spec, self.params, data, self.training, seed=seed)
+                for data, seed in zip(datasets, seeds, strict=True)
+            ]
+        beta = np.float32(self.scenario.momentum1)
+        vectors: dict[str, NDArray[np.float32]] = {}
+        for device, delta in zip(trainers, deltas, strict=True):
+            sent = np.asarray(delta, dtype=np.float32)
+            if beta > 0:
+                previous = device.momentum if device.momentum is not None else np.zeros_like(sent)
+                device.momentum = (beta * previous + (1 - beta) * sent).astype(np.float32)
+                sent = device.momentum
+            vectors[device.device_id] = sent
+        return vectors
+
+    def _collude(
+        self, honest: NDArray[np.float32], count: int, round_number: int, sampled: int
+    ) -> NDArray[np.float32]:
+        aggregator = self.aggregator
+
+        def deployed(matrix: NDArray[np.float32]) -> NDArray[np.float32]:
+            # What the deployed rule would output, without touching its state.
+            rule = copy.deepcopy(aggregator)
+            return np.asarray(rule(matrix).aggregate, dtype=np.float32)
+
+        context = CollusionContext(
+            round=round_number,
+            global_params=self.params.copy(),
+            initial_params=self.initial_params.copy(),
+            num_sampled=sampled,
+            rng=np.random.default_rng([self.scenario.seed, round_number, 99]),
+            aggregate=deployed,
+            server_learning_rate=self.scenario.server_learning_rate,
+        )
+        assert self._colluding_attack is not None  # noqa: S101 - only called with one
+        forged = np.asarray(self._colluding_attack(honest, count, context), dtype=np.float32)
+        if forged.shape != (count, self.spec.dim):
+            raise ValueError(f"colluding attack returned shape {forged.shape}")
+        return forged
+
+    def _send(
+        self, device: _Device, vector: NDArray[np.float32], round_number: int
+    ) -> list[tuple[str, bytes]]:
+        """Seal ``vector`` through the device's pipeline; return ``(topic, frame)`` pairs."""
+        device.counter += 1
+        context = RoundContext(
+            device_id=device.device_id,
+            round=round_number,
+            global_params=self.params,
+            rng=np.random.default_rng(
+                _round_seed(self.scenario.seed, device.device_id, round_number)
+            ),
+        )
+        prepared = device.pipeline.prepare(
+            vector,
+            context,
+            key=device.key,
+            fleet=_FLEET,
+            base_version=self.model_version,
+            counter=device.counter,
+        )
+        return [(topics.update_topic(_FLEET, m.topic_device), m.payload) for m in prepared.messages]
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self) -> tuple[float, float | None]:
+        """Test accuracy of the global model and, under a backdoor, its success rate."""
+        classifier = OnnxClassifier(export_onnx(self.spec, self.params))
+        accuracy = round(classifier.accuracy(self.split.test_x, self.split.test_y), 4)
+        backdoor = None
+        if self._backdoor is not None:
+            triggered, target = self._backdoor
+            predictions = classifier.predict(triggered)
+            backdoor = round(float(np.mean(predictions == target)), 4)
+        return accuracy, backdoor
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    split: DigitsSplit | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> SimulationResult:
+    """Build a :class:`Simulator` for ``scenario`` and run it."""
+    return Simulator(scenario, split).run(on_round)

@@ -1,0 +1,109 @@
+"""The shared server step: anomaly scores -> reputation -> weights -> aggregate -> step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coordinator.aggregation import build
+from coordinator.reputation import ReputationBook
+from coordinator.round_engine import RoundSettings, server_step
+
+
+def _updates() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    honest = 1.0 + 0.01 * rng.standard_normal((5, 4))
+    return np.vstack([honest, -50.0 * np.ones((1, 4))]).astype(np.float32)
+
+
+IDS = ["a", "b", "c", "d", "e", "evil"]
+
+
+def test_mean_step_moves_params_by_the_server_rate() -> None:
+    updates = np.ones((3, 2), dtype=np.float32)
+    result = server_step(
+        np.zeros(2, np.float32),
+        ["a", "b", "c"],
+        updates,
+        settings=RoundSettings(server_learning_rate=0.5, anomaly_detection=False),
+        reputation=ReputationBook(),
+        aggregator=build("mean"),
+    )
+    np.testing.assert_allclose(result.params, [0.5, 0.5])
+    assert result.flagged == ()
+    assert result.scores is None
+    assert not result.skipped
+
+
+def test_outlier_is_flagged_and_loses_reputation() -> None:
+    book = ReputationBook(decay=0.5)
+    result = server_step(
+        np.zeros(4, np.float32),
+        IDS,
+        _updates(),
+        settings=RoundSettings(),
+        reputation=book,
+        aggregator=build("coordinate-median"),
+    )
+    assert result.flagged == ("evil",)
+    assert book.weight("evil") == 0.5
+    assert book.weight("a") == 1.0
+    assert result.weights is not None
+    np.testing.assert_allclose(result.weights, [1, 1, 1, 1, 1, 0.5])
+
+
+def test_reputation_weights_are_off_when_disabled() -> None:
+    result = server_step(
+        np.zeros(4, np.float32),
+        IDS,
+        _updates(),
+        settings=RoundSettings(device_reputation=False),
+        reputation=ReputationBook(),
+        aggregator=build("mean"),
+    )
+    assert result.weights is None
+    assert result.flagged == ("evil",)
+
+
+def test_misbehaving_devices_lose_reputation_even_when_skipped() -> None:
+    book = ReputationBook(decay=0.5)
+    params = np.ones(3, np.float32)
+    result = server_step(
+        params,
+        [],
+        None,
+        settings=RoundSettings(),
+        reputation=book,
+        aggregator=build("mean"),
+        misbehaving=["x"],
+    )
+    assert result.skipped
+    assert result.aggregate is None
+    assert result.params is params
+    assert book.weight("x") == 0.5
+
+
+def test_breakdown_falls_back_to_coordinate_median() -> None:
+    updates = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    result = server_step(
+        np.zeros(2, np.float32),
+        ["a", "b"],
+        updates,
+        settings=RoundSettings(),
+        reputation=ReputationBook(),
+        aggregator=build("krum", max_byzantine_fraction=0.2),
+    )
+    assert result.fallback == "coordinate-median"
+    np.testing.assert_allclose(result.params, [2.0, 3.0])
+
+
+def test_mismatched_ids_and_rows_are_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="device ids"):
+        server_step(
+            np.zeros(2, np.float32),
+            ["a"],
+            np.zeros((2, 2), np.float32),
+            settings=RoundSettings(),
+            reputation=ReputationBook(),
+            aggregator=build("mean"),
+        )
