@@ -51,7 +51,9 @@ class DataConfig(_Strict):
         "`features` (m, 64) float32 in [0, 1] and `labels` (m,) int.",
     )
     path: Path | None = Field(None, description="The .npz file, for source = 'npz'.")
-    partition: Literal["iid", "dirichlet"] = Field("iid", description="How digits are dealt.")
+    partition: Literal["iid", "dirichlet", "label-sorted"] = Field(
+        "iid", description="How digits are dealt (a `models.partition` registry name)."
+    )
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (partition only).")
     num_partitions: int = Field(20, ge=1, description="Number of shards the digits are cut in.")
     partition_index: int = Field(0, ge=0, description="This device's shard.")
