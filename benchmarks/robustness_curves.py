@@ -5,7 +5,8 @@ Usage::
     python benchmarks/robustness_curves.py OUT.png MATRIX.json [MATRIX.json ...]
         [--fraction F] [--attack A] [--title T]
 
-One line per (attack, defense) run kept by the filters; clean runs are dashed.
+One line per (attack, defense) run kept by the filters; clean runs are dashed. With
+several matrices each label starts with the matrix's folder name.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> int:
             if not clean and args.attack is not None and run["attack"] != args.attack:
                 continue
             label = f"{run['defense']} / {run['attack'] or 'clean'}"
+            if len(args.matrices) > 1:
+                label = f"{path.parent.name}: {label}"
             curves.append((label, run["accuracies"]))
     plot_accuracy(curves, args.out, args.title)
     return 0

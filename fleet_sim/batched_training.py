@@ -144,9 +144,9 @@ def train_many(
     with torch.no_grad():
         for s in range(steps):
             batch = index[:, s]  # (K, width)
-            x = features[device_index, batch]  # (K, width, input_dim)
-            y = labels_t[device_index, batch]  # (K, width)
-            grads = step_grad(params, x, y, mask[:, s])
+            inputs = features[device_index, batch]  # (K, width, input_dim)
+            targets = labels_t[device_index, batch]  # (K, width)
+            grads = step_grad(params, inputs, targets, mask[:, s])
             params = {name: params[name] - lr * grads[name] for name in names}
     flat = torch.cat([params[name].reshape(count, -1) for name in names], dim=1)
     return (flat.numpy() - global_params[None, :]).astype(np.float32)

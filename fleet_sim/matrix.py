@@ -18,6 +18,7 @@ with ``null`` where a figure does not apply (no flags raised, no backdoor attack
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -87,7 +88,10 @@ class MatrixSpec:
         )
 
 
-def _init_worker() -> None:
+def _init_worker(log_level: int = logging.ERROR) -> None:
+    # A spawned worker has no logging set up: without this, every fallback warning of
+    # every round would reach stderr through logging's last-resort handler.
+    logging.basicConfig(level=log_level)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch  # noqa: PLC0415 - in the worker only
 
@@ -105,8 +109,27 @@ def _run_one(payload: dict[str, Any]) -> dict[str, Any]:
         "flag_recall": result.flags.recall,
         "backdoor_success": result.backdoor_success,
         "accuracies": result.accuracies,
+        "fallback_rounds": sum(r.fallback is not None for r in result.rounds),
         "duration_s": result.duration_s,
     }
+
+
+def _guarded(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell; a failure becomes a cell with ``error`` set, not a lost sweep."""
+    try:
+        return _run_one(payload)
+    except Exception as exc:  # one broken cell must not lose the others
+        logging.getLogger(__name__).error("cell %s failed: %r", payload["name"], exc)
+        return {
+            "final_accuracy": None,
+            "flag_precision": None,
+            "flag_recall": None,
+            "backdoor_success": None,
+            "accuracies": [],
+            "fallback_rounds": 0,
+            "duration_s": 0.0,
+            "error": f"{type(exc).__name__}: {exc}",
+        }
 
 
 def run_matrix(
@@ -187,17 +210,20 @@ def _execute(
     outcomes: dict[Key, dict[str, Any]] = {}
     payloads = {key: scenario.model_dump(mode="json") for key, scenario in jobs.items()}
     if workers <= 1:
-        _init_worker()
+        _init_worker(logging.getLogger().getEffectiveLevel())
         for key, payload in payloads.items():
-            outcomes[key] = _run_one(payload)
+            outcomes[key] = _guarded(payload)
             if progress is not None:
                 progress(payload["name"])
         return outcomes
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(logging.getLogger().getEffectiveLevel(),),
     ) as pool:
         futures: dict[Future[dict[str, Any]], Key] = {
-            pool.submit(_run_one, payload): key for key, payload in payloads.items()
+            pool.submit(_guarded, payload): key for key, payload in payloads.items()
         }
         for future in as_completed(futures):
             key = futures[future]
@@ -255,9 +281,17 @@ def _heatmap(document: dict[str, Any], path: Path, title: str) -> None:
     lookup = {(c["attack"], c["defense"], c["byzantine_fraction"]): c for c in cells}
     worst = worst_case(cells)
     panels = len(fractions) + 1
-    width = max(4.0, 0.9 * len(defenses) + 2.5)
-    height = max(2.5, 0.45 * (len(attacks) + 1) + 1.5)
-    figure, axes = plt.subplots(1, panels, figsize=(width * panels, height), dpi=110, squeeze=False)
+    columns = min(3, panels)
+    rows = math.ceil(panels / columns)
+    width = max(4.0, 0.75 * len(defenses) + 2.5)
+    height = max(2.5, 0.4 * (len(attacks) + 1) + 2.0)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(width * columns, height * rows), dpi=110, squeeze=False
+    )
+    figure.subplots_adjust(hspace=0.55, wspace=0.25)
+    flat = axes.ravel()
+    for spare in flat[panels:]:
+        spare.set_visible(False)
     image = None
     for index, fraction in enumerate(fractions):
         grid = np.full((len(attacks) + 1, len(defenses)), np.nan)
@@ -269,7 +303,7 @@ def _heatmap(document: dict[str, Any], path: Path, title: str) -> None:
             value = worst[(defense, fraction)]["final_accuracy"]
             grid[-1, column] = np.nan if value is None else value
         image = _panel(
-            axes[0, index], grid, [*attacks, "worst case"], defenses, f"{fraction:g} Byzantine"
+            flat[index], grid, [*attacks, "worst case"], defenses, f"{fraction:g} Byzantine"
         )
     summary = np.full((len(fractions), len(defenses)), np.nan)
     for row, fraction in enumerate(fractions):
@@ -277,14 +311,14 @@ def _heatmap(document: dict[str, Any], path: Path, title: str) -> None:
             value = worst[(defense, fraction)]["final_accuracy"]
             summary[row, column] = np.nan if value is None else value
     image = _panel(
-        axes[0, -1],
+        flat[panels - 1],
         summary,
         [f"{f:g}" for f in fractions],
         defenses,
         "worst case over attacks (rows: fraction)",
     )
     if image is not None:
-        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="test accuracy")
+        figure.colorbar(image, ax=flat[:panels].tolist(), shrink=0.8, label="test accuracy")
     if title:
         figure.suptitle(title, fontsize=10)
     figure.savefig(path, bbox_inches="tight")

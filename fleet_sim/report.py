@@ -21,7 +21,8 @@ def plot_accuracy(
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
-    colours = plt.get_cmap("tab20").colors if len(curves) > 10 else plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
+    colours = [palette(i) for i in range(palette.N)]
     for index, (label, accuracies) in enumerate(curves):
         points = [(i + 1, a) for i, a in enumerate(accuracies) if a is not None]
         axes.plot(

@@ -4,9 +4,11 @@ Everything a device and the coordinator do in production runs here, only the tra
 function call:
 
 * each sampled device reads its shard through its (possibly fault-wrapped) sensor source,
-  trains with :func:`edge_agent.training.train_local` (torch), applies worker momentum,
-  and runs the real :class:`~edge_agent.pipeline.UpdatePipeline` (attack stages, codec with
-  error feedback, Ed25519 seal with its own key);
+  trains (``trainer = "per-device"``: :func:`edge_agent.training.train_local`; the default
+  ``"batched"``: :func:`fleet_sim.batched_training.train_many`, the same SGD for all
+  sampled devices at once, equal within 1e-5), applies worker momentum, and runs the real
+  :class:`~edge_agent.pipeline.UpdatePipeline` (attack stages, codec with error feedback,
+  Ed25519 seal with its own key, wire stages for protocol-level abuse);
 * colluding (omniscient) attackers see the round's sampled honest updates and send the
   attack vectors through their own pipelines, signed with their own keys;
 * the coordinator's real :class:`~coordinator.ingest.Ingest` verifies every message's bytes
@@ -20,6 +22,10 @@ sends ``m_i``; the state persists across rounds the device is not sampled in (it
 Device-local update attacks run in the pipeline, after momentum (they rewrite what the
 device would have sent); colluding attackers send their vectors as is (no momentum), as
 the Byzantine workers of the bucketing paper do.
+
+Seeds follow the agent and the MQTT fleet (partition, initial model, cohort sampling,
+per-round training seeds, injector seeds), so for the same scenario the in-memory run and
+:class:`fleet_sim.fleet.InProcessFleet` agree (``tests/sim/test_transport_parity.py``).
 """
 
 from __future__ import annotations
@@ -39,12 +45,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.aggregation import build, parameters
+from coordinator.aggregation import BreakdownError, build, parameters
 from coordinator.aggregation.base import Aggregator
 from coordinator.devices import DeviceRegistry
 from coordinator.ingest import Accepted, Ingest, Rejected, RoundWindow
 from coordinator.reputation import ReputationBook
-from coordinator.round_engine import DEFAULT_FALLBACK, RoundSettings, server_step
+from coordinator.round_engine import (
+    DEFAULT_FALLBACK,
+    RoundSettings,
+    server_step,
+)
 from edge_agent.pipeline import UpdatePipeline
 from edge_agent.seams import LocalData, RoundContext, SensorSource
 from edge_agent.training import TrainingConfig, train_local
@@ -559,12 +569,19 @@ class Simulator:
     def _collude(
         self, honest: NDArray[np.float32], count: int, round_number: int, sampled: int
     ) -> NDArray[np.float32]:
-        aggregator = self.aggregator
+        aggregator, fallback = self.aggregator, self.fallback
 
         def deployed(matrix: NDArray[np.float32]) -> NDArray[np.float32]:
-            # What the deployed rule would output, without touching its state.
-            rule = copy.deepcopy(aggregator)
-            return np.asarray(rule(matrix).aggregate, dtype=np.float32)
+            # What the server would output for these rows (unweighted), fallback included,
+            # without touching the deployed rules' state (and without logging each probe).
+            try:
+                result = copy.deepcopy(aggregator)(matrix)
+            except BreakdownError:
+                try:
+                    result = copy.deepcopy(fallback)(matrix)
+                except BreakdownError:
+                    result = build(DEFAULT_FALLBACK)(matrix)
+            return np.asarray(result.aggregate, dtype=np.float32)
 
         context = CollusionContext(
             round=round_number,

@@ -15,6 +15,8 @@ Private to :mod:`coordinator.aggregation`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -23,7 +25,7 @@ from coordinator.aggregation._columns import GRAM_COLUMNS, column_blocks, single
 __all__ = ["all_finite", "clipped_step", "squared_distances_to"]
 
 
-def all_finite(values: NDArray[np.floating]) -> bool:  # type: ignore[type-arg]
+def all_finite(values: NDArray[np.floating[Any]]) -> bool:
     """Return whether every entry of the float array ``values`` is finite (exact).
 
     Fast path: one float32 (or native) pairwise sum. The sum is finite only if every term
@@ -42,9 +44,7 @@ def all_finite(values: NDArray[np.floating]) -> bool:  # type: ignore[type-arg]
 
 def _block_squared_norms(difference: NDArray[np.float32]) -> NDArray[np.float64]:
     """Squared norm of each row of a float32 ``(n, width)`` block (float32 SIMD dot)."""
-    squared: NDArray[np.float64] = np.einsum("ij,ij->i", difference, difference).astype(
-        np.float64
-    )
+    squared: NDArray[np.float64] = np.einsum("ij,ij->i", difference, difference).astype(np.float64)
     return squared
 
 
@@ -53,7 +53,7 @@ def _squared_norms_exact(difference: NDArray[np.float32]) -> NDArray[np.float64]
 
 
 def squared_distances_to(
-    updates: NDArray[np.float32], centre: NDArray[np.float32]
+    updates: NDArray[np.float32], centre: NDArray[np.float32] | None = None
 ) -> NDArray[np.float64]:
     """Return float64 ``(n,)`` ``||x_i - c||^2`` of float32 differences, one pass.
 
@@ -64,12 +64,15 @@ def squared_distances_to(
     overflow: a float32 difference of finite values is at most 6.8e38, its square at most
     4.7e77, and any realistic ``d`` of them stay below float64's 1.8e308. So the result is
     finite exactly when every entry of ``updates`` (and of the finite ``centre``) is.
+    ``centre=None`` stands for the origin (the rows' squared norms).
     """
     n, d = updates.shape
     squared = np.zeros(n)
     with np.errstate(over="ignore", invalid="ignore"):
         for columns in column_blocks(d, GRAM_COLUMNS):
-            difference = updates[:, columns] - centre[columns]  # (n, width), in cache
+            difference = (
+                updates[:, columns] if centre is None else updates[:, columns] - centre[columns]
+            )  # (n, width), in cache
             block = _block_squared_norms(difference)
             if not np.isfinite(block).all():
                 block = _squared_norms_exact(difference)

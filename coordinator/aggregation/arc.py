@@ -12,12 +12,13 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._kernels import squared_distances_to
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,
+    ensure_finite,
     num_byzantine,
-    row_norms,
     validate_fraction,
     validate_updates,
     validate_weights,
@@ -102,11 +103,13 @@ class AdaptiveRobustClipping:
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked by the norms
         vector = validate_weights(weights, len(matrix))
         n = len(matrix)
         f = num_byzantine(n, self.max_byzantine_fraction)
-        norms = row_norms(matrix)  # (n,)
+        squared = squared_distances_to(matrix)  # (n,) one blocked pass
+        ensure_finite(squared, matrix)  # float64 squares of float32 values cannot overflow
+        norms = np.sqrt(squared)  # (n,)
         factors, radius = arc_factors(norms, arc_clip_count(n, f))
         self._last_radius = radius
         clipped = matrix if radius is None else matrix * factors.astype(np.float32)[:, None]

@@ -29,11 +29,7 @@ from coordinator.aggregation.base import (
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.krum import (
-    krum_scores,
-    pairwise_squared_distances,
-    select_lowest_rows,
-)
+from coordinator.aggregation.krum import Distances, krum_scores, krum_select
 
 __all__ = ["Bulyan", "closest_to_median_mean"]
 
@@ -76,26 +72,19 @@ class Bulyan:
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked by the Gram matrix
         vector = validate_weights(weights, len(matrix))
         n = len(matrix)
         f = num_byzantine(n, self.max_byzantine_fraction)
         if n < 4 * f + 3:
             raise BreakdownError(f"bulyan needs n >= 4f + 3, got n={n}, f={f}")
-        distances = pairwise_squared_distances(matrix)  # (n, n)
-        first_scores = krum_scores(distances, n - f - 2)  # (n,)
-        remaining = np.arange(n)
-        chosen: list[int] = []
-        for _ in range(n - 2 * f):  # θ selections; Python loop over rounds of Krum, not pairs
-            m = len(remaining)
-            if m == 1:
-                best = 0
-            else:
-                k = min(max(m - f - 2, 1), m - 1)
-                scores = krum_scores(distances[np.ix_(remaining, remaining)], k)  # (m,)
-                best = int(select_lowest_rows(scores, matrix, remaining, 1)[0])
-            chosen.append(int(remaining[best]))
-            remaining = np.delete(remaining, best)
+        distances = Distances(matrix)  # also checks the updates for NaN/Inf
+        chosen = _iterated_krum(distances, n, f)
+        if chosen is None:  # a near-tie the float32 distances cannot settle
+            distances.make_exact()
+            chosen = _iterated_krum(distances, n, f)
+            assert chosen is not None  # noqa: S101 (exact selections always decide)
+        first_scores = krum_scores(distances.matrix, n - f - 2)  # (n,)
         selected = np.sort(np.array(chosen))  # (θ,)
         aggregate = closest_to_median_mean(
             matrix, selected, len(selected) - 2 * f, None if vector is None else vector[selected]
@@ -107,6 +96,25 @@ class Bulyan:
 
     def __repr__(self) -> str:
         return f"Bulyan(max_byzantine_fraction={self.max_byzantine_fraction!r})"
+
+
+def _iterated_krum(distances: Distances, n: int, f: int) -> list[int] | None:
+    """Bulyan's first step: ``θ = n - 2f`` rounds of Krum; ``None`` on an unsettled near-tie."""
+    remaining = np.arange(n)
+    chosen: list[int] = []
+    for _ in range(n - 2 * f):  # θ selections; Python loop over rounds of Krum, not pairs
+        m = len(remaining)
+        if m == 1:
+            best = 0
+        else:
+            k = min(max(m - f - 2, 1), m - 1)
+            selection = krum_select(distances, remaining, k, 1)
+            if selection is None:
+                return None
+            best = int(selection[1][0])
+        chosen.append(int(remaining[best]))
+        remaining = np.delete(remaining, best)
+    return chosen
 
 
 def closest_to_median_mean(
@@ -146,9 +154,13 @@ def closest_to_median_mean(
     aggregate = np.empty(d, dtype=np.float32)
     for columns in column_blocks(d, SORT_COLUMNS):
         block = np.ascontiguousarray(updates[selected, columns].T)  # (width, θ)
-        median = median_of_sorted(sorted_rows(block))  # (width,)
+        ordered = sorted_rows(block)  # (width, θ)
+        median = median_of_sorted(ordered)  # (width,)
+        if weights is None:
+            aggregate[columns] = _window_mean(block, ordered, median, beta)
+            continue
         distances = np.abs(block - median[:, None])  # (width, θ) float32
-        bound = sorted_rows(distances)[:, beta - 1 : beta]  # (width, 1)
+        bound = _beta_smallest(np.abs(ordered - median[:, None]), beta)  # (width, 1)
         kept = distances <= bound  # (width, θ)
         tied = np.flatnonzero(kept.sum(axis=1) != beta)
         if len(tied):
@@ -156,14 +168,60 @@ def closest_to_median_mean(
             mask = np.zeros((len(tied), block.shape[1]), dtype=bool)
             np.put_along_axis(mask, order, True, axis=1)
             kept[tied] = mask
+        # Multiplying by 1.0 or 0.0 is exact; the kept values add up in float64.
+        plain = np.einsum("ij,ij->i", block, kept.astype(np.float32), dtype=np.float64) / beta
         values = np.where(kept, block.astype(np.float64), 0.0)  # (width, θ)
-        plain = values.sum(axis=1) / beta  # (width,)
-        if weights is None:
-            aggregate[columns] = plain.astype(np.float32)
-            continue
         kept_weights = np.where(kept, weights, 0.0)  # (width, θ)
         total = kept_weights.sum(axis=1)  # (width,)
         weighted = (kept_weights * values).sum(axis=1)  # (width,)
         mixed = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), plain)
         aggregate[columns] = mixed.astype(np.float32)
+    return aggregate
+
+
+def _beta_smallest(spread: NDArray[np.float32], beta: int) -> NDArray[np.float32]:
+    """Return the ``beta``-th smallest value of each row of ``spread``, as ``(width, 1)``.
+
+    ``spread`` is ``|o - median|`` for rows ``o`` sorted increasingly: along a row it
+    does not increase up to the median and does not decrease after it (float32 rounding
+    is monotone, so this holds for the computed values too). The ``beta`` smallest
+    values of such a V-shaped row form a contiguous window, and the largest value of a
+    window is at one of its ends; so the ``beta``-th smallest is the least, over the
+    ``θ - beta + 1`` windows, of the larger end. No second sort.
+    """
+    theta = spread.shape[1]
+    ends = np.maximum(spread[:, : theta - beta + 1], spread[:, beta - 1 :])  # (width, windows)
+    smallest: NDArray[np.float32] = ends.min(axis=1, keepdims=True)
+    return smallest
+
+
+def _window_mean(
+    block: UpdateMatrix, ordered: UpdateMatrix, median: UpdateVector, beta: int
+) -> UpdateVector:
+    """Unweighted second step on one block: the float64 mean of the ``beta`` nearest values.
+
+    In each sorted row the ``beta`` values nearest the median form a contiguous window
+    (see :func:`_beta_smallest`), the first one whose larger end is least. Where a value
+    just outside that window is exactly as far from the median as its farther end, more
+    than ``beta`` values tie for the last places; those rows take the ``beta`` nearest by
+    a stable argsort of the unsorted row (ties to the lower index), as the definition says.
+    """
+    width, theta = ordered.shape
+    spread = np.abs(ordered - median[:, None])  # (width, θ) float32
+    ends = np.maximum(spread[:, : theta - beta + 1], spread[:, beta - 1 :])  # (width, windows)
+    start = ends.argmin(axis=1)  # (width,) first least window
+    rows = np.arange(width)
+    bound = ends[rows, start]  # (width,)
+    tied = (start > 0) & (spread[rows, np.maximum(start - 1, 0)] == bound)
+    after = start + beta
+    tied |= (after < theta) & (spread[rows, np.minimum(after, theta - 1)] == bound)
+    window = np.take_along_axis(ordered, start[:, None] + np.arange(beta), axis=1)  # (width, β)
+    result = np.einsum("ij->i", window, dtype=np.float64) / beta  # (width,)
+    if tied.any():
+        which = np.flatnonzero(tied)
+        values = block[which]  # (t, θ)
+        nearest = np.argsort(np.abs(values - median[which, None]), axis=1, kind="stable")
+        chosen = np.take_along_axis(values, nearest[:, :beta], axis=1)  # (t, β)
+        result[which] = np.einsum("ij->i", chosen, dtype=np.float64) / beta
+    aggregate: UpdateVector = result.astype(np.float32)
     return aggregate

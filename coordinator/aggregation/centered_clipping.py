@@ -12,13 +12,14 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._columns import GRAM_COLUMNS, column_blocks, single_threaded_blas
+from coordinator.aggregation._kernels import clipped_step, squared_distances_to
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,
     UpdateVector,
     Weights,
+    ensure_finite,
     validate_positive,
     validate_positive_int,
     validate_updates,
@@ -92,7 +93,7 @@ class CenteredClipping:
         ValueError
             On malformed input, or when ``d`` differs from the centre's dimension.
         """
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked by the distances
         vector = validate_weights(weights, len(matrix))
         n, d = matrix.shape
         centre = np.zeros(d, dtype=np.float32) if self._centre is None else self._centre
@@ -150,32 +151,22 @@ def _clipped_steps(
     block ``b`` of the updates and of ``v_t``. So one pass over cache-sized column blocks
     moves block ``b`` to ``v_(t+1)`` and right away accumulates the squared distances to
     ``v_(t+1)`` on it: ``L`` steps read the updates ``L + 1`` times, and no ``(n, d)``
-    temporary is ever made. The arithmetic per coordinate is the definition's: float32
-    differences, float64 squared norms, a float32 weighted sum of the differences.
+    temporary is ever made (:func:`~coordinator.aggregation._kernels.clipped_step`). The
+    arithmetic per coordinate is the definition's: float32 differences, squared norms
+    summed in float32 within a block and in float64 across blocks, a float32 weighted sum
+    of the differences. The first pass also proves the updates finite (``ValueError``
+    otherwise), so the caller skips that check.
     """
-    n, d = updates.shape
-    centre = centre.copy()  # (d,) float32, moved block by block
-    squared = np.zeros(n)  # (n,) squared distances to the current centre
-    for columns in column_blocks(d, GRAM_COLUMNS):
-        squared += _squared_norms(updates[:, columns] - centre[columns])
-    with single_threaded_blas():
-        for step in range(iterations):
-            distances = np.sqrt(squared)  # (n,)
-            tau = float(np.median(distances)) if clip_threshold is None else clip_threshold
-            factors = clip_factors(distances, tau)  # (n,)
-            mass = factors if weights is None else factors * weights  # (n,)
-            coefficients = (mass / total).astype(np.float32)  # (n,)
-            last = step == iterations - 1
-            squared = np.zeros(n)
-            for columns in column_blocks(d, GRAM_COLUMNS):
-                block = updates[:, columns]  # (n, width) view
-                moved = centre[columns] + coefficients @ (block - centre[columns])  # (width,)
-                centre[columns] = moved
-                if not last:
-                    squared += _squared_norms(block - moved)
+    squared = squared_distances_to(updates, centre)  # (n,) one blocked pass
+    ensure_finite(squared, updates)  # float64 squares of float32 values cannot overflow
+    for step in range(iterations):
+        distances = np.sqrt(squared)  # (n,)
+        tau = float(np.median(distances)) if clip_threshold is None else clip_threshold
+        factors = clip_factors(distances, tau)  # (n,)
+        mass = factors if weights is None else factors * weights  # (n,)
+        coefficients = (mass / total).astype(np.float32)  # (n,)
+        last = step == iterations - 1
+        centre, moved_squared = clipped_step(updates, centre, coefficients, not last)
+        if moved_squared is not None:
+            squared = moved_squared
     return centre, distances, factors
-
-
-def _squared_norms(difference: UpdateMatrix) -> NDArray[np.float64]:
-    """Return the squared norm of each row of a float32 ``(n, width)`` block, in float64."""
-    return np.einsum("ij,ij->i", difference, difference, dtype=np.float64)  # type: ignore[no-any-return]

@@ -15,10 +15,10 @@ from coordinator.aggregation._columns import (
     SORT_COLUMNS,
     column_blocks,
     median_of_sorted,
-    sorted_rows,
     transposed,
 )
 from coordinator.aggregation.base import (
+    NON_FINITE_MESSAGE,
     AggregationResult,
     UpdateMatrix,
     UpdateVector,
@@ -56,15 +56,33 @@ def coordinate_median(updates: UpdateMatrix, weights: Weights | None = None) -> 
     numpy.ndarray
         float32 ``(d,)``.
     """
+    return _coordinate_median(updates, weights, check_finite=False)
+
+
+def _coordinate_median(
+    updates: UpdateMatrix, weights: Weights | None, *, check_finite: bool
+) -> UpdateVector:
+    """:func:`coordinate_median`; with ``check_finite``, ``ValueError`` on NaN/Inf entries.
+
+    The test is free: numpy sorts NaN after every number, so a sorted row holds only
+    finite values exactly when its first and last values are finite.
+    """
     d = updates.shape[1]
     result = np.empty(d, dtype=np.float32)
     normalised = None if weights is None else weights / weights.sum()  # (n,)
     for columns in column_blocks(d, SORT_COLUMNS):
-        block = transposed(updates, columns)  # (width, n), contiguous
+        block = transposed(updates, columns)  # (width, n), contiguous, our own copy
         if normalised is None:
-            result[columns] = median_of_sorted(sorted_rows(block))
+            block.sort(axis=1)  # in place: the copy is ours
+            ordered = block
+            result[columns] = median_of_sorted(ordered)
         else:
+            ordered = np.sort(block, axis=1)
             result[columns] = _weighted_median_rows(block, normalised)
+        if check_finite and not (
+            np.isfinite(ordered[:, 0]).all() and np.isfinite(ordered[:, -1]).all()
+        ):
+            raise ValueError(NON_FINITE_MESSAGE)
     return result
 
 
@@ -99,9 +117,9 @@ class CoordinateMedian:
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked while sorting
         vector = validate_weights(weights, len(matrix))
-        return AggregationResult(coordinate_median(matrix, vector))
+        return AggregationResult(_coordinate_median(matrix, vector, check_finite=True))
 
     def __repr__(self) -> str:
         return "CoordinateMedian()"

@@ -23,6 +23,7 @@ from coordinator.aggregation.base import (
     UpdateMatrix,
     UpdateVector,
     Weights,
+    ensure_finite,
     validate_positive,
     validate_positive_int,
     validate_updates,
@@ -84,6 +85,7 @@ def _weiszfeld_gram(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], int] | None:
     """Run the iterations on the coefficients; ``None`` when rounding could matter."""
     gram, projections, mean_squared = centred_gram(updates)  # (n, n), (n,), float
+    ensure_finite(gram, updates)  # ValueError on NaN/Inf; float64 sums cannot overflow here
     diagonal = np.diag(gram).copy()  # (n,)
     magnitude = np.abs(gram)  # (n, n)
     floor = nu * nu
@@ -198,7 +200,7 @@ class GeometricMedian:
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked by the Gram matrix
         vector = validate_weights(weights, len(matrix))
         aggregate, distances, _ = smoothed_weiszfeld(
             matrix, vector, self.nu, self.max_iter, self.tol

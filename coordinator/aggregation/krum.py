@@ -11,12 +11,19 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._columns import centred_gram
+from coordinator.aggregation._columns import (
+    GRAM32_RTOL,
+    GRAM_COLUMNS,
+    centred_gram,
+    centred_gram32,
+    column_blocks,
+)
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     BreakdownError,
     UpdateMatrix,
+    ensure_finite,
     num_byzantine,
     validate_fraction,
     validate_updates,
@@ -24,6 +31,7 @@ from coordinator.aggregation.base import (
 )
 
 __all__ = [
+    "Distances",
     "Krum",
     "distances_from_gram",
     "krum_scores",
@@ -33,6 +41,9 @@ __all__ = [
 ]
 
 _TIE_RTOL = 1e-9  # scores this close (relatively) count as tied
+
+FAST_GRAM_MIN_ENTRIES = 1 << 20
+"""From this many entries ``n * d`` on, distances come from a float32 Gram matrix first."""
 
 
 def pairwise_squared_distances(updates: UpdateMatrix) -> NDArray[np.float64]:
@@ -121,6 +132,148 @@ def select_lowest_rows(
     return np.sort(np.concatenate([below, band]))
 
 
+class Distances:
+    """Squared pairwise distances of a round, fast where that is safe, exact otherwise.
+
+    Large rounds first get their distances from a float32 Gram matrix
+    (:func:`~coordinator.aggregation._columns.centred_gram32`, about twice as fast as
+    float64 and reading the updates once) together with a per-entry error bound. A
+    selection made on them is kept only if it is *clear*: every chosen score plus its
+    bound is below every other score minus its bound, so the float64 scores would
+    choose the same updates. Otherwise (a near-tie, which the 1e-9 tie rule and the
+    content tie-break must settle) the distances are recomputed exactly with
+    :func:`pairwise_squared_distances` and the selection is made again on them. Small
+    rounds are exact from the start.
+
+    Building it also checks the updates for NaN/Inf (a non-finite entry makes the Gram
+    matrix non-finite), so callers validate with ``check_finite=False``.
+    """
+
+    def __init__(self, updates: UpdateMatrix) -> None:
+        self.updates = updates
+        self.exact = updates.size < FAST_GRAM_MIN_ENTRIES
+        gram = centred_gram(updates)[0] if self.exact else centred_gram32(updates)
+        if not ensure_finite(gram, updates):  # the float32 products overflowed
+            self.exact = True
+            gram = centred_gram(updates)[0]
+            ensure_finite(gram, updates)
+        self.matrix = distances_from_gram(gram)  # (n, n)
+        self._refined = np.zeros(len(updates), dtype=bool)  # rows made exact by refine()
+        if self.exact:
+            self.bounds = np.zeros_like(self.matrix)
+        else:
+            root = np.sqrt(np.maximum(np.diag(gram), 0.0))  # (n,) ||y_i||
+            self.bounds = GRAM32_RTOL * (root[:, None] + root[None, :]) ** 2  # (n, n)
+            np.fill_diagonal(self.bounds, 0.0)
+
+    def refine(self, rows: NDArray[np.intp]) -> None:
+        """Make the distances from ``rows`` to every update exact (float64 differences).
+
+        One float64 pass over the updates, however few the rows: cheaper than the whole
+        exact Gram matrix when a near-tie involves only a few candidates.
+        """
+        todo = [int(r) for r in rows if not self._refined[r]]
+        if self.exact or not todo:
+            return
+        n, d = self.updates.shape
+        squared = np.zeros((len(todo), n))  # (c, n)
+        for columns in column_blocks(d, GRAM_COLUMNS):
+            block = self.updates[:, columns].astype(np.float64)  # (n, width)
+            for position, row in enumerate(todo):
+                difference = block - block[row]  # (n, width)
+                squared[position] += np.einsum("ij,ij->i", difference, difference)
+        for position, row in enumerate(todo):
+            squared[position, row] = 0.0
+            self.matrix[row, :] = squared[position]
+            self.matrix[:, row] = squared[position]
+            self.bounds[row, :] = 0.0
+            self.bounds[:, row] = 0.0
+            self._refined[row] = True
+
+    def make_exact(self) -> None:
+        """Replace the float32-based distances by exact float64 ones."""
+        if not self.exact:
+            self.exact = True
+            self.matrix = pairwise_squared_distances(self.updates)
+            self.bounds = np.zeros_like(self.matrix)
+
+    def score_bounds(self, rows: NDArray[np.intp], num_neighbours: int) -> NDArray[np.float64]:
+        """Return a bound on each Krum score's error among ``rows`` (0 when exact)."""
+        if self.exact:
+            return np.zeros(len(rows))
+        bounds = self.bounds[np.ix_(rows, rows)]  # (m, m)
+        k = num_neighbours
+        largest = -np.partition(-bounds, k - 1, axis=1)[:, :k]  # (m, k)
+        result: NDArray[np.float64] = largest.sum(axis=1)
+        return result
+
+
+def is_clear(scores: NDArray[np.float64], bounds: NDArray[np.float64], m: int) -> bool:
+    """Return whether the ``m`` lowest ``scores`` stay the ``m`` lowest within ``bounds``."""
+    if m >= len(scores):
+        return True
+    order = np.argsort(scores, kind="stable")
+    chosen, others = order[:m], order[m:]
+    return bool(np.max(scores[chosen] + bounds[chosen]) < np.min(scores[others] - bounds[others]))
+
+
+def krum_select(
+    distances: Distances, rows: NDArray[np.intp], num_neighbours: int, m: int
+) -> tuple[NDArray[np.float64], NDArray[np.intp]] | None:
+    """Return the Krum scores of ``rows`` and the positions of the ``m`` lowest, or None.
+
+    On float32-based distances, a selection that is not clear (see :class:`Distances`)
+    gets its few candidates (the rows whose score could be among the ``m`` lowest)
+    refined to exact distances, and is accepted once every score that is still inexact
+    lies clear of the tie band around the ``m``-th lowest, which is then exact: the exact
+    distances would select the same rows, ties included. ``None`` means that did not
+    settle it; the caller then calls :meth:`Distances.make_exact` and selects again
+    (exact selections never fail).
+    """
+    table = np.ix_(rows, rows)
+    scores = krum_scores(distances.matrix[table], num_neighbours)  # (m,)
+    if distances.exact:
+        return scores, select_lowest_rows(scores, distances.updates, rows, m)
+    bounds = distances.score_bounds(rows, num_neighbours)
+    if is_clear(scores, bounds, m):
+        return scores, select_lowest_rows(scores, distances.updates, rows, m)
+    upper = scores + bounds
+    threshold = float(np.partition(upper, m - 1)[m - 1])
+    candidates = np.flatnonzero(scores - bounds <= threshold * (1 + 4 * _TIE_RTOL))
+    if len(candidates) > max(4, len(rows) // 4):
+        return None
+    distances.refine(rows[candidates])
+    scores = krum_scores(distances.matrix[table], num_neighbours)
+    bounds = distances.score_bounds(rows, num_neighbours)
+    if not _settled(scores, bounds, m):
+        return None
+    return scores, select_lowest_rows(scores, distances.updates, rows, m)
+
+
+def _settled(scores: NDArray[np.float64], bounds: NDArray[np.float64], m: int) -> bool:
+    """Whether the ``m``-th lowest score is exact and every inexact one is clear of its tie band."""
+    order = np.argsort(scores, kind="stable")
+    edge = order[m - 1]
+    if bounds[edge] > 0:
+        return False
+    threshold = float(scores[edge])
+    band = _TIE_RTOL * abs(threshold)
+    clear = (scores + bounds < threshold - band) | (scores - bounds > threshold + band)
+    return bool(clear[bounds > 0].all())
+
+
+def krum_select_checked(
+    distances: Distances, rows: NDArray[np.intp], num_neighbours: int, m: int
+) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
+    """:func:`krum_select`, recomputing the distances exactly when it cannot decide."""
+    result = krum_select(distances, rows, num_neighbours, m)
+    if result is None:
+        distances.make_exact()
+        result = krum_select(distances, rows, num_neighbours, m)
+        assert result is not None  # noqa: S101 (exact selections always decide)
+    return result
+
+
 def check_krum_condition(rule: str, n: int, f: int) -> None:
     """Raise :class:`BreakdownError` unless ``n >= 2f + 3``."""
     if n < 2 * f + 3:
@@ -160,13 +313,13 @@ class Krum:
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates; ``(n,)`` weights are validated only."""
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked by the Gram matrix
         validate_weights(weights, len(matrix))
         n = len(matrix)
         f = num_byzantine(n, self.max_byzantine_fraction)
         check_krum_condition(self.name, n, f)
-        scores = krum_scores(pairwise_squared_distances(matrix), n - f - 2)  # (n,)
-        best = int(select_lowest(scores, matrix, 1)[0])
+        scores, chosen = krum_select_checked(Distances(matrix), np.arange(n), n - f - 2, 1)
+        best = int(chosen[0])
         diagnostics = AggregationDiagnostics(selected=(best,), scores=scores)
         return AggregationResult(matrix[best].copy(), diagnostics)
 

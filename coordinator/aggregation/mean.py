@@ -55,7 +55,8 @@ def _coefficients(n: int, weights: Weights | None) -> NDArray[np.float32]:
     """Return the float32 ``(n,)`` coefficients ``w_i / sum_j w_j`` (``1 / n`` unweighted)."""
     if weights is None:
         return np.full(n, 1.0 / n, dtype=np.float32)
-    return (weights / weights.sum()).astype(np.float32)
+    coefficients: NDArray[np.float32] = (weights / weights.sum()).astype(np.float32)
+    return coefficients
 
 
 def _checked_mean(updates: UpdateMatrix, weights: Weights | None) -> UpdateVector:

@@ -22,12 +22,7 @@ from coordinator.aggregation.base import (
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.krum import (
-    check_krum_condition,
-    krum_scores,
-    pairwise_squared_distances,
-    select_lowest,
-)
+from coordinator.aggregation.krum import Distances, check_krum_condition, krum_select_checked
 from coordinator.aggregation.mean import weighted_mean
 
 __all__ = ["MultiKrum"]
@@ -68,14 +63,13 @@ class MultiKrum:
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked by the Gram matrix
         vector = validate_weights(weights, len(matrix))
         n = len(matrix)
         f = num_byzantine(n, self.max_byzantine_fraction)
         check_krum_condition(self.name, n, f)
-        scores = krum_scores(pairwise_squared_distances(matrix), n - f - 2)  # (n,)
         m = n - f if self.krum_k is None else min(self.krum_k, n - f)
-        chosen = select_lowest(scores, matrix, m)  # (m,)
+        scores, chosen = krum_select_checked(Distances(matrix), np.arange(n), n - f - 2, m)
         chosen_weights = None if vector is None else vector[chosen]
         if chosen_weights is not None and not chosen_weights.sum() > 0:
             chosen_weights = None  # every selected update has weight 0: average them plainly

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._columns import single_threaded_blas
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
@@ -23,6 +24,7 @@ from coordinator.aggregation.base import (
     validate_weights,
 )
 from coordinator.aggregation.composition import DEFAULT_INNER, InnerRule
+from coordinator.aggregation.krum import Distances, pairwise_squared_distances
 
 __all__ = ["NearestNeighbourMixing", "nearest_neighbour_mix", "squared_distances"]
 
@@ -32,14 +34,33 @@ def squared_distances(updates: UpdateMatrix) -> NDArray[np.float64]:
 
     Rows are centred on their mean in float64 first, so that ``||x_i||^2 + ||x_j||^2 -
     2 <x_i, x_j>`` does not cancel for close, large updates; the diagonal is exactly 0.
+    The same blocked computation as Krum's
+    (:func:`~coordinator.aggregation.krum.pairwise_squared_distances`): no ``(n, d)``
+    float64 copy.
     """
-    centred = updates.astype(np.float64) - updates.mean(axis=0, dtype=np.float64)  # (n, d)
-    gram = centred @ centred.T  # (n, n)
-    squared = np.diag(gram)  # (n,)
-    distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * gram, 0.0)  # (n, n)
-    np.fill_diagonal(distances, 0.0)
-    result: NDArray[np.float64] = distances
-    return result
+    return pairwise_squared_distances(updates)
+
+
+def _neighbourhoods(distances: Distances, num_neighbours: int) -> NDArray[np.intp] | None:
+    """Each row's ``k`` nearest (itself first), or ``None`` if float32 distances cannot tell.
+
+    The choice is kept only when, in every row, the chosen neighbours' distances plus
+    their error bounds stay below the others' minus theirs; then the exact distances
+    would choose the same neighbourhoods.
+    """
+    ranking = distances.matrix.copy()
+    np.fill_diagonal(ranking, -1.0)  # itself first, even when others coincide with it
+    order = np.argsort(ranking, axis=1, kind="stable")  # (n, n)
+    k = num_neighbours
+    if not distances.exact and 1 <= k < len(order):
+        ranked = np.take_along_axis(distances.matrix, order, axis=1)  # (n, n)
+        bounds = np.take_along_axis(distances.bounds, order, axis=1)  # (n, n)
+        inside = (ranked[:, 1:k] + bounds[:, 1:k]).max(axis=1, initial=-np.inf)  # (n,)
+        outside = (ranked[:, k:] - bounds[:, k:]).min(axis=1)  # (n,)
+        if not (inside < outside).all():
+            return None
+    nearest: NDArray[np.intp] = order[:, :k]  # (n, k)
+    return nearest
 
 
 def nearest_neighbour_mix(
@@ -66,10 +87,13 @@ def nearest_neighbour_mix(
         neighbourhood reaches (a Krum-like suspicion score).
     """
     n = len(updates)
-    distances = squared_distances(updates)  # (n, n)
-    ranking = distances.copy()
-    np.fill_diagonal(ranking, -1.0)  # itself first, even when others coincide with it
-    nearest = np.argsort(ranking, axis=1, kind="stable")[:, :num_neighbours]  # (n, k)
+    table = Distances(updates)  # also checks the updates for NaN/Inf
+    nearest = _neighbourhoods(table, num_neighbours)
+    if nearest is None:  # a near-tie at some neighbourhood's edge: decide it exactly
+        table.make_exact()
+        nearest = _neighbourhoods(table, num_neighbours)
+        assert nearest is not None  # noqa: S101 (exact distances always decide)
+    distances = table.matrix  # (n, n)
     rows = np.arange(n)[:, None]  # (n, 1)
     mixing = np.zeros((n, n), dtype=np.float64)  # (n, n): row i averages N_i
     if weights is None:
@@ -79,7 +103,8 @@ def nearest_neighbour_mix(
         empty = ~(mixing.sum(axis=1) > 0)  # (n,): neighbourhoods of weight 0
         mixing[np.flatnonzero(empty)[:, None], nearest[empty]] = 1.0
     mixing /= mixing.sum(axis=1, keepdims=True)
-    mixed = np.asarray(mixing.astype(np.float32) @ updates, dtype=np.float32)  # (n, d)
+    with single_threaded_blas():  # threaded sgemm spins badly on a busy 2-core machine
+        mixed = np.asarray(mixing.astype(np.float32) @ updates, dtype=np.float32)  # (n, d)
     spread = np.take_along_axis(distances, nearest, axis=1).sum(axis=1)  # (n,)
     return mixed, spread
 
@@ -138,7 +163,7 @@ class NearestNeighbourMixing:
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked by the Gram matrix
         vector = validate_weights(weights, len(matrix))
         n = len(matrix)
         f = num_byzantine(n, self.max_byzantine_fraction)

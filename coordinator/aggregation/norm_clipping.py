@@ -11,12 +11,14 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike
 
+from coordinator.aggregation._kernels import squared_distances_to
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     StreamingUnavailableError,
     StreamSum,
     UpdateMatrix,
+    ensure_finite,
     row_norms,
     stream_dim_of,
     validate_positive,
@@ -72,9 +74,11 @@ class NormClipping:
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked by the norms
         vector = validate_weights(weights, len(matrix))
-        norms = row_norms(matrix)  # (n,)
+        squared = squared_distances_to(matrix)  # (n,) one blocked pass
+        ensure_finite(squared, matrix)  # float64 squares of float32 values cannot overflow
+        norms = np.sqrt(squared)  # (n,)
         radius = float(np.median(norms)) if self.clip_norm is None else self.clip_norm
         factors = clip_factors(norms, radius)  # (n,)
         mass = factors if vector is None else factors * vector  # (n,)

@@ -17,7 +17,9 @@ from coordinator.aggregation._columns import (
     sorted_rows,
     transposed,
 )
+from coordinator.aggregation._kernels import all_finite
 from coordinator.aggregation.base import (
+    NON_FINITE_MESSAGE,
     AggregationDiagnostics,
     AggregationResult,
     BreakdownError,
@@ -32,9 +34,15 @@ from coordinator.aggregation.base import (
 
 __all__ = ["TrimmedMean", "trimmed_mean"]
 
+_COUNT_FLUSH = 60_000  # blocks between reductions of the uint16 tally (< 65,535)
+
 
 def trimmed_mean(
-    updates: UpdateMatrix, num_trimmed: int, weights: Weights | None = None
+    updates: UpdateMatrix,
+    num_trimmed: int,
+    weights: Weights | None = None,
+    *,
+    check_finite: bool = False,
 ) -> tuple[UpdateVector, NDArray[np.float64]]:
     """Drop the ``b`` largest and ``b`` smallest values per coordinate and average the rest.
 
@@ -47,6 +55,9 @@ def trimmed_mean(
     weights:
         float64 ``(n,)`` or ``None``. The kept values are averaged with their weights;
         on a coordinate where every kept value has weight 0, they are averaged plainly.
+    check_finite:
+        Also raise ``ValueError`` on NaN/Inf entries, at no extra pass: numpy sorts NaN
+        after every number, so a sorted row is finite exactly when its ends are.
 
     Returns
     -------
@@ -65,6 +76,8 @@ def trimmed_mean(
     if n <= 2 * b:
         raise BreakdownError(f"trimmed mean needs n > 2b, got n={n}, b={b}")
     if b == 0:
+        if check_finite and not all_finite(updates):
+            raise ValueError(NON_FINITE_MESSAGE)
         trimmed_share = np.zeros(n)
         if weights is None:
             return np.mean(updates, axis=0, dtype=np.float32), trimmed_share
@@ -73,13 +86,26 @@ def trimmed_mean(
     kept_count = n - 2 * b
     aggregate = np.empty(d, dtype=np.float32)
     trimmed_counts = np.zeros(n, dtype=np.int64)
+    tally = np.zeros((min(d, SORT_COLUMNS), n), dtype=np.uint16)  # (width, n) pending counts
+    pending = 0
     for columns in column_blocks(d, SORT_COLUMNS):
         block = transposed(updates, columns)  # (width, n), contiguous
         ordered = sorted_rows(block)  # (width, n)
+        if check_finite and not (
+            np.isfinite(ordered[:, 0]).all() and np.isfinite(ordered[:, -1]).all()
+        ):
+            raise ValueError(NON_FINITE_MESSAGE)
         trimmed = _trimmed_mask(block, ordered, b)  # (width, n)
-        trimmed_counts += np.count_nonzero(trimmed, axis=0)
+        # Per-update counts: add the masks elementwise (cheap, contiguous) and reduce
+        # over the rows only every _COUNT_FLUSH blocks, before uint16 could overflow.
+        tally[: len(trimmed)] += trimmed
+        pending += 1
+        if pending == _COUNT_FLUSH:
+            trimmed_counts += tally.sum(axis=0, dtype=np.int64)
+            tally[:] = 0
+            pending = 0
         if weights is None:
-            kept_sum = ordered[:, b : n - b].sum(axis=1, dtype=np.float64)  # (width,)
+            kept_sum = np.einsum("ij->i", ordered[:, b : n - b], dtype=np.float64)  # (width,)
             aggregate[columns] = (kept_sum / kept_count).astype(np.float32)
             continue
         kept_weights = np.where(trimmed, 0.0, weights)  # (width, n)
@@ -89,6 +115,7 @@ def trimmed_mean(
         with np.errstate(divide="ignore", invalid="ignore"):
             mixed = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), plain)
         aggregate[columns] = mixed.astype(np.float32)
+    trimmed_counts += tally.sum(axis=0, dtype=np.int64)
     return aggregate, trimmed_counts / d
 
 
@@ -156,9 +183,11 @@ class TrimmedMean:
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate float32 ``(n, d)`` updates with optional ``(n,)`` weights."""
-        matrix = validate_updates(updates)
+        matrix = validate_updates(updates, check_finite=False)  # checked while sorting
         vector = validate_weights(weights, len(matrix))
-        aggregate, share = trimmed_mean(matrix, self.num_trimmed(len(matrix)), vector)
+        aggregate, share = trimmed_mean(
+            matrix, self.num_trimmed(len(matrix)), vector, check_finite=True
+        )
         return AggregationResult(aggregate, AggregationDiagnostics(scores=share))
 
     def __repr__(self) -> str:

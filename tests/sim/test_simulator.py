@@ -247,3 +247,19 @@ def test_iid_byzantine_data_leaves_the_partition_to_honest_devices() -> None:
     for device in simulator.devices:
         if device.device_id in simulator.compromised:
             assert len(np.unique(device.source.read(1).labels)) > 5
+
+
+def test_fault_plan_assigns_local_and_colluding_attacks(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        "seed = 3\n"
+        '[[target]]\ncount = 1\nfaults = [{ name = "sign-flip" }]\n'
+        '[[target]]\ncount = 2\nfaults = [{ name = "alie" }]\n'
+    )
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text('devices = 8\nrounds = 2\nfault_plan = "plan.toml"\n')
+    simulator = Simulator(load_scenario(scenario))
+    result = simulator.run()
+    assert len(result.compromised) == 3
+    assert sum(d.colluding for d in simulator.devices) == 2
+    assert all(r.accepted == 8 for r in result.rounds)
