@@ -7,6 +7,7 @@ from pathlib import Path
 from coordinator.config import load_coordinator_config
 from edge_agent.config import load_agent_config
 from faults.plan import load_fault_plan
+from fleet_sim.scenario import load_scenario
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 
@@ -68,3 +69,11 @@ def test_example_fault_plan_leaves_an_untargeted_device_unchanged() -> None:
     injector = load_fault_plan(EXAMPLES / "fault-plan.toml", "dev-000")
 
     assert not injector.is_compromised
+
+
+def test_example_scenario_validates() -> None:
+    scenario = load_scenario(EXAMPLES / "scenario.toml")
+
+    assert scenario.attack == "alie"
+    assert scenario.defense == "clipping-vr"
+    assert scenario.devices == 25
