@@ -7,6 +7,9 @@ costs ``8 n d`` bytes. The kernels here instead take a few thousand columns at a
 a block is transposed into a contiguous ``(width, n)`` array that stays in cache, sorted
 row by row with numpy's vectorised sort, or cast to float64 and multiplied by its own
 transpose. Memory beyond the input is then ``O(n * width + d)``, whatever ``d`` is.
+The Gram kernels split the columns into one range per core
+(:mod:`coordinator.aggregation._parallel`), each range with its own single-threaded BLAS
+calls and partial sums.
 
 Private to :mod:`coordinator.aggregation`; the rules keep their public functions.
 """
@@ -19,6 +22,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from coordinator.aggregation._parallel import map_column_ranges
 
 try:  # installed with the coordinator extra (scikit-learn needs it too)
     from threadpoolctl import ThreadpoolController
@@ -62,10 +67,10 @@ def single_threaded_blas() -> AbstractContextManager[Any]:
     return limiter
 
 
-def column_blocks(d: int, width: int) -> Iterator[slice]:
-    """Yield consecutive column slices of at most ``width`` columns covering ``range(d)``."""
-    for start in range(0, d, width):
-        yield slice(start, min(start + width, d))
+def column_blocks(d: int, width: int, start: int = 0) -> Iterator[slice]:
+    """Yield consecutive column slices of at most ``width`` columns covering ``range(start, d)``."""
+    for first in range(start, d, width):
+        yield slice(first, min(first + width, d))
 
 
 def transposed(updates: NDArray[np.float32], columns: slice) -> NDArray[np.float32]:
@@ -106,19 +111,30 @@ def centred_gram(
     large updates.
     """
     n, d = updates.shape
-    gram = np.zeros((n, n))
-    projections = np.zeros(n)
-    mean_squared = 0.0
-    # NaN/Inf entries only make the result non-finite; callers check it (ensure_finite).
-    with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):
-        for columns in column_blocks(d, width):
-            block = updates[:, columns].astype(np.float64)  # (n, width)
-            mean = block.mean(axis=0)  # (width,)
-            block -= mean
-            gram += block @ block.T  # syrk
-            projections += block @ mean
-            mean_squared += float(mean @ mean)
-    return gram, projections, mean_squared
+
+    def part(start: int, stop: int) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+        gram = np.zeros((n, n))
+        projections = np.zeros(n)
+        mean_squared = 0.0
+        # NaN/Inf entries only make the result non-finite; callers check it (ensure_finite).
+        # errstate is thread-local, so each worker sets its own.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for columns in column_blocks(stop, width, start):
+                block = updates[:, columns].astype(np.float64)  # (n, width)
+                mean = block.mean(axis=0)  # (width,)
+                block -= mean
+                gram += block @ block.T  # syrk
+                projections += block @ mean
+                mean_squared += float(mean @ mean)
+        return gram, projections, mean_squared
+
+    with single_threaded_blas():
+        parts = map_column_ranges(d, part)
+    return (
+        np.sum([gram for gram, _, _ in parts], axis=0),
+        np.sum([projections for _, projections, _ in parts], axis=0),
+        sum(mean_squared for _, _, mean_squared in parts),
+    )
 
 
 GRAM32_RTOL = 2.0**-22
@@ -146,10 +162,16 @@ def centred_gram32(
     :func:`centred_gram`. A NaN or Inf entry makes the result non-finite.
     """
     n, d = updates.shape
-    gram = np.zeros((n, n))
-    with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):
-        for columns in column_blocks(d, width):
-            block = updates[:, columns]  # (n, width) view
-            block = block - block.mean(axis=0, dtype=np.float32)  # (n, width) float32
-            gram += block @ block.T  # float32 syrk, accumulated in float64
-    return gram
+
+    def part(start: int, stop: int) -> NDArray[np.float64]:
+        gram = np.zeros((n, n))
+        # errstate is thread-local, so each worker sets its own.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for columns in column_blocks(stop, width, start):
+                block = updates[:, columns]  # (n, width) view
+                block = block - block.mean(axis=0, dtype=np.float32)  # (n, width) float32
+                gram += block @ block.T  # float32 syrk, accumulated in float64
+        return gram
+
+    with single_threaded_blas():
+        return np.sum(map_column_ranges(d, part), axis=0)  # type: ignore[no-any-return]

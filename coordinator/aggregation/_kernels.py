@@ -10,6 +10,10 @@ anyway, or make it as cheap as one float32 sum:
 - :func:`clipped_step`: ``c + sum_i a_i (x_i - c)`` and, optionally, the squared distances
   of the rows to that new point, in one pass over cache-sized column blocks.
 
+With numba installed, the last two run as compiled kernels (float64 differences and sums)
+on all cores (:mod:`coordinator.aggregation._compiled`); the numpy code below is the
+fallback and the reference the tests hold them to.
+
 Private to :mod:`coordinator.aggregation`.
 """
 
@@ -20,7 +24,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from coordinator.aggregation import _compiled
 from coordinator.aggregation._columns import GRAM_COLUMNS, column_blocks, single_threaded_blas
+from coordinator.aggregation._parallel import map_column_ranges
 
 __all__ = ["all_finite", "clipped_step", "squared_distances_to"]
 
@@ -67,6 +73,15 @@ def squared_distances_to(
     ``centre=None`` stands for the origin (the rows' squared norms).
     """
     n, d = updates.shape
+    if _compiled.AVAILABLE:
+        origin = np.zeros(d, dtype=np.float32) if centre is None else centre
+
+        def distances_in(start: int, stop: int) -> NDArray[np.float64]:
+            partial = np.zeros(n)
+            _compiled.squared_distances_columns(updates, origin, start, stop, partial)
+            return partial
+
+        return np.sum(map_column_ranges(d, distances_in), axis=0)  # type: ignore[no-any-return]
     squared = np.zeros(n)
     with np.errstate(over="ignore", invalid="ignore"):
         for columns in column_blocks(d, GRAM_COLUMNS):
@@ -95,6 +110,17 @@ def clipped_step(
     """
     n, d = updates.shape
     moved = np.empty(d, dtype=np.float32)
+    if _compiled.AVAILABLE:
+
+        def step_in(start: int, stop: int) -> NDArray[np.float64]:
+            partial = np.zeros(n)
+            _compiled.clipped_step_columns(
+                updates, centre, coefficients, start, stop, moved, partial, with_distances
+            )
+            return partial
+
+        parts = map_column_ranges(d, step_in)
+        return moved, (np.sum(parts, axis=0) if with_distances else None)
     squared = np.zeros(n) if with_distances else None
     with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):
         for columns in column_blocks(d, GRAM_COLUMNS):

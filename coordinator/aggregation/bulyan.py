@@ -11,12 +11,15 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation import _compiled
 from coordinator.aggregation._columns import (
     SORT_COLUMNS,
     column_blocks,
     median_of_sorted,
     sorted_rows,
 )
+from coordinator.aggregation._networks import sorting_network
+from coordinator.aggregation._parallel import map_column_ranges
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
@@ -148,9 +151,12 @@ def closest_to_median_mean(
     -----
     Cache-sized column blocks are transposed and sorted row by row; the ``beta`` closest
     values are the ones at most the ``beta``-th smallest distance, and only rows with a
-    tie at that boundary fall back to a stable argsort.
+    tie at that boundary fall back to a stable argsort. Unweighted and with numba
+    installed, a compiled sorting-network kernel does the same on all cores.
     """
     d = updates.shape[1]
+    if weights is None and _compiled.AVAILABLE:
+        return _compiled_window_mean(updates, selected, beta)
     aggregate = np.empty(d, dtype=np.float32)
     for columns in column_blocks(d, SORT_COLUMNS):
         block = np.ascontiguousarray(updates[selected, columns].T)  # (width, θ)
@@ -176,6 +182,33 @@ def closest_to_median_mean(
         weighted = (kept_weights * values).sum(axis=1)  # (width,)
         mixed = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), plain)
         aggregate[columns] = mixed.astype(np.float32)
+    return aggregate
+
+
+def _compiled_window_mean(
+    updates: UpdateMatrix, selected: NDArray[np.intp], beta: int
+) -> UpdateVector:
+    """Unweighted :func:`closest_to_median_mean` by the compiled sorting-network kernel.
+
+    Columns where more than ``beta`` values tie for the nearest places are flagged by the
+    kernel and redone here by the numpy path, which breaks such ties as the definition
+    says (to the lower index).
+    """
+    d = updates.shape[1]
+    aggregate = np.empty(d, dtype=np.float32)
+    tied = np.zeros(d, dtype=bool)
+    rows = np.ascontiguousarray(selected, dtype=np.int64)
+    steps = sorting_network(len(rows))
+
+    def part(start: int, stop: int) -> bool:
+        return _compiled.window_columns(updates, rows, steps, beta, start, stop, aggregate, tied)
+
+    map_column_ranges(d, part)  # finiteness was checked with the distances
+    ties = np.flatnonzero(tied)
+    if len(ties):
+        block = np.ascontiguousarray(updates[np.ix_(selected, ties)].T)  # (t, θ)
+        ordered = np.sort(block, axis=1)
+        aggregate[ties] = _window_mean(block, ordered, median_of_sorted(ordered), beta)
     return aggregate
 
 

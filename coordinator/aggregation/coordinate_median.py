@@ -11,12 +11,15 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation import _compiled
 from coordinator.aggregation._columns import (
     SORT_COLUMNS,
     column_blocks,
     median_of_sorted,
     transposed,
 )
+from coordinator.aggregation._networks import selection_network
+from coordinator.aggregation._parallel import map_column_ranges
 from coordinator.aggregation.base import (
     NON_FINITE_MESSAGE,
     AggregationResult,
@@ -40,9 +43,11 @@ def coordinate_median(updates: UpdateMatrix, weights: Weights | None = None) -> 
     exceeds half), and returns their midpoint; with equal weights this is the unweighted
     median, and an update of weight 0 is never chosen.
 
-    The columns are processed in cache-sized blocks (transposed, then sorted row by row
-    with numpy's vectorised sort), which is several times faster than
-    ``numpy.median(axis=0)`` and gives the same float32 values bit for bit.
+    The columns are processed in cache-sized blocks, which is several times faster than
+    ``numpy.median(axis=0)`` and gives the same float32 values bit for bit: unweighted and
+    with numba installed, by a compiled sorting network on all cores
+    (:mod:`~coordinator.aggregation._compiled`); otherwise transposed and sorted row by row
+    with numpy's vectorised sort.
 
     Parameters
     ----------
@@ -69,6 +74,18 @@ def _coordinate_median(
     """
     d = updates.shape[1]
     result = np.empty(d, dtype=np.float32)
+    if weights is None and _compiled.AVAILABLE:
+        n = len(updates)
+        rows = np.arange(n)
+        steps = selection_network(n, (max(n // 2 - 1, 0), n // 2))
+
+        def part(start: int, stop: int) -> bool:
+            return _compiled.median_columns(updates, rows, steps, start, stop, result)
+
+        finite = all(map_column_ranges(d, part))
+        if check_finite and not finite:
+            raise ValueError(NON_FINITE_MESSAGE)
+        return result
     normalised = None if weights is None else weights / weights.sum()  # (n,)
     for columns in column_blocks(d, SORT_COLUMNS):
         block = transposed(updates, columns)  # (width, n), contiguous, our own copy

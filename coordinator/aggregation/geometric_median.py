@@ -17,6 +17,7 @@ from coordinator.aggregation._columns import (
     column_blocks,
     single_threaded_blas,
 )
+from coordinator.aggregation._parallel import map_column_ranges
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
@@ -132,9 +133,13 @@ def _combine(updates: UpdateMatrix, coefficients: NDArray[np.float64]) -> NDArra
     """Return ``sum_i coefficients_i x_i`` in float64, one column block at a time."""
     d = updates.shape[1]
     result = np.empty(d)
-    with single_threaded_blas():
-        for columns in column_blocks(d, GRAM_COLUMNS):
+
+    def part(start: int, stop: int) -> None:
+        for columns in column_blocks(stop, GRAM_COLUMNS, start):
             result[columns] = coefficients @ updates[:, columns].astype(np.float64)
+
+    with single_threaded_blas():
+        map_column_ranges(d, part)
     return result
 
 

@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation import _compiled
 from coordinator.aggregation._columns import (
     GRAM32_RTOL,
     GRAM_COLUMNS,
@@ -18,6 +19,7 @@ from coordinator.aggregation._columns import (
     centred_gram32,
     column_blocks,
 )
+from coordinator.aggregation._parallel import map_column_ranges
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
@@ -169,19 +171,14 @@ class Distances:
     def refine(self, rows: NDArray[np.intp]) -> None:
         """Make the distances from ``rows`` to every update exact (float64 differences).
 
-        One float64 pass over the updates, however few the rows: cheaper than the whole
-        exact Gram matrix when a near-tie involves only a few candidates.
+        One float64 pass over the updates for all the rows: cheaper than the whole exact
+        Gram matrix when a near-tie involves only a few candidates (identical Byzantine
+        updates, for one, tie exactly).
         """
         todo = [int(r) for r in rows if not self._refined[r]]
         if self.exact or not todo:
             return
-        n, d = self.updates.shape
-        squared = np.zeros((len(todo), n))  # (c, n)
-        for columns in column_blocks(d, GRAM_COLUMNS):
-            block = self.updates[:, columns].astype(np.float64)  # (n, width)
-            for position, row in enumerate(todo):
-                difference = block - block[row]  # (n, width)
-                squared[position] += np.einsum("ij,ij->i", difference, difference)
+        squared = _exact_row_distances(self.updates, np.array(todo, dtype=np.int64))  # (c, n)
         for position, row in enumerate(todo):
             squared[position, row] = 0.0
             self.matrix[row, :] = squared[position]
@@ -206,6 +203,29 @@ class Distances:
         largest = -np.partition(-bounds, k - 1, axis=1)[:, :k]  # (m, k)
         result: NDArray[np.float64] = largest.sum(axis=1)
         return result
+
+
+def _exact_row_distances(updates: UpdateMatrix, rows: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Return float64 ``(c, n)`` ``||x_r - x_i||^2`` for each ``r`` in ``rows``, one pass.
+
+    Differences are taken in float64, so these are exact up to the final sums' rounding.
+    """
+    n, d = updates.shape
+    if _compiled.AVAILABLE:
+
+        def distances_in(start: int, stop: int) -> NDArray[np.float64]:
+            partial = np.zeros((len(rows), n))
+            _compiled.row_distances_columns(updates, rows, start, stop, partial)
+            return partial
+
+        return np.sum(map_column_ranges(d, distances_in), axis=0)  # type: ignore[no-any-return]
+    squared = np.zeros((len(rows), n))
+    for columns in column_blocks(d, GRAM_COLUMNS):
+        block = updates[:, columns].astype(np.float64)  # (n, width)
+        for position, row in enumerate(rows):
+            difference = block - block[row]  # (n, width)
+            squared[position] += np.einsum("ij,ij->i", difference, difference)
+    return squared
 
 
 def is_clear(scores: NDArray[np.float64], bounds: NDArray[np.float64], m: int) -> bool:

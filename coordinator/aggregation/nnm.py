@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from coordinator.aggregation._columns import single_threaded_blas
+from coordinator.aggregation._parallel import map_column_ranges
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
@@ -103,8 +104,16 @@ def nearest_neighbour_mix(
         empty = ~(mixing.sum(axis=1) > 0)  # (n,): neighbourhoods of weight 0
         mixing[np.flatnonzero(empty)[:, None], nearest[empty]] = 1.0
     mixing /= mixing.sum(axis=1, keepdims=True)
-    with single_threaded_blas():  # threaded sgemm spins badly on a busy 2-core machine
-        mixed = np.asarray(mixing.astype(np.float32) @ updates, dtype=np.float32)  # (n, d)
+    mixing32 = mixing.astype(np.float32)
+    mixed = np.empty_like(updates)  # (n, d)
+
+    def part(start: int, stop: int) -> None:
+        mixed[:, start:stop] = mixing32 @ updates[:, start:stop]
+
+    # Our own column ranges on every core, each a one-thread sgemm: OpenBLAS's threads
+    # spin badly on a busy 2-core machine.
+    with single_threaded_blas():
+        map_column_ranges(updates.shape[1], part)
     spread = np.take_along_axis(distances, nearest, axis=1).sum(axis=1)  # (n,)
     return mixed, spread
 

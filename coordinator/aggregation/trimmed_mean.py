@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation import _compiled
 from coordinator.aggregation._columns import (
     SORT_COLUMNS,
     column_blocks,
@@ -18,6 +19,8 @@ from coordinator.aggregation._columns import (
     transposed,
 )
 from coordinator.aggregation._kernels import all_finite
+from coordinator.aggregation._networks import sorting_network
+from coordinator.aggregation._parallel import map_column_ranges
 from coordinator.aggregation.base import (
     NON_FINITE_MESSAGE,
     AggregationDiagnostics,
@@ -83,6 +86,8 @@ def trimmed_mean(
             return np.mean(updates, axis=0, dtype=np.float32), trimmed_share
         weighted = np.einsum("k,kd->d", weights, updates, dtype=np.float64)  # (d,)
         return (weighted / weights.sum()).astype(np.float32), trimmed_share
+    if weights is None and _compiled.AVAILABLE:
+        return _compiled_trimmed_mean(updates, b, check_finite=check_finite)
     kept_count = n - 2 * b
     aggregate = np.empty(d, dtype=np.float32)
     trimmed_counts = np.zeros(n, dtype=np.int64)
@@ -116,6 +121,39 @@ def trimmed_mean(
             mixed = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), plain)
         aggregate[columns] = mixed.astype(np.float32)
     trimmed_counts += tally.sum(axis=0, dtype=np.int64)
+    return aggregate, trimmed_counts / d
+
+
+def _compiled_trimmed_mean(
+    updates: UpdateMatrix, b: int, *, check_finite: bool
+) -> tuple[UpdateVector, NDArray[np.float64]]:
+    """:func:`trimmed_mean` without weights, by the compiled sorting-network kernel.
+
+    The kernel leaves out of its trim counts the columns where a kept value equals a
+    trimming boundary (which of the equal values is trimmed is the stable sort's rule);
+    those few columns are counted here by :func:`_trimmed_mask`, as the numpy path does.
+    """
+    n, d = updates.shape
+    aggregate = np.empty(d, dtype=np.float32)
+    tied = np.zeros(d, dtype=bool)
+    rows = np.arange(n)
+    steps = sorting_network(n)
+
+    def part(start: int, stop: int) -> tuple[bool, NDArray[np.int64]]:
+        counts = np.zeros(n, dtype=np.int64)
+        finite = _compiled.trimmed_columns(
+            updates, rows, steps, b, start, stop, aggregate, counts, tied
+        )
+        return finite, counts
+
+    parts = map_column_ranges(d, part)
+    if check_finite and not all(finite for finite, _ in parts):
+        raise ValueError(NON_FINITE_MESSAGE)
+    trimmed_counts = np.sum([counts for _, counts in parts], axis=0)
+    ties = np.flatnonzero(tied)
+    if len(ties):
+        block = np.ascontiguousarray(updates[:, ties].T)  # (t, n)
+        trimmed_counts += _trimmed_mask(block, np.sort(block, axis=1), b).sum(axis=0)
     return aggregate, trimmed_counts / d
 
 
