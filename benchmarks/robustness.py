@@ -17,6 +17,7 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 OUT = Path("benchmarks/results/robustness")
@@ -33,129 +34,96 @@ HETERO_DEFENSES = (
     "clipping-vr"
 )
 
+Option = str | int | bool | Mapping[str, object]
+
+
+def options(**values: Option) -> list[str]:
+    """``byzedge sim matrix`` arguments, in the order given.
+
+    ``foo_bar=v`` becomes ``--foo-bar v``; ``True`` a bare flag; a mapping its JSON.
+    """
+    args: list[str] = []
+    for name, value in values.items():
+        args.append("--" + name.replace("_", "-"))
+        if isinstance(value, Mapping):
+            args.append(json.dumps(value))
+        elif value is not True:
+            args.append(str(value))
+    return args
+
+
+# Shared by every exp2 run, so that its variants differ only in data and schedule.
+PAPER_ATTACKS: dict[str, Option] = {
+    "momentum1": "0.9",
+    "fractions": "0.2",
+    "attacks": "sign-flip,label-flip,mimic,ipm,alie",
+    "attack_params": {"sign-flip": {"factor": 1.0}},
+    "defenses": PAPER_DEFENSES,
+    "no_reputation": True,
+    "defenses_know_fraction": True,
+}
+
 # name -> list of (output folder, matrix arguments, curve plots: (png, filter args))
 EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]] = {
     "exp1": [
         (
             "exp1-case-study",
-            [
-                "--devices",
-                "100",
-                "--rounds",
-                "20",
-                "--partition",
-                "iid",
-                "--seed",
-                "0",
-                "--attacks",
-                "sign-flip,alie",
-                "--fractions",
-                "0.05",
-                "--defenses",
-                ALL_DEFENSES,
-                "--title",
-                "exp1: 100 devices, 5% compromised (system defaults)",
-            ],
+            options(
+                devices=100,
+                rounds=20,
+                partition="iid",
+                seed=0,
+                attacks="sign-flip,alie",
+                fractions="0.05",
+                defenses=ALL_DEFENSES,
+                title="exp1: 100 devices, 5% compromised (system defaults)",
+            ),
             [],
         )
     ],
     "exp2": [
         (
             "exp2-momentum-iid",
-            [
-                "--devices",
-                "25",
-                "--rounds",
-                "30",
-                "--partition",
-                "iid",
-                "--seed",
-                "0",
-                "--momentum1",
-                "0.9",
-                "--fractions",
-                "0.2",
-                "--attacks",
-                "sign-flip,label-flip,mimic,ipm,alie",
-                "--attack-params",
-                json.dumps({"sign-flip": {"factor": 1.0}}),
-                "--defenses",
-                PAPER_DEFENSES,
-                "--no-reputation",
-                "--defenses-know-fraction",
-                "--title",
-                "exp2: 25 devices, 5 Byzantine, worker momentum 0.9, IID",
-            ],
+            options(
+                devices=25,
+                rounds=30,
+                partition="iid",
+                seed=0,
+                **PAPER_ATTACKS,
+                title="exp2: 25 devices, 5 Byzantine, worker momentum 0.9, IID",
+            ),
             [],
         ),
         (
             "exp2-momentum-label-sorted",
-            [
-                "--devices",
-                "25",
-                "--rounds",
-                "30",
-                "--partition",
-                "label-sorted",
-                "--byzantine-data",
-                "iid",
-                "--seed",
-                "0",
-                "--momentum1",
-                "0.9",
-                "--fractions",
-                "0.2",
-                "--attacks",
-                "sign-flip,label-flip,mimic,ipm,alie",
-                "--attack-params",
-                json.dumps({"sign-flip": {"factor": 1.0}}),
-                "--defenses",
-                PAPER_DEFENSES,
-                "--no-reputation",
-                "--defenses-know-fraction",
-                "--title",
-                "exp2b: label-sorted honest data, IID Byzantine data (bucketing exp 3)",
-            ],
+            options(
+                devices=25,
+                rounds=30,
+                partition="label-sorted",
+                byzantine_data="iid",
+                seed=0,
+                **PAPER_ATTACKS,
+                title="exp2b: label-sorted honest data, IID Byzantine data (bucketing exp 3)",
+            ),
             [],
         ),
     ],
     "exp2-dsgd": [
         (
             f"exp2-dsgd-{partition}",
-            [
-                "--devices",
-                "25",
-                "--rounds",
-                "200",
-                "--partition",
-                partition,
-                "--byzantine-data",
-                "iid",
-                "--seed",
-                "0",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "128",
-                "--learning-rate",
-                "1.0",
-                "--eval-every",
-                "10",
-                "--momentum1",
-                "0.9",
-                "--fractions",
-                "0.2",
-                "--attacks",
-                "sign-flip,label-flip,mimic,ipm,alie",
-                "--attack-params",
-                json.dumps({"sign-flip": {"factor": 1.0}}),
-                "--defenses",
-                PAPER_DEFENSES,
-                "--no-reputation",
-                "--defenses-know-fraction",
-                "--title",
-                f"exp2 (DSGD: one full-batch step per round), {partition}",
-            ],
+            options(
+                devices=25,
+                rounds=200,
+                partition=partition,
+                byzantine_data="iid",
+                seed=0,
+                epochs=1,
+                batch_size=128,
+                learning_rate="1.0",
+                eval_every=10,
+                **PAPER_ATTACKS,
+                title=f"exp2 (DSGD: one full-batch step per round), {partition}",
+            ),
             [],
         )
         for partition in ("iid", "label-sorted")
@@ -163,25 +131,17 @@ EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]]
     "exp3": [
         (
             f"exp3-{partition}",
-            [
-                "--devices",
-                "25",
-                "--rounds",
-                "30",
-                "--partition",
-                partition,
-                "--seed",
-                "0",
-                "--attacks",
-                "none",
-                "--fractions",
-                "0",
-                "--defenses",
-                HETERO_DEFENSES,
-                "--no-reputation",
-                "--title",
-                f"exp3: no attack, {partition}, 25 devices",
-            ],
+            options(
+                devices=25,
+                rounds=30,
+                partition=partition,
+                seed=0,
+                attacks="none",
+                fractions="0",
+                defenses=HETERO_DEFENSES,
+                no_reputation=True,
+                title=f"exp3: no attack, {partition}, 25 devices",
+            ),
             [(f"exp3-{partition}-curves.png", ["--title", f"exp3 {partition}: no attack"])],
         )
         for partition in ("label-sorted", "iid")
@@ -189,31 +149,24 @@ EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]]
     "exp4": [
         (
             f"exp4-shift-back{tag}{suffix}",
-            [
-                "--devices",
-                "20",
-                "--devices-per-round",
-                "4",
-                "--rounds",
-                "100",
-                "--partition",
-                "iid",
-                "--seed",
-                "0",
-                "--fractions",
-                fraction,
-                "--attacks",
-                "shift-back",
-                "--attack-params",
-                json.dumps({"shift-back": {"mult": 2.0}}),
-                "--defenses",
-                defenses,
-                *extra,
-                "--no-reputation",
-                "--defenses-know-fraction",
-                "--title",
-                f"exp4: 20 devices, {fraction} Byzantine, 4 sampled per round, shift-back{suffix}",
-            ],
+            options(
+                devices=20,
+                devices_per_round=4,
+                rounds=100,
+                partition="iid",
+                seed=0,
+                fractions=fraction,
+                attacks="shift-back",
+                attack_params={"shift-back": {"mult": 2.0}},
+                defenses=defenses,
+                **extra,
+                no_reputation=True,
+                defenses_know_fraction=True,
+                title=(
+                    f"exp4: 20 devices, {fraction} Byzantine, 4 sampled per round, "
+                    f"shift-back{suffix}"
+                ),
+            ),
             [
                 (
                     f"exp4-shift-back{tag}{suffix}-curves.png",
@@ -226,69 +179,52 @@ EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]]
             (
                 "",
                 "mean,coordinate-median,bucketing+coordinate-median,centered-clipping,clipping-vr",
-                [],
+                {},
             ),
             (
                 "-model-step-radius",
                 "clipping-vr",
-                ["--defense-params", json.dumps({"clipping-vr": {"radius": "model-step"}})],
+                {"defense_params": {"clipping-vr": {"radius": "model-step"}}},
             ),
         )
     ],
     "exp5": [
         (
             f"exp5-backdoor-{label}",
-            [
-                "--devices",
-                "25",
-                "--rounds",
-                "30",
-                "--partition",
-                "iid",
-                "--seed",
-                "0",
-                "--fractions",
-                "0.04,0.2",
-                "--attacks",
-                "backdoor",
-                "--attack-params",
-                json.dumps({"backdoor": {"boost": 25.0}}),
-                "--defenses",
-                "mean,coordinate-median,norm-clipping,clipping-vr",
-                *extra,
-                "--title",
-                f"exp5: boosted backdoor, {label}",
-            ],
+            options(
+                devices=25,
+                rounds=30,
+                partition="iid",
+                seed=0,
+                fractions="0.04,0.2",
+                attacks="backdoor",
+                attack_params={"backdoor": {"boost": 25.0}},
+                defenses="mean,coordinate-median,norm-clipping,clipping-vr",
+                **extra,
+                title=f"exp5: boosted backdoor, {label}",
+            ),
             [],
         )
         for label, extra in (
-            ("anomaly-and-reputation", []),
-            ("bare-rules", ["--no-reputation"]),
+            ("anomaly-and-reputation", {}),
+            ("bare-rules", {"no_reputation": True}),
         )
     ],
     "exp6": [
         (
             "exp6-worst-case",
-            [
-                "--devices",
-                "25",
-                "--rounds",
-                "20",
-                "--partition",
-                "iid",
-                "--seed",
-                "0",
-                "--fractions",
-                "0.05,0.1,0.2,0.3",
-                "--attacks",
-                "sign-flip,label-flip,gaussian-noise,alie,ipm,min-max,optimal-alie,mimic",
-                "--defenses",
-                ALL_DEFENSES + ",bucketing+coordinate-median",
-                "--no-reputation",
-                "--defenses-know-fraction",
-                "--title",
-                "exp6: worst case over attacks, 25 devices",
-            ],
+            options(
+                devices=25,
+                rounds=20,
+                partition="iid",
+                seed=0,
+                fractions="0.05,0.1,0.2,0.3",
+                attacks="sign-flip,label-flip,gaussian-noise,alie,ipm,min-max,optimal-alie,mimic",
+                defenses=ALL_DEFENSES + ",bucketing+coordinate-median",
+                no_reputation=True,
+                defenses_know_fraction=True,
+                title="exp6: worst case over attacks, 25 devices",
+            ),
             [],
         )
     ],
@@ -307,17 +243,23 @@ def main() -> int:
             out = OUT / folder
             command = [sys.executable, "-m", "byzedge", "sim", "matrix", *matrix_args]
             command += ["--out", str(out)]
+            plots = [
+                [
+                    sys.executable,
+                    "benchmarks/robustness_curves.py",
+                    str(OUT / png),
+                    str(out / "matrix.json"),
+                    *filters,
+                ]
+                for png, filters in curves
+            ]
             print("$", shlex.join(["byzedge", *command[3:]]), flush=True)
-            for png, filters in curves:
-                plot = [sys.executable, "benchmarks/robustness_curves.py", str(OUT / png)]
-                plot += [str(out / "matrix.json"), *filters]
+            for plot in plots:
                 print("$", shlex.join(["python", *plot[1:]]), flush=True)
             if args.print:
                 continue
-            subprocess.run(command, check=True)
-            for png, filters in curves:
-                plot = [sys.executable, "benchmarks/robustness_curves.py", str(OUT / png)]
-                subprocess.run([*plot, str(out / "matrix.json"), *filters], check=True)
+            for step in (command, *plots):
+                subprocess.run(step, check=True)
     return 0
 
 

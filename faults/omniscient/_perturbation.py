@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from faults._validate import check_positive
 from faults.errors import FaultConfigError
-from faults.omniscient.base import honest_std
+from faults.omniscient.base import (
+    CollusionContext,
+    OmniscientAttack,
+    honest_mean,
+    honest_std,
+    tile,
+)
 
 __all__ = [
     "PERTURBATIONS",
+    "LambdaSearchAttack",
     "Perturbation",
     "check_perturbation",
     "pairwise_sq_distances",
@@ -77,3 +86,51 @@ def search_lambda(feasible: Callable[[float], bool], initial: float, tolerance: 
             candidate -= step / 2.0
         step /= 2.0
     return succeeded
+
+
+class LambdaSearchAttack(OmniscientAttack):
+    """Forge ``mal = mu - lambda * p`` with the largest ``lambda`` found feasible.
+
+    ``lambda`` is feasible when :meth:`_score` is at most :meth:`_bound`: subclasses
+    supply only those two (the attack's condition); the search is :func:`search_lambda`.
+
+    Parameters
+    ----------
+    perturbation, initial_lambda, tolerance:
+        As documented on :class:`~faults.omniscient.min_max.MinMax`.
+    """
+
+    def __init__(
+        self,
+        *,
+        perturbation: Perturbation = "unit_vec",
+        initial_lambda: float = 10.0,
+        tolerance: float = 1e-5,
+    ) -> None:
+        self.perturbation: Perturbation = check_perturbation(perturbation)
+        self.initial_lambda = check_positive("initial_lambda", initial_lambda)
+        self.tolerance = check_positive("tolerance", tolerance)
+
+    @staticmethod
+    @abstractmethod
+    def _bound(distances: NDArray[np.float64]) -> float:
+        """The limit, from the honest ``D[i, j] = ||g_i - g_j||^2``."""
+
+    @staticmethod
+    @abstractmethod
+    def _score(differences: NDArray[np.float64]) -> float:
+        """The forged vector's score, from the rows ``g_i - mal``; feasible if ``<= bound``."""
+
+    def _forge(
+        self, honest: NDArray[np.float32], num_byzantine: int, context: CollusionContext
+    ) -> NDArray[np.float32]:
+        mean = honest_mean(honest)
+        direction = perturbation_vector(self.perturbation, mean, honest)
+        bound = self._bound(pairwise_sq_distances(honest))
+        rows = honest.astype(np.float64)
+
+        def feasible(lam: float) -> bool:
+            return self._score(rows - (mean - lam * direction)) <= bound
+
+        lam = search_lambda(feasible, self.initial_lambda, self.tolerance)
+        return tile(mean - lam * direction, num_byzantine)

@@ -7,20 +7,12 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from faults._validate import check_positive
-from faults.omniscient._perturbation import (
-    Perturbation,
-    check_perturbation,
-    pairwise_sq_distances,
-    perturbation_vector,
-    search_lambda,
-)
-from faults.omniscient.base import CollusionContext, OmniscientAttack, honest_mean, tile
+from faults.omniscient._perturbation import LambdaSearchAttack
 
 __all__ = ["MinMax"]
 
 
-class MinMax(OmniscientAttack):
+class MinMax(LambdaSearchAttack):
     r"""Min-Max (Shejwalkar & Houmansadr, "Manipulating the Byzantine", NDSS 2021).
 
     Every Byzantine device sends ``mal = mu - lambda * p`` with the largest ``lambda``
@@ -49,28 +41,10 @@ class MinMax(OmniscientAttack):
 
     name: ClassVar[str] = "min-max"
 
-    def __init__(
-        self,
-        *,
-        perturbation: Perturbation = "unit_vec",
-        initial_lambda: float = 10.0,
-        tolerance: float = 1e-5,
-    ) -> None:
-        self.perturbation: Perturbation = check_perturbation(perturbation)
-        self.initial_lambda = check_positive("initial_lambda", initial_lambda)
-        self.tolerance = check_positive("tolerance", tolerance)
+    @staticmethod
+    def _bound(distances: NDArray[np.float64]) -> float:
+        return float(distances.max())
 
-    def _forge(
-        self, honest: NDArray[np.float32], num_byzantine: int, context: CollusionContext
-    ) -> NDArray[np.float32]:
-        mean = honest_mean(honest)
-        direction = perturbation_vector(self.perturbation, mean, honest)
-        bound = float(pairwise_sq_distances(honest).max())
-        rows = honest.astype(np.float64)
-
-        def feasible(lam: float) -> bool:
-            diff = rows - (mean - lam * direction)
-            return float(np.einsum("ij,ij->i", diff, diff).max()) <= bound
-
-        lam = search_lambda(feasible, self.initial_lambda, self.tolerance)
-        return tile(mean - lam * direction, num_byzantine)
+    @staticmethod
+    def _score(differences: NDArray[np.float64]) -> float:
+        return float(np.einsum("ij,ij->i", differences, differences).max())
