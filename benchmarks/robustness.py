@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/robustness.py [--print] EXP [EXP ...]     # exp1 ... exp6, or all
+    python benchmarks/robustness.py [--print] EXP [EXP ...]     # exp1 ... exp6, radius, or all
 
 Each experiment is one or more ``byzedge sim matrix`` commands (printed before they run;
 ``--print`` only prints them) writing under ``benchmarks/results/robustness/<name>/``
@@ -228,13 +228,82 @@ EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]]
             [],
         )
     ],
+    # clipping-vr's radius chosen from the last model step instead of the median distance,
+    # on the full-participation experiments (exp4 has its own model-step runs above).
+    "radius": [
+        (
+            "exp2-dsgd-label-sorted-model-step-radius",
+            options(
+                devices=25,
+                rounds=200,
+                partition="label-sorted",
+                byzantine_data="iid",
+                seed=0,
+                epochs=1,
+                batch_size=128,
+                learning_rate="1.0",
+                eval_every=10,
+                **{**PAPER_ATTACKS, "defenses": "clipping-vr"},
+                defense_params={"clipping-vr": {"radius": "model-step"}},
+            ),
+            [],
+        ),
+        (
+            "exp2-dsgd-label-sorted-model-step-radius-x10",
+            options(
+                devices=25,
+                rounds=200,
+                partition="label-sorted",
+                byzantine_data="iid",
+                seed=0,
+                epochs=1,
+                batch_size=128,
+                learning_rate="1.0",
+                eval_every=10,
+                **{**PAPER_ATTACKS, "defenses": "clipping-vr"},
+                defense_params={"clipping-vr": {"radius": "model-step", "clip_multiplier": 10.0}},
+            ),
+            [],
+        ),
+        (
+            "exp5-backdoor-anomaly-and-reputation-model-step-radius",
+            options(
+                devices=25,
+                rounds=30,
+                partition="iid",
+                seed=0,
+                fractions="0.04,0.2",
+                attacks="backdoor",
+                attack_params={"backdoor": {"boost": 25.0}},
+                defenses="clipping-vr",
+                defense_params={"clipping-vr": {"radius": "model-step"}},
+            ),
+            [],
+        ),
+        (
+            "exp6-worst-case-model-step-radius",
+            options(
+                devices=25,
+                rounds=20,
+                partition="iid",
+                seed=0,
+                fractions="0.05,0.1,0.2,0.3",
+                attacks="sign-flip,label-flip,gaussian-noise,alie,ipm,min-max,optimal-alie,mimic",
+                defenses="clipping-vr",
+                defense_params={"clipping-vr": {"radius": "model-step"}},
+                no_reputation=True,
+                defenses_know_fraction=True,
+            ),
+            [],
+        ),
+    ],
 }
 
 
 def main() -> int:
     """Run (or print) the chosen experiments."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiments", nargs="+", help="exp1 ... exp6, exp2-dsgd, or all")
+    parser.add_argument("experiments", nargs="+", help="exp1 ... exp6, exp2-dsgd, radius, or all")
     parser.add_argument("--print", action="store_true", help="print the commands only")
     args = parser.parse_args()
     names = list(EXPERIMENTS) if args.experiments == ["all"] else args.experiments

@@ -36,6 +36,18 @@ _pool_lock = threading.Lock()
 _pool: list[ThreadPoolExecutor] = []
 
 
+def _forget_pool_in_child() -> None:
+    # A forked child (the simulator's worker processes) inherits the pool object but not
+    # its threads, so work submitted to it would never run: start afresh.
+    global _pool_lock  # noqa: PLW0603 (module state reset after fork)
+    _pool_lock = threading.Lock()
+    _pool.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def worker_count() -> int:
     """Return how many threads a column kernel may use (at least 1)."""
     configured = os.environ.get("BYZEDGE_AGGREGATION_THREADS", "").strip()

@@ -8,6 +8,8 @@ across threads and leave ragged blocks) and require the same answers.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -174,3 +176,13 @@ def test_thread_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("BYZEDGE_AGGREGATION_THREADS", "many")
     with pytest.raises(ValueError, match="BYZEDGE_AGGREGATION_THREADS"):
         _parallel.worker_count()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_can_still_split_rounds() -> None:
+    updates = _rounds(8, SPLIT_COLUMNS, seed=13)
+    expected = coordinate_median(updates)  # the parent's pool now has threads
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(coordinate_median, (updates,)).get(timeout=60)
+    assert_array_equal(result, expected)
