@@ -76,7 +76,11 @@ class AggregationConfig(_Strict):
         None,
         description=(
             "clipping-vr: automatic radius when clip_threshold is unset; 'median' (default) "
-            "or 'model-step' (clip_multiplier x ||x_k - x_(k-1)||, Byz-VR-MARINA-PP)."
+            "or 'model-step' (clip_multiplier x ||x_k - x_(k-1)||, Byz-VR-MARINA-PP). Use "
+            "'model-step' when each round aggregates a sampled part of the fleet: there a "
+            "Byzantine-majority cohort sets the median radius. Keep 'median' for full "
+            "participation on heterogeneous data, where 'model-step' over-clips "
+            "(benchmarks/results/robustness.md, section 7)."
         ),
     )
     reference: Literal["global", "per-device"] | None = Field(
