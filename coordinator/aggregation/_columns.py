@@ -34,6 +34,8 @@ __all__ = [
     "GRAM_COLUMNS",
     "SORT_COLUMNS",
     "centred_gram",
+    "centred_gram32",
+    "centred_gram32_full",
     "column_blocks",
     "median_of_sorted",
     "single_threaded_blas",
@@ -161,17 +163,38 @@ def centred_gram32(
     scores that are not nearly tied; callers recompute near-ties with
     :func:`centred_gram`. A NaN or Inf entry makes the result non-finite.
     """
+    return centred_gram32_full(updates, width=width)[0]
+
+
+def centred_gram32_full(
+    updates: NDArray[np.float32], *, width: int = GRAM_COLUMNS
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """:func:`centred_gram`'s three results from float32 products, as :func:`centred_gram32`.
+
+    ``p_i = <y_i, m>`` and ``||m||^2`` come from float32 products on the same blocks,
+    with errors of the same relative order as the Gram entries'.
+    """
     n, d = updates.shape
 
-    def part(start: int, stop: int) -> NDArray[np.float64]:
+    def part(start: int, stop: int) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
         gram = np.zeros((n, n))
+        projections = np.zeros(n)
+        mean_squared = 0.0
         # errstate is thread-local, so each worker sets its own.
         with np.errstate(over="ignore", invalid="ignore"):
             for columns in column_blocks(stop, width, start):
                 block = updates[:, columns]  # (n, width) view
-                block = block - block.mean(axis=0, dtype=np.float32)  # (n, width) float32
+                mean = block.mean(axis=0, dtype=np.float32)  # (width,)
+                block = block - mean  # (n, width) float32
                 gram += block @ block.T  # float32 syrk, accumulated in float64
-        return gram
+                projections += block @ mean
+                mean_squared += float(mean @ mean)
+        return gram, projections, mean_squared
 
     with single_threaded_blas():
-        return np.sum(map_column_ranges(d, part), axis=0)  # type: ignore[no-any-return]
+        parts = map_column_ranges(d, part)
+    return (
+        np.sum([gram for gram, _, _ in parts], axis=0),
+        np.sum([projections for _, projections, _ in parts], axis=0),
+        sum(mean_squared for _, _, mean_squared in parts),
+    )

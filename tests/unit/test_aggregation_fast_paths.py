@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation import AGGREGATORS, build, krum
+from coordinator.aggregation import AGGREGATORS, build, geometric_median, krum
 from coordinator.aggregation._columns import GRAM32_RTOL, centred_gram, centred_gram32
 from coordinator.aggregation._kernels import all_finite, clipped_step, squared_distances_to
 from coordinator.aggregation.base import ensure_finite, validate_updates
@@ -185,3 +185,44 @@ def test_refined_rows_hold_exact_distances() -> None:
         assert not table.bounds[row].any()
         assert not table.bounds[:, row].any()
     assert (np.abs(table.matrix - exact) <= table.bounds + 1e-9 * exact).all()
+
+
+@pytest.mark.parametrize("outlier_scale", [1.0, 1e3, 1e7])
+def test_geometric_median_from_float32_products_matches_the_exact_iterations(
+    outlier_scale: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(int(outlier_scale))
+    n, d = 20, 60_000  # above the float32 Gram threshold (2^20 entries)
+    updates = (rng.standard_normal(d) + rng.standard_normal((n, d))).astype(np.float32)
+    updates[:4] = (updates[:4] * outlier_scale).astype(np.float32)  # Byzantine rows
+    fast = build("geometric-median")(updates)
+    monkeypatch.setattr(geometric_median, "FAST_GRAM_MIN_ENTRIES", 10**18)
+    exact = build("geometric-median")(updates)
+    spread = float(np.linalg.norm(updates[4:] - exact.aggregate, axis=1).max())
+    assert float(np.linalg.norm(fast.aggregate - exact.aggregate)) <= 1e-5 * spread
+    assert fast.diagnostics.scores is not None
+    assert exact.diagnostics.scores is not None
+    assert_allclose(fast.diagnostics.scores, exact.diagnostics.scores, rtol=1e-5)
+
+
+def test_geometric_median_falls_back_when_float32_products_cannot_tell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Honest updates 1e-4 apart next to offsets of 1e3: the float32 Gram's error bound
+    # exceeds the distances, so the float64 path must decide.
+    rng = np.random.default_rng(3)
+    n, d = 12, 100_000
+    updates = (1e3 * rng.standard_normal(d) + 1e-4 * rng.standard_normal((n, d))).astype(np.float32)
+    updates[:2] += np.float32(1e3)
+    calls: list[str] = []
+    original = geometric_median._weiszfeld_gram
+
+    def spy(round_: object, *args: object) -> object:
+        calls.append("fast" if round_.rtol > 1e-9 else "exact")  # type: ignore[attr-defined]
+        return original(round_, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(geometric_median, "_weiszfeld_gram", spy)
+    result = build("geometric-median")(updates)
+    assert calls[0] == "fast"
+    assert len(calls) >= 2  # the float32 attempt gave way
+    assert np.isfinite(result.aggregate).all()
