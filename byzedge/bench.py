@@ -79,9 +79,8 @@ WHERE_THE_TIME_GOES: Mapping[str, str] = {
     ),
     "multi-krum": "Krum's Gram pass, then one matrix-vector pass for the average",
     "geometric-median": (
-        "the Weiszfeld iterations run on n coefficients, but their Gram matrix is built in "
-        "float64 (its error bound must hold to 1e-9 relative); a float32 Gram would halve "
-        "the cost and needs its own error analysis"
+        "Krum's Gram pass plus its projections on the mean (the Weiszfeld iterations then "
+        "run on n coefficients), and one pass to form the result"
     ),
     "bulyan": (
         "Krum's Gram pass, exact re-measurement of tied candidates (identical Byzantine "

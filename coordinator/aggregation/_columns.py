@@ -163,16 +163,17 @@ def centred_gram32(
     scores that are not nearly tied; callers recompute near-ties with
     :func:`centred_gram`. A NaN or Inf entry makes the result non-finite.
     """
-    return centred_gram32_full(updates, width=width)[0]
+    return centred_gram32_full(updates, width=width, with_projections=False)[0]
 
 
 def centred_gram32_full(
-    updates: NDArray[np.float32], *, width: int = GRAM_COLUMNS
+    updates: NDArray[np.float32], *, width: int = GRAM_COLUMNS, with_projections: bool = True
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
     """:func:`centred_gram`'s three results from float32 products, as :func:`centred_gram32`.
 
     ``p_i = <y_i, m>`` and ``||m||^2`` come from float32 products on the same blocks,
-    with errors of the same relative order as the Gram entries'.
+    with errors of the same relative order as the Gram entries' (zeros when
+    ``with_projections`` is false, for callers that need distances only).
     """
     n, d = updates.shape
 
@@ -187,8 +188,9 @@ def centred_gram32_full(
                 mean = block.mean(axis=0, dtype=np.float32)  # (width,)
                 block = block - mean  # (n, width) float32
                 gram += block @ block.T  # float32 syrk, accumulated in float64
-                projections += block @ mean
-                mean_squared += float(mean @ mean)
+                if with_projections:
+                    projections += block @ mean
+                    mean_squared += float(mean @ mean)
         return gram, projections, mean_squared
 
     with single_threaded_blas():

@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._kernels import all_finite
+from coordinator.aggregation._kernels import all_finite, combine_rows
 from coordinator.aggregation.base import (
     NON_FINITE_MESSAGE,
     AggregationResult,
@@ -34,7 +34,8 @@ def weighted_mean(updates: UpdateMatrix, weights: Weights | None = None) -> Upda
     """Return ``sum_i w_i x_i / sum_i w_i`` (the plain mean when ``weights`` is ``None``).
 
     Computed as one float32 matrix-vector product with the coefficients ``w_i / sum_j
-    w_j`` (``1 / n`` unweighted), which reads the updates once at memory speed.
+    w_j`` (``1 / n`` unweighted), which reads the updates once at memory speed, split
+    over the cores (:func:`~coordinator.aggregation._kernels.combine_rows`).
 
     Parameters
     ----------
@@ -48,7 +49,7 @@ def weighted_mean(updates: UpdateMatrix, weights: Weights | None = None) -> Upda
     numpy.ndarray
         float32 ``(d,)``.
     """
-    return np.asarray(_coefficients(len(updates), weights) @ updates, dtype=np.float32)  # (d,)
+    return combine_rows(_coefficients(len(updates), weights), updates)  # (d,)
 
 
 def _coefficients(n: int, weights: Weights | None) -> NDArray[np.float32]:
@@ -71,7 +72,7 @@ def _checked_mean(updates: UpdateMatrix, weights: Weights | None) -> UpdateVecto
     """
     coefficients = _coefficients(len(updates), weights)  # (n,)
     with np.errstate(over="ignore", invalid="ignore"):
-        result = np.asarray(coefficients @ updates, dtype=np.float32)  # (d,)
+        result = combine_rows(coefficients, updates)  # (d,)
     if not ensure_finite(result, updates):
         exact = np.einsum("k,kd->d", coefficients.astype(np.float64), updates, dtype=np.float64)
         result = exact.astype(np.float32)

@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from coordinator.aggregation._kernels import combine_rows
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
@@ -100,4 +101,4 @@ def _mean_of_rows(updates: UpdateMatrix, rows: NDArray[np.intp]) -> UpdateVector
     """
     coefficients = np.zeros(len(updates), dtype=np.float32)
     coefficients[rows] = np.float32(1.0 / len(rows))
-    return np.asarray(coefficients @ updates, dtype=np.float32)
+    return combine_rows(coefficients, updates)

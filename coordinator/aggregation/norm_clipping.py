@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike
 
-from coordinator.aggregation._kernels import squared_distances_to
+from coordinator.aggregation._kernels import combine_rows, squared_distances_to
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
@@ -83,7 +83,7 @@ class NormClipping:
         factors = clip_factors(norms, radius)  # (n,)
         mass = factors if vector is None else factors * vector  # (n,)
         total = float(len(matrix)) if vector is None else float(vector.sum())
-        aggregate = np.asarray((mass / total).astype(np.float32) @ matrix, dtype=np.float32)
+        aggregate = combine_rows((mass / total).astype(np.float32), matrix)
         return AggregationResult(
             aggregate, AggregationDiagnostics(scores=norms, clip_factors=factors)
         )
