@@ -118,12 +118,15 @@ def centred_gram(
         gram = np.zeros((n, n))
         projections = np.zeros(n)
         mean_squared = 0.0
+        buffer = np.empty((n, width))  # reused: a fresh copy per block costs page faults
         # NaN/Inf entries only make the result non-finite; callers check it (ensure_finite).
         # errstate is thread-local, so each worker sets its own.
         with np.errstate(over="ignore", invalid="ignore"):
             for columns in column_blocks(stop, width, start):
-                block = updates[:, columns].astype(np.float64)  # (n, width)
-                mean = block.mean(axis=0)  # (width,)
+                view = updates[:, columns]  # (n, w) float32 view
+                block = buffer[:, : view.shape[1]]
+                np.copyto(block, view)  # (n, w) float64
+                mean = block.mean(axis=0)  # (w,)
                 block -= mean
                 gram += block @ block.T  # syrk
                 projections += block @ mean
@@ -181,12 +184,16 @@ def centred_gram32_full(
         gram = np.zeros((n, n))
         projections = np.zeros(n)
         mean_squared = 0.0
+        # One centred block, reused: a fresh (n, width) temporary per block costs page
+        # faults on every allocation.
+        buffer = np.empty((n, width), dtype=np.float32)
         # errstate is thread-local, so each worker sets its own.
         with np.errstate(over="ignore", invalid="ignore"):
             for columns in column_blocks(stop, width, start):
-                block = updates[:, columns]  # (n, width) view
-                mean = block.mean(axis=0, dtype=np.float32)  # (width,)
-                block = block - mean  # (n, width) float32
+                view = updates[:, columns]  # (n, w) view
+                mean = view.mean(axis=0, dtype=np.float32)  # (w,)
+                block = buffer[:, : view.shape[1]]
+                np.subtract(view, mean, out=block)  # (n, w) float32, centred
                 gram += block @ block.T  # float32 syrk, accumulated in float64
                 if with_projections:
                     projections += block @ mean
