@@ -31,7 +31,7 @@ from coordinator.aggregation import (
 )
 from daemon.mqtt import MqttSettings
 from protocol.errors import TopicError
-from protocol.topics import validate_identifier
+from protocol.topics import validate_device_id, validate_identifier
 
 __all__ = [
     "AggregationConfig",
@@ -306,10 +306,13 @@ def load_coordinator_config(
 def checked_identifier(value: str, what: str) -> str:
     """Validate a fleet, device or sender id as a pydantic field validator must.
 
-    :func:`validate_identifier` raises :class:`TopicError`, which pydantic would let escape
-    as is; a ``ValueError`` becomes a validation error that names the key.
+    :func:`validate_identifier` (:func:`validate_device_id` when ``what`` is
+    ``"device_id"``) raises :class:`TopicError`, which pydantic would let escape as is; a
+    ``ValueError`` becomes a validation error that names the key.
     """
     try:
+        if what == "device_id":
+            return validate_device_id(value)
         return validate_identifier(value, what)
     except TopicError as exc:
         raise ValueError(str(exc)) from exc

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from protocol.errors import ProtocolError
 from protocol.signing import VerifyKey
-from protocol.topics import validate_identifier
+from protocol.topics import validate_device_id
 
 __all__ = ["DeviceRegistry"]
 
@@ -37,7 +37,7 @@ class DeviceRegistry(Mapping[str, VerifyKey]):
         keys: dict[str, VerifyKey] = {}
         for path in sorted(folder.glob("*.pub")):
             try:
-                device_id = validate_identifier(path.stem, "device id")
+                device_id = validate_device_id(path.stem)
                 keys[device_id] = VerifyKey.load(path)
             except (ProtocolError, OSError) as exc:
                 _LOGGER.warning("skipping enrolment file %s: %s", path, exc)

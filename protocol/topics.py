@@ -17,6 +17,7 @@ from protocol.errors import TopicError
 
 __all__ = [
     "PREFIX",
+    "RESERVED_DEVICE_IDS",
     "alerts_topic",
     "coordinator_status_topic",
     "device_status_topic",
@@ -25,6 +26,7 @@ __all__ = [
     "parse_device_topic",
     "update_topic",
     "update_wildcard",
+    "validate_device_id",
     "validate_identifier",
 ]
 
@@ -49,6 +51,34 @@ def validate_identifier(value: str, what: str = "identifier") -> str:
     return value
 
 
+RESERVED_DEVICE_IDS = frozenset({"coordinator", "monitor"})
+"""Names no device may take.
+
+The broker ACL (deploy/mosquitto/acl) grants these MQTT users (certificate CNs) the
+coordinator's and the operator monitor's rights, so a device enrolled under one of them
+would gain those rights.
+"""
+
+
+def validate_device_id(value: str) -> str:
+    """Return ``value`` if it may be a device id: an identifier, and not a reserved name.
+
+    Raises
+    ------
+    TopicError
+        As :func:`validate_identifier`, or when ``value`` is ``coordinator`` or
+        ``monitor`` in any letter case.
+    """
+    validate_identifier(value, "device id")
+    if value.lower() in RESERVED_DEVICE_IDS:
+        msg = (
+            f"invalid device id {value!r}: {', '.join(sorted(RESERVED_DEVICE_IDS))} are "
+            "reserved for the coordinator's and the monitor's broker accounts"
+        )
+        raise TopicError(msg)
+    return value
+
+
 def model_topic(fleet: str) -> str:
     """Topic of the retained, signed global model."""
     return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/model"
@@ -57,7 +87,7 @@ def model_topic(fleet: str) -> str:
 def update_topic(fleet: str, device_id: str) -> str:
     """Topic on which ``device_id`` publishes its signed updates."""
     fleet = validate_identifier(fleet, "fleet")
-    return f"{PREFIX}/{fleet}/update/{validate_identifier(device_id, 'device id')}"
+    return f"{PREFIX}/{fleet}/update/{validate_device_id(device_id)}"
 
 
 def update_wildcard(fleet: str) -> str:
@@ -68,7 +98,7 @@ def update_wildcard(fleet: str) -> str:
 def device_status_topic(fleet: str, device_id: str) -> str:
     """Retained status topic of one device (its last will says ``offline``)."""
     fleet = validate_identifier(fleet, "fleet")
-    return f"{PREFIX}/{fleet}/status/{validate_identifier(device_id, 'device id')}"
+    return f"{PREFIX}/{fleet}/status/{validate_device_id(device_id)}"
 
 
 def device_status_wildcard(fleet: str) -> str:
@@ -107,4 +137,4 @@ def parse_device_topic(topic: str, fleet: str, kind: str) -> str:
     if len(parts) != 4 or parts[0] != PREFIX or parts[1] != fleet or parts[2] != kind:
         msg = f"unexpected topic {topic!r} for fleet {fleet!r} and kind {kind!r}"
         raise TopicError(msg)
-    return validate_identifier(parts[3], "device id")
+    return validate_device_id(parts[3])

@@ -149,7 +149,15 @@ def test_a_bad_value_is_a_config_error_naming_the_key(tmp_path: Path, lines: str
     assert f": {key}: " in message
 
 
-@pytest.mark.parametrize(("key", "value"), [("device_id", "dev/004"), ("fleet", "+")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("device_id", "dev/004"),
+        ("fleet", "+"),
+        ("device_id", "coordinator"),
+        ("device_id", "Monitor"),
+    ],
+)
 def test_an_identifier_that_would_break_topics_is_a_config_error_naming_the_key(
     tmp_path: Path, key: str, value: str
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -466,3 +467,15 @@ def test_a_valid_update_cut_short_anywhere_is_rejected(cut: int) -> None:
     outcome = make_ingest().submit(topic(), VALID_WIRE[:cut], WINDOW)
 
     assert isinstance(outcome, Rejected)
+
+
+def test_enrolment_skips_files_named_after_reserved_broker_accounts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("dev-1", "coordinator", "monitor"):
+        (tmp_path / f"{name}.pub").write_bytes(SigningKey.generate().verify_key.to_pem())
+
+    registry = DeviceRegistry.load(tmp_path)
+
+    assert list(registry) == ["dev-1"]
+    assert "reserved" in caplog.text

@@ -221,3 +221,16 @@ def test_validate_identifier_either_returns_the_value_or_raises_topic_error(valu
     assert result == value
     assert 1 <= len(value) <= 64
     assert not {"/", "+", "#"} & set(value)
+
+
+@pytest.mark.parametrize("device_id", ["coordinator", "monitor", "Coordinator", "MONITOR"])
+def test_the_broker_accounts_of_coordinator_and_monitor_are_no_device_ids(
+    device_id: str,
+) -> None:
+    with pytest.raises(TopicError, match="reserved"):
+        update_topic("fleet", device_id)
+    with pytest.raises(TopicError, match="reserved"):
+        device_status_topic("fleet", device_id)
+    with pytest.raises(TopicError, match="reserved"):
+        parse_device_topic(f"byzedge/fleet/update/{device_id}", "fleet", "update")
+    assert validate_identifier(device_id) == device_id  # still a valid fleet or key name
