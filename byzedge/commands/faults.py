@@ -87,6 +87,14 @@ def _describe(path: Path, plan: FaultPlan, fleet: list[str] | None) -> list[str]
     if fleet is None and plan.needs_fleet:
         return lines
     assigned = plan.assignments(fleet)
+    if fleet is not None:
+        # Ids a target names explicitly need not be in the fleet passed here (a rig may
+        # be validated against part of it); they are listed, not counted.
+        members = set(fleet)
+        outside = [device for device in assigned if device not in members]
+        assigned = {device: specs for device, specs in assigned.items() if device in members}
+        if outside:
+            lines.append(f"not in this fleet (ignored): {_ids_text(outside)}")
     groups: dict[str, list[str]] = {}
     for device, specs in assigned.items():
         groups.setdefault(_faults_text(specs), []).append(device)

@@ -218,3 +218,21 @@ def test_cli_validate_needs_the_fleet_for_count_targets(
     path = write(tmp_path, "[[target]]\ncount = 2\nfaults = [{ name = 'zero-update' }]\n")
     assert main(["faults", "validate", str(path)]) == 0
     assert "fleet: unknown" in capsys.readouterr().out
+
+
+def test_cli_validate_lists_named_devices_outside_the_fleet_without_counting_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        """
+        [[target]]
+        devices = ["dev-001", "pi-kitchen"]
+        faults = [{ name = "zero-update" }]
+        """,
+    )
+    assert main(["faults", "validate", str(path), "--devices", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 4 device(s) compromised" in out
+    assert "not in this fleet (ignored): pi-kitchen" in out
+    assert "every other device (3): honest" in out
