@@ -179,7 +179,9 @@ EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]]
             (
                 "",
                 "mean,coordinate-median,bucketing+coordinate-median,centered-clipping,clipping-vr",
-                {},
+                # Sampled cohorts now select the model-step radius by default; these runs
+                # show the median radius, as when they were first made.
+                {"defense_params": {"clipping-vr": {"radius": "median"}}},
             ),
             (
                 "-model-step-radius",

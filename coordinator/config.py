@@ -29,6 +29,7 @@ from coordinator.aggregation import (
     build,
     parameters,
 )
+from coordinator.aggregation.clipping_vr import automatic_radius
 from daemon.mqtt import MqttSettings
 from protocol.errors import TopicError
 from protocol.topics import validate_device_id, validate_identifier
@@ -75,12 +76,13 @@ class AggregationConfig(_Strict):
     radius: Literal["median", "model-step"] | None = Field(
         None,
         description=(
-            "clipping-vr: automatic radius when clip_threshold is unset; 'median' (default) "
-            "or 'model-step' (clip_multiplier x ||x_k - x_(k-1)||, Byz-VR-MARINA-PP). Use "
-            "'model-step' when each round aggregates a sampled part of the fleet: there a "
-            "Byzantine-majority cohort sets the median radius. Keep 'median' for full "
-            "participation on heterogeneous data, where 'model-step' over-clips "
-            "(benchmarks/results/robustness.md, section 7)."
+            "clipping-vr: automatic radius when clip_threshold is unset; 'median' "
+            "(clip_multiplier x median distance) or 'model-step' (clip_multiplier x "
+            "||x_k - x_(k-1)||, Byz-VR-MARINA-PP). Unset: 'model-step' when rounds sample "
+            "cohorts (devices_per_round or participation_rate), where a Byzantine-majority "
+            "cohort would set the median; else 'median', which keeps training on "
+            "heterogeneous data where 'model-step' over-clips "
+            "(benchmarks/results/robustness.md, sections 4 and 7)."
         ),
     )
     reference: Literal["global", "per-device"] | None = Field(
@@ -240,7 +242,10 @@ def rule_parameters(config: CoordinatorConfig, name: str) -> dict[str, Any]:
     default applies. A pre-aggregator's ``inner_params`` are the inner rule's parameters
     from the same fields (except ``max_byzantine_fraction``, which the pre-aggregator
     derives, and ``inner``/``inner_params``/``seed``, which belong to the outer rule),
-    overridden by ``aggregation_config.inner_params``.
+    overridden by ``aggregation_config.inner_params``. An unset clipping-vr ``radius``
+    follows the participation: ``"model-step"`` when rounds sample cohorts
+    (``devices_per_round`` or ``participation_rate``), else ``"median"``
+    (:func:`~coordinator.aggregation.clipping_vr.automatic_radius`).
 
     Raises
     ------
@@ -248,6 +253,10 @@ def rule_parameters(config: CoordinatorConfig, name: str) -> dict[str, Any]:
         If ``name`` (or the inner rule) is not registered.
     """
     params = _fields_for(config, name)
+    if name == "clipping-vr" and "radius" not in params:
+        rate = config.participation_rate
+        sampled = config.devices_per_round is not None or (rate is not None and rate < 1)
+        params["radius"] = automatic_radius(sampled)
     if name in PRE_AGGREGATORS:
         inner = (
             params.get("inner") or inspect.signature(AGGREGATORS[name]).parameters["inner"].default

@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 
 from coordinator.aggregation import BreakdownError, build, parameters
 from coordinator.aggregation.base import Aggregator
+from coordinator.aggregation.clipping_vr import automatic_radius
 from coordinator.devices import DeviceRegistry
 from coordinator.ingest import Accepted, Ingest, Rejected, RoundWindow
 from coordinator.reputation import ReputationBook
@@ -279,6 +280,10 @@ def _build_defense(scenario: Scenario) -> Aggregator:
         params.setdefault("max_byzantine_fraction", scenario.max_byzantine_fraction)
     if "seed" in accepted:
         params.setdefault("seed", scenario.seed)  # reproducible buckets
+    if rule == "clipping-vr" and "radius" not in params:
+        # As the coordinator decides it (coordinator.config.rule_parameters).
+        size = _cohort_size(scenario)
+        params["radius"] = automatic_radius(size is not None and size < scenario.devices)
     return build(rule, **params)
 
 

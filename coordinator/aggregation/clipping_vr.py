@@ -37,6 +37,7 @@ from coordinator.aggregation.base import (
 )
 
 __all__ = [
+    "automatic_radius",
     "RADIUS_MODES",
     "REFERENCE_MODES",
     "ClippingVR",
@@ -51,6 +52,20 @@ REFERENCE_MODES: Final = ("global", "per-device")
 """Values of ``reference``: what each update's difference is taken against."""
 
 _STATE_VERSION = 2  # 1: reference only; 2: + radius, device_references
+
+
+def automatic_radius(samples_cohorts: bool) -> Literal["median", "model-step"]:
+    """Return the radius mode for a deployment that leaves ``radius`` unset.
+
+    ``"model-step"`` when each round aggregates a sampled cohort (the coordinator's
+    ``devices_per_round`` or ``participation_rate``), ``"median"`` otherwise. In a
+    sampled cohort the Byzantines sometimes hold the majority and then set the median
+    distance, hence the median radius; the model-step radius does not depend on the
+    round's updates (Byz-VR-MARINA-PP). With every device in every round the median
+    radius needs no tuning and, unlike the model-step one, keeps training on
+    heterogeneous data (benchmarks/results/robustness.md, sections 4 and 7).
+    """
+    return "model-step" if samples_cohorts else "median"
 
 
 def clip_factors(norms: NDArray[np.float64], threshold: float) -> NDArray[np.float64]:

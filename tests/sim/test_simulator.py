@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from byzedge.cli import main
+from coordinator.aggregation.clipping_vr import ClippingVR
 from faults import ATTACKS, SENSOR_FAULTS
 from fleet_sim.matrix import CELL_KEYS
 from fleet_sim.scenario import Scenario, load_scenario
 from fleet_sim.simulator import (
     FlagCounts,
     Simulator,
+    _build_defense,
     flag_counts,
     omniscient_attacks,
     run_scenario,
@@ -263,3 +265,22 @@ def test_fault_plan_assigns_local_and_colluding_attacks(tmp_path: Path) -> None:
     assert len(result.compromised) == 3
     assert sum(d.colluding for d in simulator.devices) == 2
     assert all(r.accepted == 8 for r in result.rounds)
+
+
+@pytest.mark.parametrize(
+    ("participation", "aggregation", "radius"),
+    [
+        ({}, {}, "median"),
+        ({"devices_per_round": 4}, {}, "model-step"),
+        ({"participation_rate": 0.5}, {}, "model-step"),
+        ({"participation_rate": 1.0}, {}, "median"),
+        ({"devices_per_round": 4}, {"radius": "median"}, "median"),
+    ],
+)
+def test_clipping_vr_radius_follows_participation_as_in_the_coordinator(
+    participation: dict[str, float], aggregation: dict[str, str], radius: str
+) -> None:
+    scenario = Scenario(devices=10, rounds=1, aggregation=aggregation, **participation)  # type: ignore[arg-type]
+    rule = _build_defense(scenario)
+    assert isinstance(rule, ClippingVR)
+    assert rule.radius_mode == radius

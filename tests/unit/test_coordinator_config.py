@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.config import ConfigError, load_coordinator_config
+from coordinator.aggregation import build
+from coordinator.config import ConfigError, load_coordinator_config, rule_parameters
 
 REQUIRED = """\
 fleet = "plant-7"
@@ -189,3 +190,22 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     message = load_error(tmp_path / "absent.toml")
 
     assert "no such file" in message
+
+
+@pytest.mark.parametrize(
+    ("lines", "radius"),
+    [
+        ("", "median"),  # every enrolled device in every round
+        ("devices_per_round = 4\n", "model-step"),
+        ("participation_rate = 0.2\n", "model-step"),
+        ("participation_rate = 1.0\n", "median"),
+        ('devices_per_round = 4\n[aggregation_config]\nradius = "median"\n', "median"),
+    ],
+)
+def test_clipping_vr_radius_follows_participation_unless_set(
+    tmp_path: Path, lines: str, radius: str
+) -> None:
+    config = load_coordinator_config(write(tmp_path, REQUIRED + lines))
+
+    assert rule_parameters(config, "clipping-vr")["radius"] == radius
+    assert build("clipping-vr", **rule_parameters(config, "clipping-vr")).radius_mode == radius
