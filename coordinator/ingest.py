@@ -146,6 +146,17 @@ class Ingest:
         self._accepted_this_round: set[str] = set()
         self._round: int | None = None
 
+    @property
+    def devices(self) -> DeviceRegistry:
+        """The enrolled devices whose signatures are accepted."""
+        return self._devices
+
+    @devices.setter
+    def devices(self, registry: DeviceRegistry) -> None:
+        # Replay protection (nonces, per-device counters) is kept: a device enrolled again
+        # under the same id cannot replay what it sent before.
+        self._devices = registry
+
     def submit(self, topic: str, frame: bytes, window: RoundWindow) -> IngestOutcome | None:
         """Check one MQTT message against ``window``.
 

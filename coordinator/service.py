@@ -217,8 +217,14 @@ class Coordinator:
 
     # -- main loop ---------------------------------------------------------------------
 
-    def run(self, stop: threading.Event | None = None) -> int:
-        """Run rounds; return 0 when the configured rounds are done or on stop."""
+    def run(
+        self, stop: threading.Event | None = None, reload: threading.Event | None = None
+    ) -> int:
+        """Run rounds; return 0 when the configured rounds are done or on stop.
+
+        When ``reload`` is set (SIGHUP), the enrolled devices are read again from
+        ``devices_dir`` before the next round starts (:meth:`reload_enrolment`).
+        """
         stop = stop or threading.Event()
         cfg = self.config
         if cfg.audit_logging:
@@ -235,6 +241,9 @@ class Coordinator:
                 if cfg.rounds and self.state.completed_round >= cfg.rounds:
                     self._publish_model(final=True)
                     break
+                if reload is not None and reload.is_set():
+                    reload.clear()
+                    self.reload_enrolment()
                 summary = self._run_round(self.state.completed_round + 1, stop)
                 if summary is None:
                     break
@@ -247,6 +256,35 @@ class Coordinator:
                 self._audit.close()
             self._client.stop()
         return 0
+
+    def reload_enrolment(self) -> tuple[list[str], list[str]]:
+        """Read ``devices_dir`` again; return the device ids added and removed.
+
+        Enrols new devices and revokes removed ones without a restart. Reputations and
+        replay protection of devices that stay are kept. An unreadable folder keeps the
+        current enrolment (logged); a bad file is skipped as at start-up.
+        """
+        folder = self.config.devices_dir
+        try:
+            if not folder.is_dir():  # a missing folder must not revoke the whole fleet
+                raise NotADirectoryError(f"devices_dir {folder} is not a folder")
+            registry = DeviceRegistry.load(folder)
+        except OSError as exc:
+            _LOGGER.error("fleet %s: enrolment not reloaded: %s", self.config.fleet, exc)
+            return [], []
+        before, after = set(self._devices), set(registry)
+        added, removed = sorted(after - before), sorted(before - after)
+        self._devices = registry
+        self._ingest.devices = registry
+        _LOGGER.info(
+            "fleet %s: enrolment reloaded: %d device(s), added %s, removed %s",
+            self.config.fleet,
+            len(after),
+            added or "none",
+            removed or "none",
+        )
+        self._audit_event("enrolment-reloaded", devices=len(after), added=added, removed=removed)
+        return added, removed
 
     def _enqueue(self, topic: str, payload: bytes) -> None:
         try:

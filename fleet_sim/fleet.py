@@ -202,11 +202,16 @@ class InProcessFleet:
                 msg = f"agent {agent.config.device_id} did not connect within {wait_s} s"
                 raise TimeoutError(msg)
 
-    def run(self, stop: threading.Event | None = None) -> int:
-        """Start the agents, run the coordinator to completion, stop the agents."""
+    def run(
+        self, stop: threading.Event | None = None, reload: threading.Event | None = None
+    ) -> int:
+        """Start the agents, run the coordinator to completion, stop the agents.
+
+        ``stop`` and ``reload`` are the coordinator's (:meth:`Coordinator.run`).
+        """
         try:
             self.start_agents()
-            return self.coordinator.run(stop)
+            return self.coordinator.run(stop, reload)
         finally:
             self.stop_agents()
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from byzedge.commands._common import fail
+
+_LOGGER = logging.getLogger(__name__)
 
 __all__ = ["build_parser", "main"]
 
@@ -88,9 +91,7 @@ def _run(config: object, signing_key: object, coordinator_key: object, level: st
             injector = load_fault_plan(config.fault_plan, config.device_id)
         except (OSError, ValueError) as exc:
             return fail("agent", f"fault plan {config.fault_plan}: {exc}")
-        logging.getLogger(__name__).warning(
-            "device %s: fault injection active: %s", config.device_id, injector.names
-        )
+        _LOGGER.warning("device %s: fault injection active: %s", config.device_id, injector.names)
     agent = Agent(
         config,
         signing_key=signing_key,
@@ -99,7 +100,14 @@ def _run(config: object, signing_key: object, coordinator_key: object, level: st
         stages=injector.update_stages(),
         wire_stages=injector.wire_stages(),
     )
-    with install_signal_handlers() as signals:
+
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGHUP:
+            # Nothing in an agent's config can change under a running agent safely (its
+            # identity, keys, broker, data); say so rather than pretend to reload.
+            _LOGGER.warning("SIGHUP: the agent does not reload; restart it to apply changes")
+
+    with install_signal_handlers(on_signal=on_signal) as signals:
         return agent.run(signals.stop)
 
 

@@ -57,4 +57,4 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         return fail("coordinator", str(exc))
     with install_signal_handlers() as signals:
-        return coordinator.run(signals.stop)
+        return coordinator.run(signals.stop, signals.reload)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +57,54 @@ def test_streaming_path_trains_when_anomaly_detection_is_off(
     accuracy = [s.validation_accuracy for s in summaries]
     assert accuracy[-1] is not None
     assert accuracy[-1] > 0.3
+
+
+def test_a_reload_revokes_a_removed_device_before_the_next_round(
+    mosquitto_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    # What SIGHUP does to `byzedge coordinator run`: the operator deletes a device's key
+    # from devices_dir and reloads; from the next round on its updates are refused.
+    summaries: list[RoundSummary] = []
+    reload = threading.Event()
+    spec = FleetSpec(
+        fleet="paths-reload",
+        broker_url=mosquitto_broker.url,
+        devices=4,
+        rounds=3,
+        defense="mean",
+        epochs=1,
+        round_timeout_s=20,
+        coordinator_overrides={"audit_logging": True},
+    )
+
+    def on_round(summary: RoundSummary) -> None:
+        summaries.append(summary)
+        if summary.round == 1:
+            (fleet.coordinator_config.devices_dir / f"{revoked}.pub").unlink()
+            reload.set()
+
+    fleet = InProcessFleet(spec, tmp_path, on_round=on_round)
+    revoked = fleet.agents[-1].config.device_id
+    assert fleet.run(reload=reload) == 0
+
+    assert [s.round for s in summaries] == [1, 2, 3]
+    assert revoked in summaries[0].accepted_devices
+    for summary in summaries[1:]:
+        assert summary.accepted == 3
+        assert revoked not in summary.accepted_devices
+    assert summaries[-1].rejected_total.get("unknown-device", 0) >= 1
+    audit = (fleet.coordinator_config.state_dir / "audit.jsonl").read_text().splitlines()
+    reloads = [json.loads(line) for line in audit if '"enrolment-reloaded"' in line]
+    assert [event["data"]["removed"] for event in reloads] == [[revoked]]
+
+
+def test_a_reload_without_the_devices_folder_keeps_the_enrolment(
+    mosquitto_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    spec = FleetSpec(fleet="paths-reload-missing", broker_url=mosquitto_broker.url, devices=3)
+    fleet = InProcessFleet(spec, tmp_path)
+    devices_dir = fleet.coordinator_config.devices_dir
+    devices_dir.rename(tmp_path / "moved-away")
+
+    assert fleet.coordinator.reload_enrolment() == ([], [])
+    assert len(list(fleet.coordinator._ingest.devices)) == 3
