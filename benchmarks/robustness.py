@@ -63,6 +63,37 @@ PAPER_ATTACKS: dict[str, Option] = {
     "defenses_know_fraction": True,
 }
 
+# The set-ups that the "radius" reruns share with exp2 (DSGD), exp5 and exp6.
+DSGD_LABEL_SORTED: dict[str, Option] = {
+    "devices": 25,
+    "rounds": 200,
+    "partition": "label-sorted",
+    "byzantine_data": "iid",
+    "seed": 0,
+    "epochs": 1,
+    "batch_size": 128,
+    "learning_rate": "1.0",
+    "eval_every": 10,
+}
+BACKDOOR: dict[str, Option] = {
+    "devices": 25,
+    "rounds": 30,
+    "partition": "iid",
+    "seed": 0,
+    "fractions": "0.04,0.2",
+    "attacks": "backdoor",
+    "attack_params": {"backdoor": {"boost": 25.0}},
+}
+WORST_CASE: dict[str, Option] = {
+    "devices": 25,
+    "rounds": 20,
+    "partition": "iid",
+    "seed": 0,
+    "fractions": "0.05,0.1,0.2,0.3",
+    "attacks": "sign-flip,label-flip,gaussian-noise,alie,ipm,min-max,optimal-alie,mimic",
+}
+MODEL_STEP = {"clipping-vr": {"radius": "model-step"}}
+
 # name -> list of (output folder, matrix arguments, curve plots: (png, filter args))
 EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]] = {
     "exp1": [
@@ -194,13 +225,7 @@ EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]]
         (
             f"exp5-backdoor-{label}",
             options(
-                devices=25,
-                rounds=30,
-                partition="iid",
-                seed=0,
-                fractions="0.04,0.2",
-                attacks="backdoor",
-                attack_params={"backdoor": {"boost": 25.0}},
+                **BACKDOOR,
                 defenses="mean,coordinate-median,norm-clipping,clipping-vr",
                 **extra,
                 title=f"exp5: boosted backdoor, {label}",
@@ -216,12 +241,7 @@ EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]]
         (
             "exp6-worst-case",
             options(
-                devices=25,
-                rounds=20,
-                partition="iid",
-                seed=0,
-                fractions="0.05,0.1,0.2,0.3",
-                attacks="sign-flip,label-flip,gaussian-noise,alie,ipm,min-max,optimal-alie,mimic",
+                **WORST_CASE,
                 defenses=ALL_DEFENSES + ",bucketing+coordinate-median",
                 no_reputation=True,
                 defenses_know_fraction=True,
@@ -233,66 +253,29 @@ EXPERIMENTS: dict[str, list[tuple[str, list[str], list[tuple[str, list[str]]]]]]
     # clipping-vr's radius chosen from the last model step instead of the median distance,
     # on the full-participation experiments (exp4 has its own model-step runs above).
     "radius": [
-        (
-            "exp2-dsgd-label-sorted-model-step-radius",
-            options(
-                devices=25,
-                rounds=200,
-                partition="label-sorted",
-                byzantine_data="iid",
-                seed=0,
-                epochs=1,
-                batch_size=128,
-                learning_rate="1.0",
-                eval_every=10,
-                **{**PAPER_ATTACKS, "defenses": "clipping-vr"},
-                defense_params={"clipping-vr": {"radius": "model-step"}},
-            ),
-            [],
-        ),
-        (
-            "exp2-dsgd-label-sorted-model-step-radius-x10",
-            options(
-                devices=25,
-                rounds=200,
-                partition="label-sorted",
-                byzantine_data="iid",
-                seed=0,
-                epochs=1,
-                batch_size=128,
-                learning_rate="1.0",
-                eval_every=10,
-                **{**PAPER_ATTACKS, "defenses": "clipping-vr"},
-                defense_params={"clipping-vr": {"radius": "model-step", "clip_multiplier": 10.0}},
-            ),
-            [],
+        *(
+            (
+                f"exp2-dsgd-label-sorted-model-step-radius{suffix}",
+                options(
+                    **DSGD_LABEL_SORTED,
+                    **{**PAPER_ATTACKS, "defenses": "clipping-vr"},
+                    defense_params={"clipping-vr": {"radius": "model-step", **scale}},
+                ),
+                [],
+            )
+            for suffix, scale in (("", {}), ("-x10", {"clip_multiplier": 10.0}))
         ),
         (
             "exp5-backdoor-anomaly-and-reputation-model-step-radius",
-            options(
-                devices=25,
-                rounds=30,
-                partition="iid",
-                seed=0,
-                fractions="0.04,0.2",
-                attacks="backdoor",
-                attack_params={"backdoor": {"boost": 25.0}},
-                defenses="clipping-vr",
-                defense_params={"clipping-vr": {"radius": "model-step"}},
-            ),
+            options(**BACKDOOR, defenses="clipping-vr", defense_params=MODEL_STEP),
             [],
         ),
         (
             "exp6-worst-case-model-step-radius",
             options(
-                devices=25,
-                rounds=20,
-                partition="iid",
-                seed=0,
-                fractions="0.05,0.1,0.2,0.3",
-                attacks="sign-flip,label-flip,gaussian-noise,alie,ipm,min-max,optimal-alie,mimic",
+                **WORST_CASE,
                 defenses="clipping-vr",
-                defense_params={"clipping-vr": {"radius": "model-step"}},
+                defense_params=MODEL_STEP,
                 no_reputation=True,
                 defenses_know_fraction=True,
             ),

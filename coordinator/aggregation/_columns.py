@@ -100,6 +100,18 @@ def median_of_sorted(ordered: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.asarray((ordered[:, half - 1] + ordered[:, half]) / np.float32(2), np.float32)
 
 
+_GramParts = tuple[NDArray[np.float64], NDArray[np.float64], float]
+
+
+def _summed(parts: list[_GramParts]) -> _GramParts:
+    """Add up the per-range ``(gram, projections, mean_squared)`` of the Gram kernels."""
+    return (
+        np.sum([gram for gram, _, _ in parts], axis=0),
+        np.sum([projections for _, projections, _ in parts], axis=0),
+        sum(mean_squared for _, _, mean_squared in parts),
+    )
+
+
 def centred_gram(
     updates: NDArray[np.float32], *, width: int = GRAM_COLUMNS
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
@@ -134,12 +146,7 @@ def centred_gram(
         return gram, projections, mean_squared
 
     with single_threaded_blas():
-        parts = map_column_ranges(d, part)
-    return (
-        np.sum([gram for gram, _, _ in parts], axis=0),
-        np.sum([projections for _, projections, _ in parts], axis=0),
-        sum(mean_squared for _, _, mean_squared in parts),
-    )
+        return _summed(map_column_ranges(d, part))
 
 
 GRAM32_RTOL = 2.0**-22
@@ -201,9 +208,4 @@ def centred_gram32_full(
         return gram, projections, mean_squared
 
     with single_threaded_blas():
-        parts = map_column_ranges(d, part)
-    return (
-        np.sum([gram for gram, _, _ in parts], axis=0),
-        np.sum([projections for _, projections, _ in parts], axis=0),
-        sum(mean_squared for _, _, mean_squared in parts),
-    )
+        return _summed(map_column_ranges(d, part))

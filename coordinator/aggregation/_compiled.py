@@ -131,6 +131,14 @@ def _load_and_sort(
 
 
 @_inlined
+def _add_squared_differences(row: Any, centre: Any, lanes: Any) -> None:
+    """``lanes[c] += (row[c] - centre[c])^2`` in float64, for every column ``c`` of ``row``."""
+    for c in range(row.shape[0]):
+        difference = np.float64(row[c]) - np.float64(centre[c])
+        lanes[c] += difference * difference
+
+
+@_inlined
 def _finite(check: Any) -> bool:
     for c in range(BLOCK):  # noqa: SIM110 (numba compiles no generator expressions)
         if check[c] != 0:
@@ -289,11 +297,7 @@ def squared_distances_columns(
         width = min(_STRIP, stop - first)
         middle = centre[first : first + width]
         for r in range(n):
-            row = updates[r, first : first + width]
-            lanes = partial[r]
-            for c in range(width):
-                difference = np.float64(row[c]) - np.float64(middle[c])
-                lanes[c] += difference * difference
+            _add_squared_differences(updates[r, first : first + width], middle, partial[r])
     for r in range(n):
         squared[r] += partial[r].sum()
 
@@ -313,11 +317,7 @@ def row_distances_columns(updates: Any, centres: Any, start: int, stop: int, squ
         for p in range(m):
             centre = updates[centres[p], first : first + width]
             for r in range(n):
-                row = updates[r, first : first + width]
-                lanes = partial[p, r]
-                for c in range(width):
-                    difference = np.float64(row[c]) - np.float64(centre[c])
-                    lanes[c] += difference * difference
+                _add_squared_differences(updates[r, first : first + width], centre, partial[p, r])
     for p in range(m):
         for r in range(n):
             squared[p, r] += partial[p, r].sum()
@@ -357,11 +357,7 @@ def clipped_step_columns(
             target[c] = np.float32(np.float64(middle[c]) + total[c])
         if with_distances:
             for r in range(n):
-                row = updates[r, first : first + width]
-                lanes = partial[r]
-                for c in range(width):
-                    difference = np.float64(row[c]) - np.float64(target[c])
-                    lanes[c] += difference * difference
+                _add_squared_differences(updates[r, first : first + width], target, partial[r])
     if with_distances:
         for r in range(n):
             squared[r] += partial[r].sum()
