@@ -132,11 +132,20 @@ def clipped_step(
 
     ``coefficients`` are the ``a_i`` (clip factor times weight over the total), float32
     or float64; the compiled kernel accumulates in float64 either way.
-    One pass over column blocks: each block of ``v`` is made from the block's float32
-    differences, then (``with_distances``) the rows' squared distances to it are
-    accumulated, as in :func:`squared_distances_to`, while the block is in cache.
+    Without distances, one matrix-vector product (:func:`combine_rows`). With them, one
+    pass over column blocks: each block of ``v`` is made from the block's differences,
+    then the rows' squared distances to it are accumulated, as in
+    :func:`squared_distances_to`, while the block is in cache.
     """
     n, d = updates.shape
+    if not with_distances:
+        # v = (1 - sum_i a_i) c + sum_i a_i x_i: one BLAS matrix-vector product per core,
+        # as fast as the mean and rounded as the mean is (float32 sums, errors relative
+        # to the largest |a_i x_ij|); forming every x_i - c first only costs time.
+        weights = np.asarray(coefficients, dtype=np.float32)
+        rest = np.float32(1.0 - float(np.sum(coefficients, dtype=np.float64)))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return combine_rows(weights, updates) + rest * centre, None
     moved = np.empty(d, dtype=np.float32)
     if _compiled.AVAILABLE:
 

@@ -12,7 +12,6 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation import _compiled
 from coordinator.aggregation._columns import (
     GRAM32_RTOL,
     GRAM_COLUMNS,
@@ -21,7 +20,7 @@ from coordinator.aggregation._columns import (
     column_blocks,
     single_threaded_blas,
 )
-from coordinator.aggregation._kernels import clipped_step
+from coordinator.aggregation._kernels import combine_rows
 from coordinator.aggregation._parallel import map_column_ranges
 from coordinator.aggregation.base import (
     AggregationDiagnostics,
@@ -229,13 +228,8 @@ def _combine(updates: UpdateMatrix, coefficients: NDArray[np.float64]) -> NDArra
 
 
 def _combine32(updates: UpdateMatrix, coefficients: NDArray[np.float64]) -> UpdateVector:
-    """Return ``sum_i coefficients_i x_i`` accumulated in float64, rounded once to float32."""
-    if not _compiled.AVAILABLE:
-        return _combine(updates, coefficients).astype(np.float32)
-    origin = np.zeros(updates.shape[1], dtype=np.float32)
-    # The clipped step from the origin with these coefficients is exactly the combination.
-    aggregate, _ = clipped_step(updates, origin, coefficients)
-    return aggregate
+    """Return ``sum_i coefficients_i x_i`` as float32, one matrix-vector product per core."""
+    return combine_rows(coefficients.astype(np.float32), updates)
 
 
 def _distances_to(updates: UpdateMatrix, point: NDArray[np.float64]) -> NDArray[np.float64]:
