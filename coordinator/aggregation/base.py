@@ -45,6 +45,7 @@ __all__ = [
     "num_byzantine",
     "row_norms",
     "stream_dim_of",
+    "unless_uniform",
     "validate_fraction",
     "validate_positive",
     "validate_positive_int",
@@ -368,6 +369,18 @@ def validate_weights(weights: ArrayLike | None, n: int) -> Weights | None:
     if not vector.sum() > 0:
         raise ValueError("weights must have a positive sum, got all zeros")
     return vector
+
+
+def unless_uniform(weights: Weights | None) -> Weights | None:
+    """Return ``None`` when every weight is the same (the unweighted rule), else ``weights``.
+
+    Order-statistic rules (median, trimmed mean, Bulyan's window) give the same answer for
+    equal weights as without weights, and their unweighted paths are much faster. The
+    coordinator passes reputations, which stay equal until some device is flagged.
+    """
+    if weights is not None and bool((weights == weights[0]).all()):
+        return None
+    return weights
 
 
 def row_norms(matrix: NDArray[np.floating[Any]]) -> NDArray[np.float64]:

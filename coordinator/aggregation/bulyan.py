@@ -28,6 +28,7 @@ from coordinator.aggregation.base import (
     UpdateVector,
     Weights,
     num_byzantine,
+    unless_uniform,
     validate_fraction,
     validate_updates,
     validate_weights,
@@ -155,6 +156,7 @@ def closest_to_median_mean(
     installed, a compiled sorting-network kernel does the same on all cores.
     """
     d = updates.shape[1]
+    weights = unless_uniform(weights)
     if weights is None and _compiled.AVAILABLE:
         return _compiled_window_mean(updates, selected, beta)
     aggregate = np.empty(d, dtype=np.float32)

@@ -26,6 +26,7 @@ from coordinator.aggregation.base import (
     UpdateMatrix,
     UpdateVector,
     Weights,
+    unless_uniform,
     validate_updates,
     validate_weights,
 )
@@ -74,6 +75,7 @@ def _coordinate_median(
     """
     d = updates.shape[1]
     result = np.empty(d, dtype=np.float32)
+    weights = unless_uniform(weights)
     if weights is None and _compiled.AVAILABLE:
         n = len(updates)
         rows = np.arange(n)

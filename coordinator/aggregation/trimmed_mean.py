@@ -30,6 +30,7 @@ from coordinator.aggregation.base import (
     UpdateVector,
     Weights,
     num_byzantine,
+    unless_uniform,
     validate_fraction,
     validate_updates,
     validate_weights,
@@ -86,6 +87,7 @@ def trimmed_mean(
             return np.mean(updates, axis=0, dtype=np.float32), trimmed_share
         weighted = np.einsum("k,kd->d", weights, updates, dtype=np.float64)  # (d,)
         return (weighted / weights.sum()).astype(np.float32), trimmed_share
+    weights = unless_uniform(weights)
     if weights is None and _compiled.AVAILABLE:
         return _compiled_trimmed_mean(updates, b, check_finite=check_finite)
     kept_count = n - 2 * b

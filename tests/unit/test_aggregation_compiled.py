@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+import coordinator.aggregation.coordinate_median as median_module
 from coordinator.aggregation import _compiled, _parallel, build
 from coordinator.aggregation._kernels import clipped_step, squared_distances_to
 from coordinator.aggregation._networks import selection_network, sorting_network
@@ -186,3 +187,22 @@ def test_a_forked_child_can_still_split_rounds() -> None:
     with context.Pool(1) as pool:
         result = pool.apply_async(coordinate_median, (updates,)).get(timeout=60)
     assert_array_equal(result, expected)
+
+
+def test_equal_weights_take_the_unweighted_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reputations stay equal until a device is flagged: those rounds must not pay for the
+    # weighted (argsort-based) order statistics.
+    def refuse(*_: object) -> None:
+        raise AssertionError("the weighted path ran")
+
+    monkeypatch.setattr(median_module, "_weighted_median_rows", refuse)
+    updates = _rounds(9, 700, seed=17)
+    weights = np.full(9, 0.7)
+    assert_array_equal(
+        build("coordinate-median")(updates, weights).aggregate, np.median(updates, axis=0)
+    )
+    unweighted = build("trimmed-mean")(updates).aggregate
+    assert_array_equal(build("trimmed-mean")(updates, weights).aggregate, unweighted)
+    weights[3] = 0.1  # now they differ: the weighted path is taken
+    with pytest.raises(AssertionError, match="weighted path"):
+        build("coordinate-median")(updates, weights)
