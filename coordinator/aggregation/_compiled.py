@@ -53,6 +53,7 @@ __all__ = [
     "row_distances_columns",
     "squared_distances_columns",
     "trimmed_columns",
+    "weighted_median_columns",
     "window_columns",
 ]
 
@@ -172,6 +173,97 @@ def median_columns(updates: Any, rows: Any, steps: Any, start: int, stop: int, o
             below = block[half - 1]
             for c in range(width):
                 target[c] = (below[c] + middle[c]) / two
+    return _finite(check)
+
+
+@_inlined
+def _exchange_carrying(
+    low: Any, high: Any, low_weight: Any, high_weight: Any, scratch: Any, spare: Any
+) -> None:
+    """:func:`_exchange` that moves each value's weight along with it.
+
+    Equal values stay where they are (only a strictly larger value moves up), so equal
+    values keep their weights in place.
+    """
+    for c in range(low.shape[0]):
+        u = low[c]
+        v = high[c]
+        swap = v < u
+        scratch[0, c] = v if swap else u
+        scratch[1, c] = u if swap else v
+        a = low_weight[c]
+        b = high_weight[c]
+        spare[0, c] = b if swap else a
+        spare[1, c] = a if swap else b
+    for c in range(low.shape[0]):
+        low[c] = scratch[0, c]
+        high[c] = scratch[1, c]
+        low_weight[c] = spare[0, c]
+        high_weight[c] = spare[1, c]
+
+
+@_compiled
+def weighted_median_columns(
+    updates: Any, weights: Any, steps: Any, start: int, stop: int, out: Any
+) -> bool:
+    """Weighted median of the rows over columns ``[start, stop)``, written to ``out``.
+
+    ``weights`` are float64, normalised to sum to 1. Per column the values are sorted
+    with their weights; the lower weighted median is the first value whose cumulative
+    weight reaches ``1/2`` and the upper the first whose cumulative weight exceeds it
+    (both within ``1e-12``; the first value where none does), and the output is their
+    float64 midpoint as float32, as
+    :func:`~coordinator.aggregation.coordinate_median.coordinate_median` defines it.
+    Which of several equal values carries which weight does not change the answer. Returns
+    whether every value read was finite. ``steps`` must fully sort the rows.
+    """
+    n = updates.shape[0]
+    block = np.zeros((n, BLOCK), np.float32)
+    carried = np.zeros((n, BLOCK))
+    check = np.zeros(BLOCK, np.float32)
+    scratch = np.zeros((2, BLOCK), np.float32)
+    spare = np.zeros((2, BLOCK))
+    cumulative = np.zeros(BLOCK)
+    low = np.zeros(BLOCK)
+    high = np.zeros(BLOCK)
+    have_low = np.zeros(BLOCK, np.bool_)
+    have_high = np.zeros(BLOCK, np.bool_)
+    below = 0.5 - 1e-12
+    above = 0.5 + 1e-12
+    for first in range(start, stop, BLOCK):
+        width = min(BLOCK, stop - first)
+        for r in range(n):
+            source = updates[r, first : first + width]
+            target = block[r]
+            share = carried[r]
+            for c in range(width):
+                value = source[c]
+                target[c] = value
+                check[c] += value - value
+            share[:] = weights[r]
+        for s in range(steps.shape[0]):
+            a = steps[s, 0]
+            b = steps[s, 1]
+            _exchange_carrying(block[a], block[b], carried[a], carried[b], scratch, spare)
+        cumulative[:] = 0.0
+        have_low[:] = False
+        have_high[:] = False
+        for c in range(width):  # where no cumulative weight qualifies: the first value
+            low[c] = block[0, c]
+            high[c] = block[0, c]
+        for r in range(n):
+            for c in range(width):
+                cumulative[c] += carried[r, c]
+                value = np.float64(block[r, c])
+                if not have_low[c] and cumulative[c] >= below:
+                    low[c] = value
+                    have_low[c] = True
+                if not have_high[c] and cumulative[c] > above:
+                    high[c] = value
+                    have_high[c] = True
+        target_out = out[first : first + width]
+        for c in range(width):
+            target_out[c] = np.float32((low[c] + high[c]) / 2)
     return _finite(check)
 
 

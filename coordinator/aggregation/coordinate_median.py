@@ -18,7 +18,7 @@ from coordinator.aggregation._columns import (
     median_of_sorted,
     transposed,
 )
-from coordinator.aggregation._networks import selection_network
+from coordinator.aggregation._networks import selection_network, sorting_network
 from coordinator.aggregation._parallel import map_column_ranges
 from coordinator.aggregation.base import (
     NON_FINITE_MESSAGE,
@@ -85,6 +85,17 @@ def _coordinate_median(
             return _compiled.median_columns(updates, rows, steps, start, stop, result)
 
         finite = all(map_column_ranges(d, part))
+        if check_finite and not finite:
+            raise ValueError(NON_FINITE_MESSAGE)
+        return result
+    if weights is not None and _compiled.AVAILABLE:
+        normalised = weights / weights.sum()  # (n,)
+        full = sorting_network(len(updates))
+
+        def weighted_part(start: int, stop: int) -> bool:
+            return _compiled.weighted_median_columns(updates, normalised, full, start, stop, result)
+
+        finite = all(map_column_ranges(d, weighted_part))
         if check_finite and not finite:
             raise ValueError(NON_FINITE_MESSAGE)
         return result

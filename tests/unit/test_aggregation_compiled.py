@@ -204,5 +204,24 @@ def test_equal_weights_take_the_unweighted_paths(monkeypatch: pytest.MonkeyPatch
     unweighted = build("trimmed-mean")(updates).aggregate
     assert_array_equal(build("trimmed-mean")(updates, weights).aggregate, unweighted)
     weights[3] = 0.1  # now they differ: the weighted path is taken
+    monkeypatch.setattr(_compiled, "AVAILABLE", False)
     with pytest.raises(AssertionError, match="weighted path"):
         build("coordinate-median")(updates, weights)
+
+
+@pytest.mark.parametrize(("n", "d"), [(1, 50), (2, 300), (9, 700), (50, SPLIT_COLUMNS)])
+def test_weighted_median_matches_the_numpy_path(
+    n: int, d: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    updates = _rounds(n, d, seed=19)  # many exact ties
+    rng = np.random.default_rng(n)
+    for weights in (
+        rng.random(n) + 0.01,
+        np.where(np.arange(n) % 3 == 0, 0.0, 1.0) + (np.arange(n) == n - 1),  # zeros, ties
+        np.eye(1, n, n // 2).ravel() + 1e-3,  # one dominant weight
+    ):
+        compiled = build("coordinate-median")(updates, weights).aggregate
+        with monkeypatch.context() as patch:
+            patch.setattr(_compiled, "AVAILABLE", False)
+            reference = build("coordinate-median")(updates, weights).aggregate
+        assert_array_equal(compiled, reference)
