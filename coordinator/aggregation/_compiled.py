@@ -54,6 +54,7 @@ __all__ = [
     "squared_distances_columns",
     "trimmed_columns",
     "weighted_median_columns",
+    "weighted_trimmed_columns",
     "window_columns",
 ]
 
@@ -319,6 +320,83 @@ def trimmed_columns(
                 outside = (value <= low[c]) | (value >= high[c])
                 total += outside * open_column[c]
             counts[r] += total
+    return _finite(check)
+
+
+@_compiled
+def weighted_trimmed_columns(
+    updates: Any,
+    weights: Any,
+    steps: Any,
+    trim: int,
+    start: int,
+    stop: int,
+    out: Any,
+    counts: Any,
+    tied: Any,
+) -> bool:
+    """:func:`trimmed_columns` with float64 ``weights``: the kept values' weighted mean.
+
+    The values are sorted with their weights; the ``n - 2 trim`` middle values are
+    averaged with their weights in float64, or plainly where those weights sum to 0.
+    Columns where a kept value equals a trimmed one get ``tied[column] = True``: there
+    the stable sort's rule decides which of the equal values (and so which weight) is
+    kept, and the caller recomputes the whole column. Counts as
+    :func:`trimmed_columns`. ``steps`` must fully sort the rows.
+    """
+    n = updates.shape[0]
+    block = np.zeros((n, BLOCK), np.float32)
+    carried = np.zeros((n, BLOCK))
+    check = np.zeros(BLOCK, np.float32)
+    scratch = np.zeros((2, BLOCK), np.float32)
+    spare = np.zeros((2, BLOCK))
+    weighted = np.zeros(BLOCK)
+    total = np.zeros(BLOCK)
+    plain = np.zeros(BLOCK)
+    low = np.zeros(BLOCK, np.float32)
+    high = np.zeros(BLOCK, np.float32)
+    open_column = np.zeros(BLOCK, np.int64)
+    kept = n - 2 * trim
+    for first in range(start, stop, BLOCK):
+        width = min(BLOCK, stop - first)
+        for r in range(n):
+            source = updates[r, first : first + width]
+            target = block[r]
+            for c in range(width):
+                value = source[c]
+                target[c] = value
+                check[c] += value - value
+            carried[r, :] = weights[r]
+        for s in range(steps.shape[0]):
+            a = steps[s, 0]
+            b = steps[s, 1]
+            _exchange_carrying(block[a], block[b], carried[a], carried[b], scratch, spare)
+        weighted[:] = 0.0
+        total[:] = 0.0
+        plain[:] = 0.0
+        for r in range(trim, n - trim):
+            for c in range(width):
+                value = np.float64(block[r, c])
+                weighted[c] += carried[r, c] * value
+                total[c] += carried[r, c]
+                plain[c] += value
+        target_out = out[first : first + width]
+        for c in range(width):
+            mean = weighted[c] / total[c] if total[c] > 0 else plain[c] / kept
+            target_out[c] = np.float32(mean)
+            low[c] = block[trim - 1, c]
+            high[c] = block[n - trim, c]
+            is_tied = block[trim, c] == low[c] or block[n - trim - 1, c] == high[c]
+            tied[first + c] = is_tied
+            open_column[c] = 0 if is_tied else 1
+        for r in range(n):
+            source = updates[r, first : first + width]
+            count = 0
+            for c in range(width):
+                value = source[c]
+                outside = (value <= low[c]) | (value >= high[c])
+                count += outside * open_column[c]
+            counts[r] += count
     return _finite(check)
 
 

@@ -75,7 +75,7 @@ def trimmed_mean(
     BreakdownError
         If ``n <= 2b``.
     """
-    n, d = updates.shape
+    n = len(updates)
     b = num_trimmed
     if n <= 2 * b:
         raise BreakdownError(f"trimmed mean needs n > 2b, got n={n}, b={b}")
@@ -88,8 +88,16 @@ def trimmed_mean(
         weighted = np.einsum("k,kd->d", weights, updates, dtype=np.float64)  # (d,)
         return (weighted / weights.sum()).astype(np.float32), trimmed_share
     weights = unless_uniform(weights)
-    if weights is None and _compiled.AVAILABLE:
-        return _compiled_trimmed_mean(updates, b, check_finite=check_finite)
+    if _compiled.AVAILABLE:
+        return _compiled_trimmed_mean(updates, b, weights, check_finite=check_finite)
+    return _numpy_trimmed_mean(updates, b, weights, check_finite=check_finite)
+
+
+def _numpy_trimmed_mean(
+    updates: UpdateMatrix, b: int, weights: Weights | None, *, check_finite: bool
+) -> tuple[UpdateVector, NDArray[np.float64]]:
+    """:func:`trimmed_mean` for ``1 <= b``, ``n > 2b`` by numpy's sort (the reference)."""
+    n, d = updates.shape
     kept_count = n - 2 * b
     aggregate = np.empty(d, dtype=np.float32)
     trimmed_counts = np.zeros(n, dtype=np.int64)
@@ -127,25 +135,32 @@ def trimmed_mean(
 
 
 def _compiled_trimmed_mean(
-    updates: UpdateMatrix, b: int, *, check_finite: bool
+    updates: UpdateMatrix, b: int, weights: Weights | None, *, check_finite: bool
 ) -> tuple[UpdateVector, NDArray[np.float64]]:
-    """:func:`trimmed_mean` without weights, by the compiled sorting-network kernel.
+    """:func:`trimmed_mean` by the compiled sorting-network kernels (``1 <= b``).
 
-    The kernel leaves out of its trim counts the columns where a kept value equals a
+    The kernels leave out of their trim counts the columns where a kept value equals a
     trimming boundary (which of the equal values is trimmed is the stable sort's rule);
-    those few columns are counted here by :func:`_trimmed_mask`, as the numpy path does.
+    those few columns are redone here by the numpy path: their counts, and with weights
+    also their values (the kept value's weight depends on which one is kept).
     """
     n, d = updates.shape
     aggregate = np.empty(d, dtype=np.float32)
     tied = np.zeros(d, dtype=bool)
-    rows = np.arange(n)
     steps = sorting_network(n)
+    rows = np.arange(n)
+    normalised = None if weights is None else weights / weights.sum()  # (n,)
 
     def part(start: int, stop: int) -> tuple[bool, NDArray[np.int64]]:
         counts = np.zeros(n, dtype=np.int64)
-        finite = _compiled.trimmed_columns(
-            updates, rows, steps, b, start, stop, aggregate, counts, tied
-        )
+        if normalised is None:
+            finite = _compiled.trimmed_columns(
+                updates, rows, steps, b, start, stop, aggregate, counts, tied
+            )
+        else:
+            finite = _compiled.weighted_trimmed_columns(
+                updates, normalised, steps, b, start, stop, aggregate, counts, tied
+            )
         return finite, counts
 
     parts = map_column_ranges(d, part)
@@ -154,8 +169,14 @@ def _compiled_trimmed_mean(
     trimmed_counts = np.sum([counts for _, counts in parts], axis=0)
     ties = np.flatnonzero(tied)
     if len(ties):
-        block = np.ascontiguousarray(updates[:, ties].T)  # (t, n)
-        trimmed_counts += _trimmed_mask(block, np.sort(block, axis=1), b).sum(axis=0)
+        if weights is None:
+            block = np.ascontiguousarray(updates[:, ties].T)  # (t, n)
+            trimmed_counts += _trimmed_mask(block, np.sort(block, axis=1), b).sum(axis=0)
+        else:
+            sub = np.ascontiguousarray(updates[:, ties])  # (n, t)
+            values, share = _numpy_trimmed_mean(sub, b, weights, check_finite=False)
+            aggregate[ties] = values
+            trimmed_counts += np.rint(share * len(ties)).astype(np.int64)
     return aggregate, trimmed_counts / d
 
 

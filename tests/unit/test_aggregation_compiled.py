@@ -225,3 +225,22 @@ def test_weighted_median_matches_the_numpy_path(
             patch.setattr(_compiled, "AVAILABLE", False)
             reference = build("coordinate-median")(updates, weights).aggregate
         assert_array_equal(compiled, reference)
+
+
+@pytest.mark.parametrize(("n", "d"), [(5, 700), (13, 2000), (50, SPLIT_COLUMNS)])
+def test_weighted_trimmed_mean_matches_the_numpy_path(
+    n: int, d: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    updates = _rounds(n, d, seed=23)  # many exact ties at the trimming boundaries
+    rng = np.random.default_rng(n)
+    b = max(1, n // 5)
+    for weights in (
+        rng.random(n) + 0.01,
+        np.where(np.arange(n) % 2 == 0, 0.0, 1.0),  # zero weights: plain where all kept are 0
+    ):
+        compiled, compiled_share = trimmed_mean(updates, b, weights)
+        with monkeypatch.context() as patch:
+            patch.setattr(_compiled, "AVAILABLE", False)
+            reference, reference_share = trimmed_mean(updates, b, weights)
+        assert_allclose(compiled, reference, rtol=1e-6, atol=1e-6)
+        assert_array_equal(compiled_share, reference_share)
