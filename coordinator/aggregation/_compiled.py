@@ -203,6 +203,77 @@ def _exchange_carrying(
         high_weight[c] = spare[1, c]
 
 
+@_inlined
+def _load_and_sort_carrying(
+    updates: Any,
+    weights: Any,
+    steps: Any,
+    start: int,
+    width: int,
+    block: Any,
+    carried: Any,
+    check: Any,
+    scratch: Any,
+    spare: Any,
+) -> None:
+    """:func:`_load_and_sort` for all rows, each value carrying its row's weight.
+
+    ``carried`` (float64, like ``block``) receives the weights; ``spare`` is a float64
+    ``(2, BLOCK)`` work area.
+    """
+    for r in range(updates.shape[0]):
+        source = updates[r, start : start + width]
+        target = block[r]
+        for c in range(width):
+            value = source[c]
+            target[c] = value
+            check[c] += value - value
+        carried[r, :] = weights[r]
+    for s in range(steps.shape[0]):
+        a = steps[s, 0]
+        b = steps[s, 1]
+        _exchange_carrying(block[a], block[b], carried[a], carried[b], scratch, spare)
+
+
+@_inlined
+def _trim_bounds_and_counts(
+    updates: Any,
+    rows: Any,
+    block: Any,
+    trim: int,
+    first: int,
+    width: int,
+    counts: Any,
+    tied: Any,
+    bounds: Any,
+    open_column: Any,
+) -> None:
+    """Flag tied columns of a sorted ``block`` and count each row's trimmed values.
+
+    A column is tied when a kept value equals a trimmed one (``tied[first + c]``); its
+    counts are left to the caller. Otherwise row ``r`` gains one count for each column
+    where its value is at most the largest bottom-trimmed value or at least the smallest
+    top-trimmed one. ``bounds`` is a float32 ``(2, BLOCK)`` work area.
+    """
+    n = rows.shape[0]
+    low = bounds[0]
+    high = bounds[1]
+    for c in range(width):
+        low[c] = block[trim - 1, c]
+        high[c] = block[n - trim, c]
+        is_tied = block[trim, c] == low[c] or block[n - trim - 1, c] == high[c]
+        tied[first + c] = is_tied
+        open_column[c] = 0 if is_tied else 1
+    for r in range(n):
+        source = updates[rows[r], first : first + width]
+        total = 0
+        for c in range(width):
+            value = source[c]
+            outside = (value <= low[c]) | (value >= high[c])
+            total += outside * open_column[c]
+        counts[r] += total
+
+
 @_compiled
 def weighted_median_columns(
     updates: Any, weights: Any, steps: Any, start: int, stop: int, out: Any
@@ -233,19 +304,9 @@ def weighted_median_columns(
     above = 0.5 + 1e-12
     for first in range(start, stop, BLOCK):
         width = min(BLOCK, stop - first)
-        for r in range(n):
-            source = updates[r, first : first + width]
-            target = block[r]
-            share = carried[r]
-            for c in range(width):
-                value = source[c]
-                target[c] = value
-                check[c] += value - value
-            share[:] = weights[r]
-        for s in range(steps.shape[0]):
-            a = steps[s, 0]
-            b = steps[s, 1]
-            _exchange_carrying(block[a], block[b], carried[a], carried[b], scratch, spare)
+        _load_and_sort_carrying(
+            updates, weights, steps, first, width, block, carried, check, scratch, spare
+        )
         cumulative[:] = 0.0
         have_low[:] = False
         have_high[:] = False
@@ -294,8 +355,7 @@ def trimmed_columns(
     check = np.zeros(BLOCK, np.float32)
     scratch = np.zeros((2, BLOCK), np.float32)
     sums = np.zeros(BLOCK)
-    low = np.zeros(BLOCK, np.float32)
-    high = np.zeros(BLOCK, np.float32)
+    bounds = np.zeros((2, BLOCK), np.float32)
     open_column = np.zeros(BLOCK, np.int64)
     kept = n - 2 * trim
     for first in range(start, stop, BLOCK):
@@ -307,19 +367,9 @@ def trimmed_columns(
                 sums[c] += block[r, c]
         for c in range(width):
             out[first + c] = sums[c] / kept
-            low[c] = block[trim - 1, c]
-            high[c] = block[n - trim, c]
-            is_tied = block[trim, c] == low[c] or block[n - trim - 1, c] == high[c]
-            tied[first + c] = is_tied
-            open_column[c] = 0 if is_tied else 1
-        for r in range(n):
-            source = updates[rows[r], first : first + width]
-            total = 0
-            for c in range(width):
-                value = source[c]
-                outside = (value <= low[c]) | (value >= high[c])
-                total += outside * open_column[c]
-            counts[r] += total
+        _trim_bounds_and_counts(
+            updates, rows, block, trim, first, width, counts, tied, bounds, open_column
+        )
     return _finite(check)
 
 
@@ -353,24 +403,15 @@ def weighted_trimmed_columns(
     weighted = np.zeros(BLOCK)
     total = np.zeros(BLOCK)
     plain = np.zeros(BLOCK)
-    low = np.zeros(BLOCK, np.float32)
-    high = np.zeros(BLOCK, np.float32)
+    bounds = np.zeros((2, BLOCK), np.float32)
     open_column = np.zeros(BLOCK, np.int64)
+    rows = np.arange(n)
     kept = n - 2 * trim
     for first in range(start, stop, BLOCK):
         width = min(BLOCK, stop - first)
-        for r in range(n):
-            source = updates[r, first : first + width]
-            target = block[r]
-            for c in range(width):
-                value = source[c]
-                target[c] = value
-                check[c] += value - value
-            carried[r, :] = weights[r]
-        for s in range(steps.shape[0]):
-            a = steps[s, 0]
-            b = steps[s, 1]
-            _exchange_carrying(block[a], block[b], carried[a], carried[b], scratch, spare)
+        _load_and_sort_carrying(
+            updates, weights, steps, first, width, block, carried, check, scratch, spare
+        )
         weighted[:] = 0.0
         total[:] = 0.0
         plain[:] = 0.0
@@ -384,19 +425,9 @@ def weighted_trimmed_columns(
         for c in range(width):
             mean = weighted[c] / total[c] if total[c] > 0 else plain[c] / kept
             target_out[c] = np.float32(mean)
-            low[c] = block[trim - 1, c]
-            high[c] = block[n - trim, c]
-            is_tied = block[trim, c] == low[c] or block[n - trim - 1, c] == high[c]
-            tied[first + c] = is_tied
-            open_column[c] = 0 if is_tied else 1
-        for r in range(n):
-            source = updates[r, first : first + width]
-            count = 0
-            for c in range(width):
-                value = source[c]
-                outside = (value <= low[c]) | (value >= high[c])
-                count += outside * open_column[c]
-            counts[r] += count
+        _trim_bounds_and_counts(
+            updates, rows, block, trim, first, width, counts, tied, bounds, open_column
+        )
     return _finite(check)
 
 

@@ -76,26 +76,25 @@ def _coordinate_median(
     d = updates.shape[1]
     result = np.empty(d, dtype=np.float32)
     weights = unless_uniform(weights)
-    if weights is None and _compiled.AVAILABLE:
+    if _compiled.AVAILABLE:
         n = len(updates)
-        rows = np.arange(n)
-        steps = selection_network(n, (max(n // 2 - 1, 0), n // 2))
+        if weights is None:
+            rows = np.arange(n)
+            middle = selection_network(n, (max(n // 2 - 1, 0), n // 2))
 
-        def part(start: int, stop: int) -> bool:
-            return _compiled.median_columns(updates, rows, steps, start, stop, result)
+            def part(start: int, stop: int) -> bool:
+                return _compiled.median_columns(updates, rows, middle, start, stop, result)
+
+        else:
+            normalised = weights / weights.sum()  # (n,)
+            full = sorting_network(n)
+
+            def part(start: int, stop: int) -> bool:
+                return _compiled.weighted_median_columns(
+                    updates, normalised, full, start, stop, result
+                )
 
         finite = all(map_column_ranges(d, part))
-        if check_finite and not finite:
-            raise ValueError(NON_FINITE_MESSAGE)
-        return result
-    if weights is not None and _compiled.AVAILABLE:
-        normalised = weights / weights.sum()  # (n,)
-        full = sorting_network(len(updates))
-
-        def weighted_part(start: int, stop: int) -> bool:
-            return _compiled.weighted_median_columns(updates, normalised, full, start, stop, result)
-
-        finite = all(map_column_ranges(d, weighted_part))
         if check_finite and not finite:
             raise ValueError(NON_FINITE_MESSAGE)
         return result
