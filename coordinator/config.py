@@ -38,6 +38,7 @@ __all__ = [
     "AggregationConfig",
     "ConfigError",
     "CoordinatorConfig",
+    "checked_device_id",
     "checked_identifier",
     "load_coordinator_config",
     "resolve_mqtt_paths",
@@ -315,14 +316,19 @@ def load_coordinator_config(
 def checked_identifier(value: str, what: str) -> str:
     """Validate a fleet, device or sender id as a pydantic field validator must.
 
-    :func:`validate_identifier` (:func:`validate_device_id` when ``what`` is
-    ``"device_id"``) raises :class:`TopicError`, which pydantic would let escape as is; a
-    ``ValueError`` becomes a validation error that names the key.
+    :func:`validate_identifier` raises :class:`TopicError`, which pydantic would let escape
+    as is; a ``ValueError`` becomes a validation error that names the key.
     """
     try:
-        if what == "device_id":
-            return validate_device_id(value)
         return validate_identifier(value, what)
+    except TopicError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def checked_device_id(value: str) -> str:
+    """:func:`checked_identifier` for a device id, which must not be a reserved name."""
+    try:
+        return validate_device_id(value)
     except TopicError as exc:
         raise ValueError(str(exc)) from exc
 

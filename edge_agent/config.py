@@ -21,6 +21,7 @@ from pydantic import (
 
 from coordinator.config import (
     ConfigError,
+    checked_device_id,
     checked_identifier,
     format_validation_error,
     read_toml,
@@ -124,10 +125,15 @@ class AgentConfig(_Strict):
     )
     seed: int = Field(0, description="Seed of local shuffling and of any injected faults.")
 
-    @field_validator("fleet", "device_id")
+    @field_validator("fleet")
     @classmethod
     def _check_identifier(cls, value: str, info: ValidationInfo) -> str:
         return checked_identifier(value, info.field_name or "identifier")
+
+    @field_validator("device_id")
+    @classmethod
+    def _check_device_id(cls, value: str) -> str:
+        return checked_device_id(value)
 
     @model_validator(mode="after")
     def _check(self) -> AgentConfig:
