@@ -21,8 +21,13 @@ COMMANDS = {
     "sim": ("byzedge.commands.sim", "simulate attack-vs-defense fleets in memory"),
     "agent": ("byzedge.commands.agent", "run the edge agent, or infer with its model"),
     "coordinator": ("byzedge.commands.coordinator", "run the coordinator"),
+    "init": (
+        "byzedge.commands.init",
+        "provision a fleet: CA, certificates, keys, broker and daemon configs",
+    ),
     "keys": ("byzedge.commands.keys", "generate Ed25519 keys for devices and coordinator"),
     "audit": ("byzedge.commands.audit", "verify the coordinator's hash-chained audit log"),
+    "monitor": ("byzedge.commands.monitor", "watch a fleet: rounds, accuracy, devices, alerts"),
     "faults": ("byzedge.commands.faults", "validate and describe fault plans"),
     "bench": ("byzedge.commands.bench", "run speed benchmarks"),
 }

@@ -38,6 +38,8 @@ __all__ = [
     "AggregationConfig",
     "ConfigError",
     "CoordinatorConfig",
+    "LogsConfig",
+    "MetricsConfig",
     "checked_device_id",
     "checked_identifier",
     "load_coordinator_config",
@@ -133,6 +135,47 @@ class AggregationConfig(_Strict):
     )
 
 
+class MetricsConfig(_Strict):
+    """The Prometheus endpoint (``[metrics]`` table); off unless enabled."""
+
+    enabled: bool = Field(False, description="Serve Prometheus metrics over HTTP.")
+    host: str = Field(
+        "127.0.0.1", description="Address the metrics endpoint binds (local by default)."
+    )
+    port: int = Field(9464, ge=1, le=65535, description="Port of the metrics endpoint.")
+
+
+class LogsConfig(_Strict):
+    """Size limits of the coordinator's own files (``[logs]`` table); state stays bounded."""
+
+    audit_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=4096, description="Audit log segment size before it rotates."
+    )
+    audit_keep: int = Field(
+        16, ge=1, description="Rotated audit segments kept (the oldest are deleted)."
+    )
+    rounds_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=4096, description="rounds.jsonl segment size before it rotates."
+    )
+    rounds_keep: int = Field(4, ge=1, description="Rotated rounds.jsonl segments kept.")
+    rejections_per_minute: int = Field(
+        5,
+        ge=1,
+        description=(
+            "Rejection log lines per (device, reason) and minute; the rest are counted and "
+            "summarised in one line (every rejection is still counted and in the metrics)."
+        ),
+    )
+    audited_rejections_per_round: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Audit records per (device, reason) and round; further rejections are audited "
+            "as one summary record with their count."
+        ),
+    )
+
+
 class CoordinatorConfig(_Strict):
     """Everything ``byzedge coordinator run`` needs."""
 
@@ -148,7 +191,20 @@ class CoordinatorConfig(_Strict):
     seed: int = Field(0, description="Seed of the initial model and of cohort sampling.")
     rounds: int = Field(0, ge=0, description="Rounds to run, then exit; 0 runs forever.")
     round_timeout_s: float = Field(
-        60.0, gt=0, description="Deadline of a round after its model is published."
+        60.0,
+        gt=0,
+        description=(
+            "Upper bound of a round after its model is published; a round closes earlier "
+            "once every device asked has answered or is known to be offline or busy."
+        ),
+    )
+    round_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "Pause between the end of a round and the next model, so a fleet that answers "
+            "at once does not run rounds back to back on every core."
+        ),
     )
     min_updates: int = Field(
         1, ge=1, description="Fewest accepted updates to aggregate; else the round is skipped."
@@ -205,6 +261,12 @@ class CoordinatorConfig(_Strict):
         600.0, gt=0, description="Largest accepted age of an update (created to received)."
     )
     model_ttl_s: float = Field(3600.0, gt=0, description="Expiry of a published global model.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics endpoint."
+    )
+    logs: LogsConfig = Field(
+        default_factory=LogsConfig, description="Rotation and rate limits of logs."
+    )
 
     @field_validator("fleet", "name")
     @classmethod

@@ -9,6 +9,11 @@ and no check ever trusts a field that an earlier one has not vouched for::
 
 Every failure becomes a :class:`Rejected` with a permanent :class:`RejectReason`; nothing a
 sender can put in a message makes :meth:`Ingest.submit` raise.
+
+An exact copy of an update accepted in the open round or the one before (same device, same
+nonce) is :class:`Redelivered`, neither accepted again nor rejected: agents re-send their
+update after a reconnect (the broker may have lost it) and QoS 1 may deliver twice, so a
+copy is the network's doing, not the device's, and changes nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from protocol.envelope import Header, open_envelope
 from protocol.errors import ChunkError, CodecError, EnvelopeError, SignatureError, TopicError
 from protocol.topics import parse_device_topic
 
-__all__ = ["Accepted", "Ingest", "IngestOutcome", "RejectReason", "Rejected", "RoundWindow"]
+__all__ = [
+    "Accepted",
+    "Ingest",
+    "IngestOutcome",
+    "Redelivered",
+    "RejectReason",
+    "Rejected",
+    "RoundWindow",
+]
 
 _LOGGER = logging.getLogger(__name__)
 # Nonces are remembered this long; older messages fail the counter or round checks anyway.
@@ -90,6 +103,16 @@ class Accepted:
     update: NDArray[np.float32]
     wire_bytes: int
     body_bytes: int
+    payload: bytes = b""
+    """The reassembled envelope bytes, kept so the coordinator can journal the round."""
+
+
+@dataclass(frozen=True, slots=True)
+class Redelivered:
+    """A copy of an update already accepted (a re-send or a QoS 1 duplicate): ignored."""
+
+    device_id: str
+    round: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +125,7 @@ class Rejected:
     attributable: bool = False
 
 
-IngestOutcome = Accepted | Rejected
+IngestOutcome = Accepted | Rejected | Redelivered
 
 
 class Ingest:
@@ -143,7 +166,10 @@ class Ingest:
         self._reassembler = Reassembler(max_update_bytes, max_pending_per_source=2)
         self._seen_nonces: OrderedDict[bytes, None] = OrderedDict()
         self._last_counter: dict[str, int] = {}
-        self._accepted_this_round: set[str] = set()
+        # Nonce of each device's accepted update in the open round and in the one before,
+        # to recognise copies (Redelivered) before the replay check would reject them.
+        self._accepted_this_round: dict[str, bytes] = {}
+        self._accepted_last_round: dict[str, bytes] = {}
         self._round: int | None = None
 
     @property
@@ -165,9 +191,7 @@ class Ingest:
         Accepted, Rejected or None
             ``None`` while a chunked update is still incomplete.
         """
-        if window.round != self._round:
-            self._round = window.round
-            self._accepted_this_round.clear()
+        self._open_round(window.round)
         try:
             topic_device = parse_device_topic(topic, self._fleet, "update")
         except TopicError as exc:
@@ -183,6 +207,27 @@ class Ingest:
         if payload is None:
             return None
         return self._check_payload(topic_device, payload, window)
+
+    def submit_payload(self, device_id: str, payload: bytes, window: RoundWindow) -> IngestOutcome:
+        """Check one reassembled update (the coordinator's journal replays these).
+
+        Runs every check after reassembly, as if ``payload`` had arrived on
+        ``device_id``'s update topic.
+        """
+        self._open_round(window.round)
+        if len(payload) > self._max_update_bytes:
+            detail = f"update of {len(payload)} bytes exceeds {self._max_update_bytes}"
+            return Rejected(RejectReason.OVERSIZE, detail, device_id)
+        return self._check_payload(device_id, payload, window)
+
+    def _open_round(self, round_number: int) -> None:
+        if round_number != self._round:
+            if self._round is not None and round_number == self._round + 1:
+                self._accepted_last_round = self._accepted_this_round
+            else:
+                self._accepted_last_round = {}
+            self._accepted_this_round = {}
+            self._round = round_number
 
     def _check_payload(
         self, topic_device: str, payload: bytes, window: RoundWindow
@@ -231,16 +276,22 @@ class Ingest:
             bad = int(np.count_nonzero(~np.isfinite(update)))
             detail = f"{bad} non-finite values"
             return Rejected(RejectReason.NON_FINITE, detail, device, attributable=True)
-        self._accepted_this_round.add(device)
+        self._accepted_this_round[device] = header.nonce
         return Accepted(
             device_id=device,
             header=header,
             update=update,
             wire_bytes=len(payload),
             body_bytes=len(envelope.body),
+            payload=payload,
         )
 
-    def _check_fresh(self, device: str, header: Header) -> Rejected | None:
+    def _check_fresh(self, device: str, header: Header) -> Rejected | Redelivered | None:
+        if header.nonce in (
+            self._accepted_this_round.get(device),
+            self._accepted_last_round.get(device),
+        ):
+            return Redelivered(device, header.round)
         if header.nonce in self._seen_nonces:
             return Rejected(RejectReason.REPLAY, "nonce already seen", device)
         last = self._last_counter.get(device, -1)

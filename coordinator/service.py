@@ -2,25 +2,37 @@
 
 One round (DESIGN.md "Data flow")::
 
-    sample cohort -> publish signed model (retained) -> ingest updates until every sampled
-    device answered or the deadline -> anomaly scores -> reputation -> robust aggregation
-    weighted by reputation -> model step -> state saved atomically -> audit record ->
-    round summary and alerts -> next round's model
+    sample cohort -> publish signed model (retained) -> ingest updates (each accepted one
+    journaled) until every device asked has answered or cannot (offline, busy), or the
+    deadline -> anomaly scores -> reputation -> robust aggregation weighted by reputation
+    -> model step -> state saved atomically -> audit record + signed checkpoint -> round
+    summary (with the signed audit head) and alerts -> pause -> next round's model
 
-Messages arrive on paho's network thread and are only queued there; all the work happens
-on the thread that calls :meth:`Coordinator.run`.
+Messages arrive on the MQTT client's network thread and are only queued there (updates and
+device statuses in separate queues); all the work happens on the thread that calls
+:meth:`Coordinator.run`.
+
+Keeping rounds moving (issue 8):
+
+* A round closes as soon as every device asked has answered, been rejected for something
+  only it could have done, or is known not to answer: its retained status says
+  ``offline`` (its last will) or ``busy`` for this round (:mod:`coordinator.liveness`).
+  ``round_timeout_s`` stays the upper bound; ``round_interval_s`` separates rounds.
+* Every accepted update is journaled before it counts (:mod:`coordinator.journal`): a
+  coordinator killed mid-round re-opens the same round at restart and re-ingests them.
+* The coordinator keeps a persistent broker session, so updates sent while it is briefly
+  away are queued by the broker; if the broker lost the session (a broker restart), the
+  coordinator republishes the round's model, which makes agents re-send their update.
+  Copies of accepted updates are recognised by ingest (``Redelivered``) and ignored.
 
 Aggregation: when ``byzantine_defense`` breaks down for a round's number of updates
 (:class:`~coordinator.aggregation.BreakdownError`), ``fallback_defense`` aggregates that
-round and the round summary names it in ``fallback``. ``clipping-vr`` receives the
-devices' ids (for ``reference = "per-device"``). Rules that stream (``mean``,
+round and the round summary names it in ``fallback``. Rules that stream (``mean``,
 ``norm-clipping``, ``clipping-vr``; :func:`~coordinator.aggregation.supports_streaming`)
 take the accepted updates one at a time when anomaly detection is off, so no ``(n, d)``
 matrix is stacked; anomaly scoring needs the matrix, so with it on every rule runs in
 batch. A rule that cannot stream a particular round (an automatic radius not yet known,
 :class:`~coordinator.aggregation.StreamingUnavailableError`) runs that round in batch.
-The accepted updates themselves are held until the round closes in either case, because
-reputations (the weights) are settled only then.
 """
 
 from __future__ import annotations
@@ -45,15 +57,21 @@ from coordinator.aggregation import (
     supports_streaming,
 )
 from coordinator.aggregation.base import Aggregator, StreamingAggregator
-from coordinator.audit import AuditLog
+from coordinator.audit import AuditLog, RecordBudget
 from coordinator.config import CoordinatorConfig, rule_parameters
 from coordinator.devices import DeviceRegistry
-from coordinator.ingest import Accepted, Ingest, Rejected, RoundWindow
+from coordinator.ingest import Accepted, Ingest, IngestOutcome, Redelivered, Rejected, RoundWindow
+from coordinator.journal import RoundJournal
+from coordinator.liveness import FleetLiveness
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.reputation import ReputationBook
+from coordinator.requests import take_reputation_resets
 from coordinator.round_engine import RoundSettings, ServerStepResult, server_step
 from coordinator.state import CoordinatorState, StateStore
 from daemon import systemd
-from daemon.mqtt import MqttClient, Will
+from daemon.logging import RateLimitedLog
+from daemon.mqtt import ConnectInfo, MqttClient, Will
+from daemon.rotating import RotatingJsonl
 from models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
 from models.datasets import DigitsSplit, load_digits_split
 from protocol import topics
@@ -64,11 +82,18 @@ __all__ = ["Coordinator", "RoundSummary"]
 
 _LOGGER = logging.getLogger(__name__)
 _INBOX_LIMIT = 20_000
+_STATUS_INBOX_LIMIT = 100_000
 
 
 @dataclass(slots=True)
 class RoundSummary:
-    """The JSON document published on ``byzedge/{fleet}/coordinator/status`` per round."""
+    """The JSON document published (retained) on ``byzedge/{fleet}/coordinator/status``.
+
+    Beyond the round's figures it carries ``audit_head``, the audit log's head signed by
+    the coordinator after this round (:class:`coordinator.audit.SignedHead`), so that
+    anyone holding the coordinator's public key can later check the log was not cut or
+    rewritten (``byzedge audit verify --head``).
+    """
 
     round: int
     model_version: int
@@ -87,6 +112,13 @@ class RoundSummary:
     fallback: str | None = None
     clip_threshold: float | None = None
     accepted_devices: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    flag_reasons: dict[str, str] = field(default_factory=dict)
+    last_rejections: dict[str, str] = field(default_factory=dict)
+    unavailable: list[str] = field(default_factory=list)
+    redelivered: int = 0
+    closed_by: str = "timeout"
+    audit_head: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """Serialise as one line of JSON."""
@@ -103,6 +135,10 @@ class _Intake:
     accepted: dict[str, Accepted] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
     misbehaving: set[str] = field(default_factory=set)
+    last_rejections: dict[str, str] = field(default_factory=dict)
+    redelivered: int = 0
+    unavailable: set[str] = field(default_factory=set)
+    closed_by: str = "timeout"
 
 
 class Coordinator:
@@ -113,7 +149,7 @@ class Coordinator:
     config:
         The validated configuration.
     signing_key:
-        Key that signs global models (loaded from a file by the caller).
+        Key that signs global models and audit checkpoints (loaded from a file).
     devices:
         Enrolled devices.
     on_round:
@@ -140,9 +176,11 @@ class Coordinator:
         self._devices = devices
         self._on_round = on_round
         self._spec = get_model_spec(config.model)
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=_INBOX_LIMIT)
+        self._updates: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=_INBOX_LIMIT)
+        self._statuses: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=_STATUS_INBOX_LIMIT)
         self.dropped_messages = 0
         self._store = StateStore(config.state_dir)
+        self._journal = RoundJournal(config.state_dir / "round.journal")
         self._ingest = Ingest(
             config.fleet,
             devices,
@@ -150,6 +188,7 @@ class Coordinator:
             max_update_bytes=config.max_update_bytes,
             update_ttl_s=config.update_ttl_s,
         )
+        self._liveness = FleetLiveness(config.fleet)
         self._reputation = ReputationBook(decay=config.reputation_decay)
         self._aggregator = self._build_rule(config.byzantine_defense)
         self._fallback = self._build_rule(config.fallback_defense)
@@ -157,18 +196,35 @@ class Coordinator:
         if validation is None and config.validation == "digits":
             validation = load_digits_split()
         self._validation = validation
-        # Opened in run(), which also closes it, so a coordinator never run holds no file.
+        self.metrics = CoordinatorMetrics(config.fleet, defense=config.byzantine_defense)
+        self._rejection_log = RateLimitedLog(
+            _LOGGER, what="rejections", burst=config.logs.rejections_per_minute
+        )
+        self._audit_budget = RecordBudget(
+            per_key=config.logs.audited_rejections_per_round, overflow_key=("*", "*")
+        )
+        # Opened in run(), which also closes them, so a coordinator never run holds no file.
         self._audit: AuditLog | None = None
+        self._rounds_log: RotatingJsonl | None = None
+        self._resume_journal = True
+        self._last_manifest: bytes | None = None
+        self._session_lost = threading.Event()
         self.state = self._load_or_init_state()
         self._client = MqttClient(
             config.mqtt,
             f"{config.fleet}-{config.name}",
             on_message=self._enqueue,
-            subscriptions=[(topics.update_wildcard(config.fleet), 1)],
+            subscriptions=[
+                (topics.update_wildcard(config.fleet), 1),
+                (topics.device_status_wildcard(config.fleet), 1),
+            ],
             will=Will(
                 topics.coordinator_status_topic(config.fleet),
                 json.dumps({"state": "offline"}).encode(),
             ),
+            on_connect=self._on_connect,
+            # The broker queues updates for us while we are away (a reconnect, a restart).
+            persistent_session=True,
         )
 
     # -- set-up ------------------------------------------------------------------------
@@ -227,13 +283,14 @@ class Coordinator:
         """
         stop = stop or threading.Event()
         cfg = self.config
-        if cfg.audit_logging:
-            self._audit = AuditLog(cfg.state_dir / "audit.jsonl")
+        self._open_logs()
+        self._serve_metrics()
         self._audit_event("coordinator-start", completed_round=self.state.completed_round)
+        self._checkpoint()
         self._client.start(wait_s=None)
         while not self._client.connected.wait(0.2):
             if stop.is_set():
-                self._client.stop(flush_s=0)
+                self._shutdown()
                 return 0
         systemd.notify_ready(f"round {self.state.completed_round + 1}")
         try:
@@ -244,18 +301,65 @@ class Coordinator:
                 if reload is not None and reload.is_set():
                     reload.clear()
                     self.reload_enrolment()
+                self._apply_operator_requests()
                 summary = self._run_round(self.state.completed_round + 1, stop)
                 if summary is None:
                     break
                 if self._on_round is not None:
                     self._on_round(summary)
+                if not (cfg.rounds and self.state.completed_round >= cfg.rounds):
+                    self._pause(cfg.round_interval_s, stop)
         finally:
-            systemd.notify_stopping()
-            self._audit_event("coordinator-stop", completed_round=self.state.completed_round)
-            if self._audit is not None:
-                self._audit.close()
-            self._client.stop()
+            self._shutdown()
         return 0
+
+    def _open_logs(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.audit_logging:
+            self._audit = AuditLog(
+                cfg.state_dir / "audit.jsonl",
+                signing_key=self._key,
+                max_bytes=cfg.logs.audit_max_bytes,
+                keep=cfg.logs.audit_keep,
+            )
+        self._rounds_log = RotatingJsonl(
+            cfg.state_dir / "rounds.jsonl",
+            max_bytes=cfg.logs.rounds_max_bytes,
+            keep=cfg.logs.rounds_keep,
+        )
+
+    def _serve_metrics(self) -> None:
+        settings = self.config.metrics
+        if not settings.enabled:
+            return
+        try:
+            port = self.metrics.serve(settings.host, settings.port)
+        except OSError as exc:  # a busy port must not stop training; say so loudly
+            _LOGGER.error(
+                "fleet %s: metrics endpoint %s:%d not started: %s",
+                self.config.fleet,
+                settings.host,
+                settings.port,
+                exc,
+            )
+            return
+        _LOGGER.info(
+            "fleet %s: metrics on http://%s:%d/metrics", self.config.fleet, settings.host, port
+        )
+
+    def _shutdown(self) -> None:
+        systemd.notify_stopping()
+        self._audit_event("coordinator-stop", completed_round=self.state.completed_round)
+        self._checkpoint()
+        if self._audit is not None:
+            self._audit.close()
+        if self._rounds_log is not None:
+            self._rounds_log.close()
+        self._journal.close()
+        self._rejection_log.flush(force=True)
+        self._client.stop()
+        self.metrics.close()
 
     def reload_enrolment(self) -> tuple[list[str], list[str]]:
         """Read ``devices_dir`` again; return the device ids added and removed.
@@ -286,11 +390,57 @@ class Coordinator:
         self._audit_event("enrolment-reloaded", devices=len(after), added=added, removed=removed)
         return added, removed
 
+    def _apply_operator_requests(self) -> None:
+        for device in take_reputation_resets(self.config.state_dir):
+            before = self._reputation.weight(device)
+            self._reputation.reset(device)
+            self.state.reputation = self._reputation.state_dict()
+            _LOGGER.info(
+                "fleet %s: reputation of %s reset (was %.3f) by the operator",
+                self.config.fleet,
+                device,
+                before,
+            )
+            self._audit_event("reputation-reset", device=device, previous=round(before, 6))
+
+    # -- messages (network thread) -------------------------------------------------------
+
     def _enqueue(self, topic: str, payload: bytes) -> None:
+        if not payload:  # a reachability probe (check-config --online)
+            return
+        inbox = self._statuses if "/status/" in topic else self._updates
         try:
-            self._inbox.put_nowait((topic, payload))
+            inbox.put_nowait((topic, payload))
         except queue.Full:
             self.dropped_messages += 1
+            self.metrics.message_dropped()
+
+    def _on_connect(self, info: ConnectInfo) -> None:
+        if info.count > 1 and not info.session_present:
+            # The broker lost our session (restarted without it): updates sent while we
+            # were away are gone, so the round's model goes out again and agents re-send.
+            self._session_lost.set()
+
+    def _drain_statuses(self) -> None:
+        while True:
+            try:
+                topic, payload = self._statuses.get_nowait()
+            except queue.Empty:
+                return
+            self._liveness.apply(topic, payload)
+
+    def _pause(self, seconds: float, stop: threading.Event) -> None:
+        """Wait between rounds, still following device statuses and the watchdog."""
+        end = time.monotonic() + seconds
+        while not stop.is_set():
+            self._drain_statuses()
+            systemd.notify_watchdog()
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            stop.wait(min(remaining, 0.25))
+
+    # -- one round -----------------------------------------------------------------------
 
     def _sample_cohort(self, round_number: int) -> frozenset[str] | None:
         cfg = self.config
@@ -330,60 +480,117 @@ class Coordinator:
             final=final,
             ttl_s=self.config.model_ttl_s,
         )
-        payload = envelope.to_bytes()
+        self._last_manifest = envelope.to_bytes()
+        self._send_manifest()
+
+    def _send_manifest(self) -> None:
+        payload = self._last_manifest
+        if payload is None:
+            return
         retain = len(payload) <= self.config.mqtt.max_message_bytes
         self._client.publish(topics.model_topic(self.config.fleet), payload, retain=retain)
 
     def _run_round(self, round_number: int, stop: threading.Event) -> RoundSummary | None:
         cfg = self.config
-        started = time.monotonic()
         cohort = self._sample_cohort(round_number)
         expected = set(cohort) if cohort is not None else set(self._devices)
         deadline = time.time() + cfg.round_timeout_s
         window = RoundWindow(round_number, self.state.model_version, self._spec.dim, cohort)
+        intake = _Intake(round_number, cohort, time.monotonic())
+        self._replay_journal(window, intake)
         self._publish_model(cohort=cohort, deadline_ms=int(deadline * 1000))
         systemd.notify_status(f"round {round_number}: collecting")
-        intake = _Intake(round_number, cohort, started)
-        while not (expected <= intake.accepted.keys() | intake.misbehaving):
+        while True:
+            self._drain_statuses()
+            intake.unavailable = self._liveness.unavailable(round_number) & expected
+            answered = intake.accepted.keys() | intake.misbehaving
+            if intake.accepted and expected <= answered | intake.unavailable:
+                intake.closed_by = "all-answered" if expected <= answered else "all-available"
+                break
             if stop.is_set():
                 return None
             remaining = deadline - time.time()
             if remaining <= 0:
                 break
             systemd.notify_watchdog()
+            if self._session_lost.is_set():
+                self._session_lost.clear()
+                _LOGGER.info("round %d: broker lost our session; model sent again", round_number)
+                self._send_manifest()
             try:
-                topic, frame = self._inbox.get(timeout=min(remaining, 0.25))
+                topic, frame = self._updates.get(timeout=min(remaining, 0.25))
             except queue.Empty:
                 continue
-            outcome = self._ingest.submit(topic, frame, window)
-            if isinstance(outcome, Accepted):
-                intake.accepted[outcome.device_id] = outcome
-            elif isinstance(outcome, Rejected):
-                intake.rejected[outcome.reason.value] += 1
-                self._on_rejected(round_number, outcome)
-                if outcome.attributable and outcome.device_id is not None:
-                    intake.misbehaving.add(outcome.device_id)
+            self._take(self._ingest.submit(topic, frame, window), intake)
         return self._finish_round(intake)
 
+    def _replay_journal(self, window: RoundWindow, intake: _Intake) -> None:
+        """Open the round's journal; after a restart, re-ingest what it holds."""
+        if not self._resume_journal:
+            self._journal.open_round(window.round, window.model_version)
+            return
+        self._resume_journal = False
+        entries = self._journal.resume_round(window.round, window.model_version)
+        for entry in entries:
+            outcome = self._ingest.submit_payload(entry.device_id, entry.payload, window)
+            self._take(outcome, intake, journaled=True)
+        if entries:
+            _LOGGER.info(
+                "round %d: %d update(s) recovered from the journal, %d accepted",
+                window.round,
+                len(entries),
+                len(intake.accepted),
+            )
+            self._audit_event(
+                "journal-recovered",
+                round=window.round,
+                entries=len(entries),
+                accepted=sorted(intake.accepted),
+            )
+
+    def _take(
+        self, outcome: IngestOutcome | None, intake: _Intake, *, journaled: bool = False
+    ) -> None:
+        if isinstance(outcome, Accepted):
+            if not journaled:
+                self._journal.append(outcome.device_id, outcome.payload)
+            intake.accepted[outcome.device_id] = outcome
+            self.metrics.update_accepted(outcome.wire_bytes)
+        elif isinstance(outcome, Redelivered):
+            intake.redelivered += 1
+            _LOGGER.debug("round %d: copy of %s's update ignored", intake.round, outcome.device_id)
+        elif isinstance(outcome, Rejected):
+            intake.rejected[outcome.reason.value] += 1
+            if outcome.device_id is not None:
+                intake.last_rejections[outcome.device_id] = outcome.reason.value
+            self._on_rejected(intake.round, outcome)
+            if outcome.attributable and outcome.device_id is not None:
+                intake.misbehaving.add(outcome.device_id)
+
     def _on_rejected(self, round_number: int, outcome: Rejected) -> None:
-        _LOGGER.warning(
+        reason = outcome.reason.value
+        device = outcome.device_id or "-"
+        self._rejection_log.log(
+            (device, reason),
             "round %d: rejected update from %s: %s (%s)",
             round_number,
-            outcome.device_id,
-            outcome.reason.value,
+            device,
+            reason,
             outcome.detail,
         )
         total = self.state.rejected_total
-        total[outcome.reason.value] = total.get(outcome.reason.value, 0) + 1
-        self._audit_event(
-            "update-rejected",
-            round=round_number,
-            device=outcome.device_id,
-            reason=outcome.reason.value,
-            detail=outcome.detail,
-        )
-        if outcome.attributable and self.config.suspicious_device_alerts:
-            self._alert(round_number, outcome.device_id, outcome.reason.value, None)
+        total[reason] = total.get(reason, 0) + 1
+        self.metrics.update_rejected(reason)
+        if self._audit_budget.admit((device, reason)):
+            self._audit_event(
+                "update-rejected",
+                round=round_number,
+                device=outcome.device_id,
+                reason=reason,
+                detail=outcome.detail,
+            )
+            if outcome.attributable and self.config.suspicious_device_alerts:
+                self._alert(round_number, outcome.device_id, reason, None)
 
     def _finish_round(self, intake: _Intake) -> RoundSummary:
         cfg = self.config
@@ -391,6 +598,7 @@ class Coordinator:
         accepted = intake.accepted
         device_ids = sorted(accepted)
         rows = [accepted[d].update for d in device_ids]
+        started = time.perf_counter()
         streamed = self._try_streaming(rows, device_ids, intake.misbehaving)
         if streamed is not None:
             step = streamed
@@ -406,6 +614,7 @@ class Coordinator:
                 misbehaving=intake.misbehaving,
             )
         if not step.skipped:
+            self.metrics.aggregation_time(time.perf_counter() - started)
             state.params = step.params
             state.model_version += 1
         state.completed_round = intake.round
@@ -414,6 +623,9 @@ class Coordinator:
         if hasattr(self._aggregator, "state_dict"):
             state.aggregator = self._aggregator.state_dict()
         self._store.save(state)
+        # Saved: the round's updates are in the model now, the journal has done its job.
+        self._journal.clear()
+        scores, reasons = _flag_details(step)
         summary = RoundSummary(
             round=intake.round,
             model_version=state.model_version,
@@ -434,6 +646,12 @@ class Coordinator:
             fallback=step.fallback,
             clip_threshold=getattr(self._aggregator, "last_clip_threshold", None),
             accepted_devices=device_ids,
+            scores=scores,
+            flag_reasons=reasons,
+            last_rejections=dict(sorted(intake.last_rejections.items())),
+            unavailable=sorted(intake.unavailable),
+            redelivered=intake.redelivered,
+            closed_by=intake.closed_by,
         )
         self._report(summary)
         return summary
@@ -482,28 +700,64 @@ class Coordinator:
         classifier = OnnxClassifier(export_onnx(self._spec, params))
         return round(classifier.accuracy(self._validation.test_x, self._validation.test_y), 4)
 
+    # -- reporting -----------------------------------------------------------------------
+
     def _report(self, summary: RoundSummary) -> None:
         fleet = self.config.fleet
         _LOGGER.info(
-            "fleet %s round %d: accepted %d, rejected %s, flagged %s, accuracy %s",
+            "fleet %s round %d: accepted %d, rejected %s, flagged %s, accuracy %s (%s)",
             fleet,
             summary.round,
             summary.accepted,
             summary.rejected,
             summary.flagged,
             summary.validation_accuracy,
+            summary.closed_by,
         )
-        self._audit_event("round-completed", **json.loads(summary.to_json()))
-        if self._audit is not None:
-            self._audit.sync()
-        with (self.config.state_dir / "rounds.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(summary.to_json() + "\n")
+        summarised = self._audit_budget.drain()
+        if summarised:
+            counts = [
+                {"device": key[0], "reason": key[1], "count": count}
+                for key, count in sorted(
+                    (cast(tuple[str, str], k), v) for k, v in summarised.items()
+                )
+            ]
+            self._audit_event("rejections-summarised", round=summary.round, counts=counts)
+        document = asdict(summary)
+        document.pop("audit_head")
+        self._audit_event("round-completed", **document)
+        head = self._checkpoint(summary.round)
+        if head is not None:
+            summary.audit_head = head
+        if self._rounds_log is not None:
+            self._rounds_log.append_line(summary.to_json())
+        self._rejection_log.flush()
+        self.metrics.round_completed(
+            round_number=summary.round,
+            duration_s=summary.duration_s,
+            accepted=summary.accepted,
+            cohort_size=summary.cohort_size,
+            skipped=summary.skipped,
+            fallback=summary.fallback,
+            validation_accuracy=summary.validation_accuracy,
+        )
+        self.metrics.set_reputations(self._reputation.snapshot())
+        for device in summary.flagged:
+            self.metrics.device_flagged(device)
         self._client.publish(
             topics.coordinator_status_topic(fleet), summary.to_json().encode(), retain=True
         )
         if self.config.suspicious_device_alerts:
             for device in summary.flagged:
-                self._alert(summary.round, device, "anomalous-update", None)
+                reason = summary.flag_reasons.get(device, "anomalous-update")
+                self._alert(summary.round, device, reason, summary.scores.get(device))
+
+    def _checkpoint(self, round_number: int | None = None) -> dict[str, Any] | None:
+        """Sign the audit log's head (fsyncs the log); return it for the summary."""
+        if self._audit is None:
+            return None
+        number = self.state.completed_round if round_number is None else round_number
+        return self._audit.checkpoint(number).to_dict()
 
     def _alert(
         self, round_number: int, device: str | None, reason: str, score: float | None
@@ -516,3 +770,17 @@ class Coordinator:
     def _audit_event(self, event: str, **data: Any) -> None:
         if self._audit is not None:
             self._audit.append(event, **data)
+
+
+def _flag_details(step: ServerStepResult) -> tuple[dict[str, float], dict[str, str]]:
+    """Each flagged device's anomaly score and the reason it was flagged."""
+    if step.scores is None:
+        return {}, {}
+    index = {device: i for i, device in enumerate(step.device_ids)}
+    scores = {d: round(float(step.scores.score[index[d]]), 3) for d in step.flagged}
+    reasons = {}
+    for device in step.flagged:
+        i = index[device]
+        norm_z, distance_z = float(step.scores.norm_z[i]), float(step.scores.distance_z[i])
+        reasons[device] = "anomalous-norm" if norm_z >= distance_z else "anomalous-direction"
+    return scores, reasons

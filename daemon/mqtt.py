@@ -1,44 +1,127 @@
-"""One MQTT client for both daemons: paho-mqtt 2.x behind a small, thread-safe wrapper.
+"""One MQTT client for every byzedge process: paho-mqtt 2.x driven by one network thread.
 
-What it adds to paho, and why (see reference/mqtt-and-edge.md section 3.2):
+Why a wrapper, and why this shape (measured facts: reference/mqtt-client.md):
 
-* our own network loop with capped exponential backoff and full jitter, so a fleet that
-  lost its broker does not reconnect in lock-step (paho's own backoff has no jitter);
-* subscriptions renewed on every CONNACK, since a clean session forgets them;
-* ``TCP_NODELAY`` on the socket (paho never sets it: about 40 ms per hop otherwise);
-* the message size limit enforced here, by chunking (paho ignores the broker's maximum
-  packet size and would resend an oversize message forever);
-* received messages handed to the caller's callback without any work in paho's thread
-  beyond a copy, so a slow consumer never starves the keep-alive.
+* **One thread owns the socket.** paho writes to the socket from whichever thread calls
+  ``publish()`` unless its own loop thread runs; two threads in ``SSL_write`` on one TLS
+  connection break it (``bad length``, ``bad record mac``, a drop every few seconds under
+  mutual TLS). Here every paho call (connect, publish, subscribe, read, write, keep-alive)
+  happens on the client's network thread; other threads only append to a queue and wake
+  that thread through a socket pair. Nothing of paho is shared across threads.
+* **MQTT v5 where the broker speaks it.** With v5 the broker's PUBACK carries a reason code,
+  so a publish the ACL refuses comes back as ``Not authorized`` on the :class:`Delivery`
+  (MQTT 3.1.1 brokers acknowledge a denied publish like any other). ``protocol = "auto"``
+  tries v5 and falls back to 3.1.1 only when the broker answers the CONNECT with
+  "unsupported protocol version" (the embedded amqtt broker does).
+* Capped exponential backoff with full jitter between connection attempts, so a fleet that
+  lost its broker does not come back in lock-step (paho's own backoff has no jitter and
+  only runs in its loop thread).
+* Subscriptions renewed on every CONNACK; refusals (SUBACK failure codes) are recorded.
+* Persistent sessions on request (the coordinator's): v5 ``clean_start = False`` with a
+  session expiry, 3.1.1 ``clean_session = False``; the broker then queues QoS 1 messages
+  while this client is away.
+* ``TCP_NODELAY`` on the socket (paho never sets it: about 40 ms per hop otherwise).
+* The message size limit enforced here, by chunking (paho ignores the broker's maximum
+  packet size and would resend an oversize message forever).
+* Errors of paho, ``ssl`` and the socket layer become :class:`MqttError` subclasses at this
+  boundary: raised for a caller's mistake or a bad configuration, recorded on the
+  :class:`Delivery` (or in :attr:`MqttClient.last_error`) for what the network does.
 
-Only MQTT 3.1.1 features are used, so the embedded amqtt broker works as well as Mosquitto.
+Received messages are handed to the caller's callback on the network thread, which must
+only enqueue them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import select
 import socket
 import ssl
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from daemon.backoff import exponential_backoff
 from protocol.chunking import DEFAULT_MAX_MESSAGE_BYTES, split_payload
 
-__all__ = ["MqttClient", "MqttSettings", "TlsSettings", "Will", "parse_broker_url"]
+__all__ = [
+    "ConnectInfo",
+    "Delivery",
+    "MqttClient",
+    "MqttClosedError",
+    "MqttConfigError",
+    "MqttError",
+    "MqttPayloadError",
+    "MqttQueueFullError",
+    "MqttRefusedError",
+    "MqttSettings",
+    "MqttTimeoutError",
+    "TlsSettings",
+    "Will",
+    "parse_broker_url",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
+ProtocolChoice = Literal["auto", "5", "3.1.1"]
+
+# How long the network thread sleeps in select() when nothing happens; keep-alive pings
+# and reconnect deadlines are checked at least this often.
+_IDLE_WAIT_S = 0.5
+# A broker that neither answers nor closes a CONNECT (amqtt given an MQTT 5 CONNECT with a
+# will) gets this long before the attempt counts as failed.
+_CONNACK_TIMEOUT_S = 5.0
+# CONNACK reason of a broker that does not speak the requested protocol: 0x84 in MQTT 5,
+# return code 1 in 3.1.1 (which paho reports under the same name).
+_UNSUPPORTED_PROTOCOL = "Unsupported protocol version"
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class MqttError(Exception):
+    """Base of every error this client raises or records."""
+
+
+class MqttConfigError(MqttError):
+    """The settings point at files that cannot be used (TLS certificate, key, password)."""
+
+
+class MqttTimeoutError(MqttError, TimeoutError):
+    """No connection came up within the time asked for."""
+
+
+class MqttPayloadError(MqttError, ValueError):
+    """A payload cannot be sent as asked (a retained payload over the size limit)."""
+
+
+class MqttQueueFullError(MqttError):
+    """More messages are waiting than ``max_queued_messages`` allows."""
+
+
+class MqttClosedError(MqttError):
+    """The client was stopped; nothing more is sent."""
+
+
+class MqttRefusedError(MqttError):
+    """The broker refused a message (an MQTT 5 reason code such as ``Not authorized``)."""
+
+
+# -- settings ----------------------------------------------------------------------------
 
 
 class TlsSettings(BaseModel):
@@ -60,6 +143,14 @@ class MqttSettings(BaseModel):
         "mqtt://127.0.0.1:1883",
         description="Broker URL, mqtt://host:port or mqtts://host:port.",
     )
+    protocol: ProtocolChoice = Field(
+        "auto",
+        description=(
+            "MQTT version: 'auto' speaks MQTT 5 and falls back to 3.1.1 when the broker "
+            "answers that it does not speak 5 (refused publishes are reported only by "
+            "MQTT 5 brokers); '5' or '3.1.1' to force one."
+        ),
+    )
     keepalive_s: int = Field(60, ge=5, le=3600, description="MQTT keep-alive interval.")
     username: str | None = Field(None, description="Broker user name, if the broker wants one.")
     password_file: Path | None = Field(
@@ -75,6 +166,15 @@ class MqttSettings(BaseModel):
     reconnect_max_s: float = Field(30.0, gt=0, description="Largest reconnect delay ceiling.")
     max_queued_messages: int = Field(
         1000, ge=1, description="Outgoing messages buffered while disconnected."
+    )
+    session_expiry_s: int = Field(
+        3600,
+        ge=0,
+        description=(
+            "How long the broker keeps a persistent session (the coordinator's) after a "
+            "disconnect, queueing its QoS 1 messages (MQTT 5; 3.1.1 brokers keep it until "
+            "their own expiry)."
+        ),
     )
 
     @field_validator("url")
@@ -110,8 +210,107 @@ class Will:
     retain: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectInfo:
+    """What a successful CONNACK said, handed to the ``on_connect`` hook.
+
+    Attributes
+    ----------
+    protocol:
+        ``"5"`` or ``"3.1.1"``.
+    session_present:
+        Whether the broker resumed a persistent session (its queued messages follow).
+    count:
+        Successful connections so far, this one included.
+    """
+
+    protocol: str
+    session_present: bool
+    count: int
+
+
+# -- deliveries --------------------------------------------------------------------------
+
+
+class Delivery:
+    """The outcome of one :meth:`MqttClient.publish` (every chunk of it).
+
+    A QoS 1 delivery is done when the broker has acknowledged every chunk; a QoS 0 one
+    when every chunk was handed to the socket. :attr:`refused` holds the broker's reason
+    when it refused a chunk (MQTT 5 only), :attr:`error` a local failure.
+    """
+
+    def __init__(self, topic: str, messages: int) -> None:
+        self.topic = topic
+        self.messages = messages
+        self._outstanding = messages
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self.refused: str | None = None
+        self.error: MqttError | None = None
+        if messages == 0:
+            self._done.set()
+
+    @classmethod
+    def failed(cls, topic: str, error: MqttError) -> Delivery:
+        """A delivery that failed before anything was queued."""
+        delivery = cls(topic, 0)
+        delivery.error = error
+        return delivery
+
+    @property
+    def done(self) -> bool:
+        """Whether every chunk has an outcome."""
+        return self._done.is_set()
+
+    @property
+    def ok(self) -> bool:
+        """Done, and neither refused by the broker nor failed locally."""
+        return self.done and self.refused is None and self.error is None
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until done (or ``timeout_s``); return :attr:`done`."""
+        return self._done.wait(timeout_s)
+
+    def _resolve(self, refused: str | None = None, error: MqttError | None = None) -> None:
+        with self._lock:
+            if refused is not None and self.refused is None:
+                self.refused = refused
+            if error is not None and self.error is None:
+                self.error = error
+            self._outstanding -= 1
+            if self._outstanding <= 0:
+                self._done.set()
+
+    def _fail_rest(self, error: MqttError) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            self._outstanding = 0
+            self._done.set()
+
+    def __repr__(self) -> str:
+        state = "refused" if self.refused else "failed" if self.error else "done"
+        shown = state if self.done else "pending"
+        return f"Delivery({self.topic!r}, {self.messages} message(s), {shown})"
+
+
+@dataclass(slots=True)
+class _Frame:
+    """One MQTT message waiting for the network thread."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    delivery: Delivery
+
+
+# -- the client --------------------------------------------------------------------------
+
+
 class MqttClient:
-    """A reconnecting, chunking MQTT 3.1.1 client.
+    """A reconnecting, chunking MQTT client whose socket only its network thread touches.
 
     Parameters
     ----------
@@ -125,11 +324,20 @@ class MqttClient:
     subscriptions:
         ``(topic filter, qos)`` pairs, renewed after every reconnect.
     will:
-        Optional last will, set before the first connect.
+        Optional last will.
     on_connect:
-        Optional hook called after each successful (re)connect, e.g. to republish status.
+        Optional hook called on the network thread after each successful (re)connect with
+        a :class:`ConnectInfo`; it may call :meth:`publish` (queued, sent right after).
+    persistent_session:
+        Ask the broker to keep this client's session (subscriptions and queued QoS 1
+        messages) across disconnects.
     seed:
         Seeds the reconnect jitter (tests); ``None`` uses the system's entropy.
+
+    Raises
+    ------
+    MqttConfigError
+        When the TLS files or the password file cannot be read.
     """
 
     def __init__(
@@ -140,7 +348,8 @@ class MqttClient:
         on_message: MessageHandler,
         subscriptions: Sequence[tuple[str, int]] = (),
         will: Will | None = None,
-        on_connect: Callable[[], None] | None = None,
+        on_connect: Callable[[ConnectInfo], None] | None = None,
+        persistent_session: bool = False,
         seed: int | None = None,
     ) -> None:
         self.settings = settings
@@ -148,39 +357,43 @@ class MqttClient:
         self._host, self._port, use_tls = parse_broker_url(settings.url)
         self._on_message = on_message
         self._subscriptions = list(subscriptions)
+        self._will = will
         self._on_connect_hook = on_connect
+        self._persistent = persistent_session
         self._rng = random.Random(seed)
-        self._stop = threading.Event()
-        self.connected = threading.Event()
-        self._thread: threading.Thread | None = None
         self._delays: Iterator[float] = self._new_backoff()
-        self.connect_count = 0
-        # QoS 1 message ids not yet acknowledged by the broker, so stop() can flush them.
-        self._unacked: set[int] = set()
-        self._acked_early: set[int] = set()
-        self._ack_lock = threading.Lock()
+        self._password = _read_password(settings.password_file)
+        self._tls_context = _tls_context(settings.tls) if use_tls or settings.tls else None
 
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv311,
-            clean_session=True,
-        )
-        client.max_queued_messages_set(settings.max_queued_messages)
-        if settings.username is not None:
-            password = (
-                settings.password_file.read_text().strip() if settings.password_file else None
-            )
-            client.username_pw_set(settings.username, password)
-        if use_tls or settings.tls is not None:
-            client.tls_set_context(_tls_context(settings.tls))
-        if will is not None:
-            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        client.on_connect = self._handle_connect
-        client.on_disconnect = self._handle_disconnect
-        client.on_message = self._handle_message
-        client.on_publish = self._handle_publish
-        self._client = client
+        self.connected = threading.Event()
+        # Set once the broker has answered every SUBSCRIBE of the current connection.
+        self.subscribed = threading.Event()
+        self.connect_count = 0
+        self.protocol: str | None = None  # negotiated: "5" or "3.1.1"
+        self.last_error: str | None = None  # why the last connection attempt or link failed
+        self.subscription_refusals: dict[str, str] = {}
+
+        # Shared between threads: the outgoing queue (under _lock) and the wake-up pair.
+        self._lock = threading.Lock()
+        self._outgoing: deque[_Frame] = deque()
+        # Created by start(), so a client that is never started holds no file descriptor.
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_deadline: float | None = None
+        self._killed = False
+        self._closed = False
+
+        # Owned by the network thread alone from start() on.
+        self._paho: paho.Client | None = None
+        self._paho_protocol = 3 if settings.protocol == "3.1.1" else 5
+        self._paho_has_connected = False
+        self._protocol_refused = False
+        self._opened_at = 0.0
+        self._socket_open = False
+        self._in_flight: dict[int, _Frame] = {}
+        self._early_acks: dict[int, Any] = {}
+        self._subscribe_mids: dict[int, list[str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -189,109 +402,425 @@ class MqttClient:
 
         Raises
         ------
-        TimeoutError
-            If ``wait_s`` is given and no connection came up in time. The thread keeps
-            retrying in the background either way.
+        MqttTimeoutError
+            If ``wait_s`` is given and no connection came up in time (with the last
+            connection error). The thread keeps retrying in the background either way.
         """
+        if self._thread is not None:
+            raise RuntimeError("MqttClient.start() called twice")
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._thread = threading.Thread(
             target=self._run, name=f"mqtt-{self.client_id}", daemon=True
         )
         self._thread.start()
         if wait_s is not None and not self.connected.wait(wait_s):
-            msg = f"no connection to {self.settings.url} within {wait_s} s"
-            raise TimeoutError(msg)
+            reason = f": {self.last_error}" if self.last_error else ""
+            msg = f"no connection to {self.settings.url} within {wait_s} s{reason}"
+            raise MqttTimeoutError(msg)
 
     def stop(self, flush_s: float = 5.0) -> None:
-        """Flush queued QoS 1 messages (up to ``flush_s``), disconnect, join the thread."""
-        self._flush(flush_s)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=flush_s + 5.0)
+        """Send what is queued (up to ``flush_s`` while connected), disconnect, join."""
+        if self._thread is None:
+            return
+        with self._lock:
+            self._stop_deadline = time.monotonic() + max(0.0, flush_s)
+        self._wake()
+        self._thread.join(timeout=flush_s + 10.0)
         self.connected.clear()
 
     def kill(self) -> None:
         """Drop the connection without a DISCONNECT, as a crash would (the will fires)."""
-        self._stop.set()
-        sock = self._client.socket()
-        if sock is not None:
-            sock.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        if self._thread is None:
+            return
+        with self._lock:
+            self._killed = True
+        self._wake()
+        self._thread.join(timeout=10.0)
         self.connected.clear()
 
     # -- publishing --------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
-        """Publish ``payload``, chunked if larger than ``max_message_bytes``.
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> Delivery:
+        """Queue ``payload`` for ``topic``, chunked if larger than ``max_message_bytes``.
+
+        Thread-safe and non-blocking: the network thread sends it as soon as the
+        connection is up (paho re-sends unacknowledged QoS 1 messages after a reconnect).
+        Retained payloads are never chunked (a late subscriber would see only the last
+        chunk).
 
         Returns
         -------
-        int
-            The number of MQTT messages used (1 unless chunked). Retained payloads are
-            never chunked: a late subscriber would see only the last chunk.
+        Delivery
+            Its :attr:`~Delivery.messages` is the number of MQTT messages used; wait on it
+            for the broker's answer. A full queue or a stopped client gives a delivery
+            that already failed (:class:`MqttQueueFullError`, :class:`MqttClosedError`).
 
         Raises
         ------
-        ValueError
+        MqttPayloadError
             For a retained payload over the size limit.
         """
         limit = self.settings.max_message_bytes
         if retain and len(payload) > limit:
             msg = f"retained payload of {len(payload)} bytes exceeds {limit}"
-            raise ValueError(msg)
+            raise MqttPayloadError(msg)
         frames = split_payload(payload, limit)
-        for frame in frames:
-            # Never hold our lock while inside paho: its callbacks take paho's locks first
-            # and then ours, so the reverse order here would deadlock.
-            info = self._client.publish(topic, frame, qos=qos, retain=retain)
-            if qos > 0:
-                with self._ack_lock:
-                    if info.mid in self._acked_early:
-                        self._acked_early.discard(info.mid)
-                    else:
-                        self._unacked.add(info.mid)
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                _LOGGER.warning(
-                    "client %s: publish to %s failed: %s", self.client_id, topic, info.rc
+        delivery = Delivery(topic, len(frames))
+        with self._lock:
+            if self._closed or self._stop_deadline is not None or self._killed:
+                delivery._fail_rest(MqttClosedError(f"client {self.client_id} is stopped"))
+                return delivery
+            if len(self._outgoing) + len(frames) > self.settings.max_queued_messages:
+                error = MqttQueueFullError(
+                    f"{len(self._outgoing)} messages already queued "
+                    f"(max_queued_messages = {self.settings.max_queued_messages})"
                 )
-        return len(frames)
+                delivery._fail_rest(error)
+                _LOGGER.warning("client %s: not sending to %s: %s", self.client_id, topic, error)
+                return delivery
+            self._outgoing.extend(_Frame(topic, frame, qos, retain, delivery) for frame in frames)
+        self._wake()
+        return delivery
+
+    def pending_acks(self) -> int:
+        """Messages queued or sent but not yet acknowledged by the broker."""
+        with self._lock:
+            return len(self._outgoing) + len(self._in_flight)
+
+    # -- network thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_attempt = 0.0
+        try:
+            while True:
+                with self._lock:
+                    killed = self._killed
+                    deadline = self._stop_deadline
+                if killed:
+                    self._drop_socket()
+                    break
+                if deadline is not None and self._ready_to_stop(deadline):
+                    self._disconnect()
+                    break
+                if not self._socket_open:
+                    now = time.monotonic()
+                    if now < next_attempt:
+                        self._wait_for_wake(min(next_attempt - now, _IDLE_WAIT_S))
+                        continue
+                    if not self._open_connection():
+                        next_attempt = time.monotonic() + next(self._delays)
+                        continue
+                if not self._service_socket():
+                    self._connection_lost()
+                    self._maybe_switch_protocol()
+                    next_attempt = time.monotonic() + next(self._delays)
+        except Exception:  # a bug here must not leave callers waiting forever
+            _LOGGER.exception("client %s: network thread failed", self.client_id)
+        finally:
+            self._finish()
+
+    def _ready_to_stop(self, deadline: float) -> bool:
+        if time.monotonic() >= deadline or not self.connected.is_set():
+            return True
+        with self._lock:
+            return not self._outgoing and not self._in_flight
+
+    def _open_connection(self) -> bool:
+        """Open the socket and send CONNECT; ``False`` (error recorded) if that failed."""
+        if self._paho is None:
+            self._paho = self._new_paho()
+            self._paho_has_connected = False
+        client = self._paho
+        try:
+            # reconnect() keeps paho's unacknowledged QoS 1 messages and re-sends them
+            # after the CONNACK; connect() would also re-arm v5's clean start.
+            rc = client.reconnect() if self._paho_has_connected else self._first_connect(client)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._record_failure(f"cannot reach {self.settings.url}: {_describe(exc)}")
+            return False
+        self._paho_has_connected = True
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._record_failure(f"cannot connect to {self.settings.url}: {paho.error_string(rc)}")
+            return False
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._socket_open = True
+        self._opened_at = time.monotonic()
+        return True
+
+    def _first_connect(self, client: paho.Client) -> MQTTErrorCode:
+        keepalive = self.settings.keepalive_s
+        if self._paho_protocol == 5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if self._persistent:
+                properties.SessionExpiryInterval = self.settings.session_expiry_s
+            # clean_start is explicit: paho's default ("first connect only") would be
+            # re-armed by every connect() call.
+            return client.connect(
+                self._host,
+                self._port,
+                keepalive,
+                clean_start=not self._persistent,
+                properties=properties,
+            )
+        return client.connect(self._host, self._port, keepalive)
+
+    def _new_paho(self) -> paho.Client:
+        v5 = self._paho_protocol == 5
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else not self._persistent,
+            reconnect_on_failure=False,
+        )
+        # Our own queue bounds what waits; paho's in-flight window is the broker's.
+        client.max_queued_messages_set(0)
+        if self.settings.username is not None:
+            client.username_pw_set(self.settings.username, self._password)
+        if self._tls_context is not None:
+            client.tls_set_context(self._tls_context)
+        if self._will is not None:
+            client.will_set(
+                self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
+            )
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
+        return client
+
+    def _service_socket(self) -> bool:
+        """One round of select / read / write / keep-alive; ``False`` when the link died."""
+        client = self._paho
+        sock = client.socket() if client is not None else None
+        if client is None or sock is None:
+            return False
+        if self.connected.is_set():
+            self._hand_over_outgoing(client)
+        elif self._connack_overdue(sock):
+            return False
+        readers: list[Any] = [sock, self._wake_r]  # both exist: start() made the pair
+        writers: list[Any] = [sock] if client.want_write() else []
+        try:
+            readable, _writable, _ = select.select(readers, writers, [], _IDLE_WAIT_S)
+        except (OSError, ValueError) as exc:  # the socket was closed under us
+            self._record_failure(f"connection to {self.settings.url} lost: {_describe(exc)}")
+            return False
+        if self._wake_r in readable:
+            self._drain_wake()
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        try:
+            if sock in readable:
+                rc = client.loop_read()
+                # TLS may hold decrypted records that select() cannot see.
+                while (
+                    rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                    and isinstance(client.socket(), ssl.SSLSocket)
+                    and client.socket().pending()  # type: ignore[union-attr]
+                ):
+                    rc = client.loop_read()
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.want_write():
+                rc = client.loop_write()
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                rc = client.loop_misc()
+        except (OSError, ssl.SSLError) as exc:
+            self._record_failure(f"connection to {self.settings.url} lost: {_describe(exc)}")
+            return False
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
+            if self.last_error is None or self.connected.is_set():
+                self._record_failure(
+                    f"connection to {self.settings.url} lost: {paho.error_string(rc)}"
+                )
+            return False
+        return True
+
+    def _connack_overdue(self, sock: Any) -> bool:
+        """Close an attempt whose CONNACK has not come in time; ``True`` if closed."""
+        if time.monotonic() - self._opened_at <= _CONNACK_TIMEOUT_S:
+            return False
+        self._record_failure(
+            f"no CONNACK from {self.settings.url} within {_CONNACK_TIMEOUT_S:.0f} s"
+        )
+        if isinstance(sock, socket.socket):
+            sock.close()
+        return True
+
+    def _hand_over_outgoing(self, client: paho.Client) -> None:
+        while True:
+            with self._lock:
+                if not self._outgoing:
+                    return
+                frame = self._outgoing.popleft()
+            info = client.publish(frame.topic, frame.payload, qos=frame.qos, retain=frame.retain)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                frame.delivery._resolve(
+                    error=MqttError(
+                        f"publish to {frame.topic} failed: {paho.error_string(info.rc)}"
+                    )
+                )
+                continue
+            early = self._early_acks.pop(info.mid, None)
+            if early is not None:
+                self._settle(frame, early)
+            else:
+                with self._lock:
+                    self._in_flight[info.mid] = frame
+
+    def _maybe_switch_protocol(self) -> None:
+        """In ``auto`` mode, try the other MQTT version after a silent refusal.
+
+        Some 3.1.1-only brokers answer an MQTT 5 CONNECT with a CONNACK saying so (handled
+        in :meth:`_handle_connect`); others close the connection. Over plain TCP nothing
+        else ends a fresh connection before its CONNACK, so the next attempt uses the other
+        version until one is accepted.
+        Others again (amqtt, given an MQTT 5 CONNECT with a will) neither answer nor close;
+        the CONNACK timeout ends that attempt. Over TLS a close before CONNACK is a refused
+        certificate, not a protocol matter.
+        """
+        refused, self._protocol_refused = self._protocol_refused, False
+        if self.settings.protocol != "auto" or self.connect_count > 0:
+            return
+        if not refused and self._tls_context is not None:
+            return
+        self._paho_protocol = 3 if self._paho_protocol == 5 else 5
+        self._paho = None
+
+    def _connection_lost(self) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self.subscribed.clear()
+        self._socket_open = False
+        if was_connected:
+            _LOGGER.warning("client %s: %s", self.client_id, self.last_error or "disconnected")
+
+    def _drop_socket(self) -> None:
+        client = self._paho
+        sock = client.socket() if client is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _disconnect(self) -> None:
+        client = self._paho
+        if client is None or not self._socket_open:
+            return
+        client.disconnect()
+        # Let the DISCONNECT reach the socket before it closes.
+        end = time.monotonic() + 1.0
+        while client.socket() is not None and client.want_write() and time.monotonic() < end:
+            if client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+
+    def _finish(self) -> None:
+        self.connected.clear()
+        with self._lock:
+            self._closed = True
+            waiting = list(self._outgoing) + list(self._in_flight.values())
+            self._outgoing.clear()
+            self._in_flight.clear()
+        for frame in waiting:
+            frame.delivery._fail_rest(MqttClosedError(f"client {self.client_id} stopped"))
+        self._close_wake_pair()
 
     # -- paho callbacks (network thread) -------------------------------------------------
 
     def _handle_connect(
-        self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+        self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
     ) -> None:
         if reason.is_failure:
-            _LOGGER.warning("client %s: broker refused connection: %s", self.client_id, reason)
+            text = str(reason)
+            if (
+                self.settings.protocol == "auto"
+                and self._paho_protocol == 5
+                and self.connect_count == 0
+                and _UNSUPPORTED_PROTOCOL.lower() in text.lower()
+            ):
+                # The broker speaks 3.1.1 only: the next attempt uses it.
+                _LOGGER.info("client %s: broker speaks MQTT 3.1.1 only", self.client_id)
+                self._protocol_refused = True
+                self._delays = self._new_backoff()
+                self.last_error = f"broker refused MQTT 5 ({text}); retrying with 3.1.1"
+                return
+            self._record_failure(f"broker refused the connection: {text}")
             return
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for topic_filter, qos in self._subscriptions:
-            client.subscribe(topic_filter, qos)
-        self._delays = self._new_backoff()
         self.connect_count += 1
+        self.protocol = "5" if self._paho_protocol == 5 else "3.1.1"
+        self.last_error = None
+        self._delays = self._new_backoff()
+        self.subscription_refusals.clear()
+        self._subscribe_mids.clear()
+        self.subscribed.clear()
+        for topic_filter, qos in self._subscriptions:
+            _rc, mid = client.subscribe(topic_filter, qos)
+            if mid is not None:
+                self._subscribe_mids[mid] = [topic_filter]
+        if not self._subscribe_mids:
+            self.subscribed.set()
         self.connected.set()
-        _LOGGER.info("client %s: connected to %s", self.client_id, self.settings.url)
+        _LOGGER.info(
+            "client %s: connected to %s (MQTT %s)", self.client_id, self.settings.url, self.protocol
+        )
         if self._on_connect_hook is not None:
-            self._on_connect_hook()
+            info = ConnectInfo(self.protocol, bool(flags.session_present), self.connect_count)
+            try:
+                self._on_connect_hook(info)
+            except Exception:  # a hook bug must not take the connection down
+                _LOGGER.exception("client %s: on_connect hook failed", self.client_id)
 
     def _handle_disconnect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
+        if self.connected.is_set():
+            self.last_error = f"disconnected from {self.settings.url}: {reason}"
         self.connected.clear()
-        if not self._stop.is_set():
-            _LOGGER.warning("client %s: disconnected: %s", self.client_id, reason)
 
     def _handle_publish(
-        self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
+        self, _client: paho.Client, _userdata: Any, mid: int, reason: Any, _props: Any
     ) -> None:
-        with self._ack_lock:
-            if mid in self._unacked:
-                self._unacked.discard(mid)
-            else:
-                # The broker answered before publish() returned and recorded the id.
-                self._acked_early.add(mid)
+        with self._lock:
+            frame = self._in_flight.pop(mid, None)
+        if frame is None:
+            # Acknowledged inside client.publish() (QoS 0 written at once): settled there.
+            if len(self._early_acks) > 1000:  # ids nobody will claim (never expected)
+                self._early_acks.clear()
+            self._early_acks[mid] = reason
+            return
+        self._settle(frame, reason)
+
+    def _settle(self, frame: _Frame, reason: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            text = str(reason)
+            _LOGGER.warning(
+                "client %s: broker refused message on %s: %s", self.client_id, frame.topic, text
+            )
+            frame.delivery._resolve(refused=text)
+        else:
+            frame.delivery._resolve()
+
+    def _handle_subscribe(
+        self, _client: paho.Client, _userdata: Any, mid: int, reasons: Any, _props: Any
+    ) -> None:
+        filters = self._subscribe_mids.pop(mid, [])
+        for topic_filter, reason in zip(filters, reasons, strict=False):
+            if getattr(reason, "is_failure", False):
+                self.subscription_refusals[topic_filter] = str(reason)
+                _LOGGER.warning(
+                    "client %s: broker refused subscription to %s: %s",
+                    self.client_id,
+                    topic_filter,
+                    reason,
+                )
+        if not self._subscribe_mids:
+            self.subscribed.set()
 
     def _handle_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         try:
@@ -299,54 +828,38 @@ class MqttClient:
         except Exception:  # a consumer bug must never kill the network thread
             _LOGGER.exception("client %s: message handler failed", self.client_id)
 
-    # -- network loop ------------------------------------------------------------------
+    # -- helpers -----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        socket_open = False
-        while not self._stop.is_set():
-            if not socket_open:
-                try:
-                    self._client.connect(self._host, self._port, self.settings.keepalive_s)
-                    socket_open = True
-                except (OSError, ssl.SSLError) as exc:
-                    delay = next(self._delays)
-                    _LOGGER.warning(
-                        "client %s: cannot reach %s (%s); retrying in %.1f s",
-                        self.client_id,
-                        self.settings.url,
-                        exc,
-                        delay,
-                    )
-                    self._stop.wait(delay)
-                    continue
-            rc = self._client.loop(timeout=0.1)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not self._stop.is_set():
-                socket_open = False
-                self.connected.clear()
-                self._stop.wait(next(self._delays))
-        if socket_open:
-            self._client.disconnect()
-            # Let paho write the DISCONNECT before the socket goes.
-            for _ in range(5):
-                self._client.loop(timeout=0.05)
+    def _record_failure(self, message: str) -> None:
+        if message != self.last_error:
+            _LOGGER.warning("client %s: %s", self.client_id, message)
+        self.last_error = message
 
-    def pending_acks(self) -> int:
-        """Number of QoS 1 messages the broker has not acknowledged yet."""
-        with self._ack_lock:
-            return len(self._unacked)
+    def _wake(self) -> None:
+        if self._wake_w is None:  # not started: the queue is read once it is
+            return
+        with contextlib.suppress(OSError):  # full (already woken) or closed: both fine
+            self._wake_w.send(b"\x00")
 
-    def _flush(self, timeout_s: float) -> None:
-        deadline = threading.Event()
-        timer = threading.Timer(timeout_s, deadline.set)
-        timer.start()
-        try:
-            while self.connected.is_set() and not deadline.is_set():
-                with self._ack_lock:
-                    if not self._unacked:
-                        return
-                deadline.wait(0.02)
-        finally:
-            timer.cancel()
+    def _wait_for_wake(self, timeout_s: float) -> None:
+        if self._wake_r is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            readable, _, _ = select.select([self._wake_r], [], [], max(0.0, timeout_s))
+            if readable:
+                self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        if self._wake_r is None:
+            return
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def _close_wake_pair(self) -> None:
+        for end in (self._wake_r, self._wake_w):
+            if end is not None:
+                end.close()
 
     def _new_backoff(self) -> Iterator[float]:
         return exponential_backoff(
@@ -354,8 +867,38 @@ class MqttClient:
         )
 
 
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
+        return f"TLS error: {exc.reason}"
+    return text
+
+
+def _read_password(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        msg = f"cannot read the broker password file {path}: {exc.strerror or exc}"
+        raise MqttConfigError(msg) from exc
+
+
 def _tls_context(tls: TlsSettings | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls is not None else None)
+    """Build the client's TLS context; unreadable or mismatched files are config errors."""
+    ca_file = tls.ca_file if tls is not None else None
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        msg = f"cannot load the CA certificate {ca_file}: {_describe(exc)}"
+        raise MqttConfigError(msg) from exc
     if tls is not None and tls.cert_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+        try:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            msg = (
+                f"cannot load the client certificate {tls.cert_file} "
+                f"with key {tls.key_file}: {_describe(exc)}"
+            )
+            raise MqttConfigError(msg) from exc
     return context

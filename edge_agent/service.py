@@ -1,9 +1,20 @@
 """The agent daemon: receive the signed model, train when eligible, publish a signed update.
 
-Threads: paho's network thread only queues incoming models; the thread that calls
-:meth:`Agent.run` verifies, trains (torch, imported lazily so inference-only use never
+Threads: the MQTT client's network thread only queues incoming models; the thread that
+calls :meth:`Agent.run` verifies, trains (torch, imported lazily so inference-only use never
 loads it), compresses, signs and publishes. When several models queue up while training,
 only the newest is used.
+
+Re-sending: the agent keeps the signed update it sent for the current round (in memory and
+in its state file). Whenever a valid model for that same round and version arrives again
+(the retained copy the broker hands out after every reconnect, or the coordinator sending
+the round's model again after a restart), the agent publishes the same bytes again instead
+of ignoring it: an update lost with a broker restart or a coordinator crash is then
+delivered, and the coordinator recognises copies of what it already has.
+
+Refusals: over MQTT 5 the broker answers a publish its ACL denies with ``Not authorized``;
+the agent logs that as an error (the certificate's CN must be the device id) and reports it
+in its status (``last_refusal``), instead of believing the update was sent.
 """
 
 from __future__ import annotations
@@ -15,13 +26,14 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from daemon import systemd
-from daemon.mqtt import MqttClient, Will
+from daemon.mqtt import ConnectInfo, Delivery, MqttClient, Will
 from daemon.store import AtomicStore
 from edge_agent.config import AgentConfig
 from edge_agent.model_store import ModelInfo, ModelStore
@@ -38,6 +50,43 @@ __all__ = ["Agent"]
 
 _LOGGER = logging.getLogger(__name__)
 _MAX_MODEL_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SentUpdate:
+    """The signed update sent for a round, kept to re-send it (see the module docstring)."""
+
+    round: int
+    base_version: int
+    expires_ms: int
+    messages: tuple[tuple[str, bytes], ...]  # (topic device id, payload)
+
+    def to_state(self) -> dict[str, Any]:
+        """The msgpack-friendly form kept in the agent's state file."""
+        return {
+            "round": self.round,
+            "base_version": self.base_version,
+            "expires_ms": self.expires_ms,
+            "messages": [[device, payload] for device, payload in self.messages],
+        }
+
+    @classmethod
+    def from_state(cls, document: object) -> SentUpdate | None:
+        """Rebuild from :meth:`to_state`; ``None`` for anything else (old or bad state)."""
+        if not isinstance(document, dict):
+            return None
+        try:
+            messages = tuple(
+                (str(device), bytes(payload)) for device, payload in document["messages"]
+            )
+            return cls(
+                int(document["round"]),
+                int(document["base_version"]),
+                int(document["expires_ms"]),
+                messages,
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 class Agent:
@@ -93,6 +142,10 @@ class Agent:
         self._device_salt = zlib.crc32(config.device_id.encode())
         self.refused_models = 0
         self.updates_sent = 0
+        self.updates_resent = 0
+        self.updates_refused = 0
+        self.last_refusal: dict[str, Any] | None = None
+        self._deliveries: list[tuple[int, Delivery]] = []
         self.last_status: dict[str, Any] = {}
         self._status_topic = topics.device_status_topic(config.fleet, config.device_id)
         self._client = MqttClient(
@@ -101,7 +154,7 @@ class Agent:
             on_message=self._enqueue,
             subscriptions=[(topics.model_topic(config.fleet), 1)],
             will=Will(self._status_topic, self._status_bytes("offline")),
-            on_connect=lambda: self._publish_status("online"),
+            on_connect=self._on_connect,
             seed=config.seed + self._device_salt,
         )
 
@@ -112,6 +165,7 @@ class Agent:
         residual = state.get("residual")
         if isinstance(residual, bytes) and len(residual) == 4 * self._spec.dim:
             self._pipeline.residual = np.frombuffer(residual, dtype="<f4").astype(np.float32)
+        self._sent = SentUpdate.from_state(state.get("last_update"))
         return {
             "model_counter": int(state.get("model_counter", -1)),
             "model_version": int(state.get("model_version", -1)),
@@ -124,6 +178,7 @@ class Agent:
             {
                 **self._state,
                 "residual": residual.astype("<f4").tobytes() if residual is not None else None,
+                "last_update": self._sent.to_state() if self._sent is not None else None,
             }
         )
 
@@ -144,6 +199,7 @@ class Agent:
                     payload = None
                 if payload is not None:
                     self._handle_model(self._newest(payload))
+                self._check_deliveries()
                 if time.monotonic() >= next_status:
                     self._publish_status("online")
                     next_status = time.monotonic() + self.config.status_interval_s
@@ -162,7 +218,13 @@ class Agent:
         """Set while the MQTT connection is up."""
         return self._client.connected
 
+    def _on_connect(self, _info: ConnectInfo) -> None:
+        # On the network thread: publishing only queues, and the queue goes out next.
+        self._publish_status("online")
+
     def _enqueue(self, _topic: str, payload: bytes) -> None:
+        if not payload:  # a reachability probe (check-config --online)
+            return
         try:
             self._inbox.put_nowait(payload)
         except queue.Full:  # we only ever use the newest model anyway
@@ -189,6 +251,8 @@ class Agent:
         except ProtocolError as exc:
             self.refused_models += 1
             _LOGGER.warning("device %s: refusing global model: %s", device, exc)
+            return
+        if self._resend_if_asked(model):
             return
         if model.counter <= self._state["model_counter"]:
             return  # a retained copy we already handled, or a replay
@@ -217,6 +281,63 @@ class Agent:
             self._train_and_publish(model)
         self._save_state()
 
+    def _resend_if_asked(self, model: GlobalModel) -> bool:
+        """Re-send the kept update if ``model`` is its round's model again; ``True`` if so."""
+        sent = self._sent
+        if (
+            sent is None
+            or model.final
+            or model.round != sent.round
+            or model.version != sent.base_version
+            or not model.includes(self.config.device_id)
+        ):
+            return False
+        if time.time() * 1000 >= sent.expires_ms:
+            return False  # too old to be accepted: train again if the round is new
+        self._state["model_counter"] = max(self._state["model_counter"], model.counter)
+        self._publish_update(sent, resend=True)
+        self._save_state()
+        return True
+
+    def _publish_update(self, sent: SentUpdate, *, resend: bool) -> None:
+        for topic_device, payload in sent.messages:
+            delivery = self._client.publish(
+                topics.update_topic(self.config.fleet, topic_device), payload, qos=1
+            )
+            self._deliveries.append((sent.round, delivery))
+        if resend:
+            self.updates_resent += 1
+            _LOGGER.info(
+                "device %s round %d: sent the update again (the round's model came again)",
+                self.config.device_id,
+                sent.round,
+            )
+
+    def _check_deliveries(self) -> None:
+        """Log and report updates the broker refused (MQTT 5 reason codes)."""
+        pending = []
+        for round_number, delivery in self._deliveries:
+            if not delivery.done:
+                pending.append((round_number, delivery))
+            elif delivery.refused is not None:
+                self.updates_refused += 1
+                self.last_refusal = {
+                    "round": round_number,
+                    "topic": delivery.topic,
+                    "reason": delivery.refused,
+                }
+                _LOGGER.error(
+                    "device %s round %d: the broker refused the update on %s: %s (the "
+                    "certificate's CN must be this device id, and the ACL must let it write "
+                    "its update topic)",
+                    self.config.device_id,
+                    round_number,
+                    delivery.topic,
+                    delivery.refused,
+                )
+                self._publish_status("refused", reason=delivery.refused, round_number=round_number)
+        self._deliveries = pending
+
     def _train_and_publish(self, model: GlobalModel) -> None:
         device = self.config.device_id
         snapshot = self._telemetry()
@@ -225,7 +346,9 @@ class Agent:
             _LOGGER.info(
                 "device %s round %d: not training (%s)", device, model.round, eligibility.reason
             )
-            self._publish_status("busy", snapshot, reason=eligibility.reason)
+            self._publish_status(
+                "busy", snapshot, reason=eligibility.reason, round_number=model.round
+            )
             return
         self._publish_status("training", snapshot, round_number=model.round)
         # One seed per (fleet seed, device, round): training and attack stages repeat exactly.
@@ -247,12 +370,13 @@ class Agent:
             base_version=model.version,
             counter=counter,
         )
-        for message in prepared.messages:
-            self._client.publish(
-                topics.update_topic(self.config.fleet, message.topic_device),
-                message.payload,
-                qos=1,
-            )
+        self._sent = SentUpdate(
+            round=model.round,
+            base_version=model.version,
+            expires_ms=prepared.envelope.header.expires_ms,
+            messages=tuple((m.topic_device, m.payload) for m in prepared.messages),
+        )
+        self._publish_update(self._sent, resend=False)
         self.updates_sent += 1
         _LOGGER.info(
             "device %s round %d: sent %d-byte update (%s)",
@@ -297,6 +421,15 @@ class Agent:
             "state": state,
             "time": round(time.time(), 3),
         }
+        if state != "offline":
+            # Not in the last will, which is fixed at start-up: a monitor keeps the
+            # figures it last saw instead of zeros.
+            status["updates_sent"] = self.updates_sent
+            status["updates_resent"] = self.updates_resent
+            status["updates_refused"] = self.updates_refused
+            status["refused_models"] = self.refused_models
+            if self.last_refusal is not None:
+                status["last_refusal"] = self.last_refusal
         if snapshot is not None:
             status["telemetry"] = snapshot.to_dict()
         if reason is not None:

@@ -110,6 +110,11 @@ class BrokerHandle:
         return f"mqtt://{host}:{self.port}"
 
     @property
+    def protocol(self) -> Literal["auto", "3.1.1"]:
+        """The MQTT version clients should use: ``3.1.1`` for amqtt, else ``auto`` (v5)."""
+        return "3.1.1" if self.kind == "embedded" else "auto"
+
+    @property
     def config_path(self) -> Path | None:
         """The generated ``mosquitto.conf``, or ``None`` for other kinds."""
         return None if self.workdir is None else self.workdir / "mosquitto.conf"

@@ -116,6 +116,7 @@ def run_demo(
                 spec = FleetSpec(
                     fleet=f"demo-{index}-{defense}",
                     broker_url=broker.url,
+                    mqtt_protocol=broker.protocol,
                     devices=options.devices,
                     rounds=options.rounds,
                     defense=defense,

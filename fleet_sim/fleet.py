@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -53,6 +53,7 @@ class FleetSpec:
     learning_rate: float = 0.1
     batch_size: int = 16
     round_timeout_s: float = 15.0
+    mqtt_protocol: Literal["auto", "5", "3.1.1"] = "auto"
     coordinator_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,7 +111,12 @@ class InProcessFleet:
         devices_dir.mkdir(parents=True, exist_ok=True)
         coordinator_key = SigningKey.generate()
         coordinator_key.save(keys_dir / "coordinator.key")
-        mqtt = MqttSettings(url=spec.broker_url, reconnect_min_s=0.2, reconnect_max_s=5.0)
+        mqtt = MqttSettings(
+            url=spec.broker_url,
+            protocol=spec.mqtt_protocol,
+            reconnect_min_s=0.2,
+            reconnect_max_s=5.0,
+        )
         self.agents: list[Agent] = []
         self.compromised: dict[str, FaultInjector] = {}
         registry: dict[str, VerifyKey] = {}
@@ -172,6 +178,8 @@ class InProcessFleet:
                 "seed": spec.seed,
                 "rounds": spec.rounds,
                 "round_timeout_s": spec.round_timeout_s,
+                # In-process fleets (demo, tests) share one machine's cores on purpose.
+                "round_interval_s": 0.0,
                 "byzantine_defense": spec.defense,
                 "device_reputation": spec.defense != "mean",
                 **spec.coordinator_overrides,

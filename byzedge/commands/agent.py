@@ -9,12 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from byzedge.commands._common import fail
+from byzedge.commands._common import (
+    add_runtime_flags,
+    fail,
+    probe_problems,
+    report_problems,
+    runtime_overrides,
+    state_dir_problems,
+    tls_problems,
+    with_tls_key,
+)
+
+if TYPE_CHECKING:
+    from edge_agent.config import AgentConfig
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -29,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help="agent.toml")
     run.add_argument("--fault-plan", type=Path, help="fault plan TOML (hardware-in-the-loop)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
+    add_runtime_flags(run, "device.key")
     infer = sub.add_parser("infer", help="predict with the current global model (onnxruntime)")
     infer.add_argument("--config", type=Path, required=True, help="agent.toml")
     infer.add_argument(
@@ -36,13 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=".npy (m, 64) or CSV of 64 readings per line; default: the digits test set",
     )
-    check = sub.add_parser("check-config", help="validate agent.toml and its key files")
+    infer.add_argument(
+        "--state-dir", type=Path, help="override state_dir (where `agent run` keeps the model)"
+    )
+    check = sub.add_parser(
+        "check-config",
+        help="check agent.toml and what breaks at run time: keys, certificates, enrolment",
+    )
     check.add_argument("--config", type=Path, required=True, help="agent.toml")
+    add_runtime_flags(check, "device.key")
+    check.add_argument(
+        "--enrolment",
+        type=Path,
+        metavar="DIR",
+        help="the coordinator's devices folder: check DIR/<device-id>.pub is this device's key",
+    )
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also connect to the broker and check the ACL lets this device publish",
+    )
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
-    """Entry point of ``byzedge agent``."""
+    """Entry point of ``byzedge agent``.
+
+    Exit codes: 0 ok; 1 runtime failure; 2 usage or configuration error, including every
+    problem ``check-config`` finds (offline, or with ``--online``).
+    """
     args = build_parser().parse_args(argv)
     from coordinator.config import ConfigError  # noqa: PLC0415
     from edge_agent.config import load_agent_config  # noqa: PLC0415
@@ -50,25 +87,72 @@ def main(argv: Sequence[str]) -> int:
     # A path given on the command line is relative to where the command runs, not to the
     # config file's folder, so it is made absolute before the config loader sees it.
     fault_plan = getattr(args, "fault_plan", None)
-    overrides = {"fault_plan": str(fault_plan.resolve())} if fault_plan else {}
+    overrides: dict[str, str] = {"fault_plan": str(fault_plan.resolve())} if fault_plan else {}
+    overrides.update(runtime_overrides(args))
     try:
         config = load_agent_config(args.config, overrides)
-    except ConfigError as exc:
+        config = config.model_copy(
+            update={"mqtt": with_tls_key(config.mqtt, getattr(args, "tls_key", None))}
+        )
+    except (ConfigError, ValueError) as exc:
         return fail("agent", str(exc))
     if args.action == "infer":
         return _infer(config.state_dir, args.input)
-    from protocol.errors import ProtocolError  # noqa: PLC0415
+    problems = _offline_problems(config, getattr(args, "enrolment", None))
+    if problems:
+        return report_problems("agent", problems)
     from protocol.signing import SigningKey, VerifyKey  # noqa: PLC0415
 
-    try:
-        signing_key = SigningKey.load(config.signing_key)
-        coordinator_key = VerifyKey.load(config.coordinator_key)
-    except (OSError, ProtocolError) as exc:
-        return fail("agent", f"cannot load keys: {exc}")
+    signing_key = SigningKey.load(config.signing_key)
+    coordinator_key = VerifyKey.load(config.coordinator_key)
     if args.action == "check-config":
+        if args.online:
+            code = _online(config)
+            if code:
+                return code
         print(f"{args.config}: ok (device {config.device_id}, key {signing_key.key_id})")
         return 0
     return _run(config, signing_key, coordinator_key, args.log_level)
+
+
+def _offline_problems(config: AgentConfig, enrolment: Path | None) -> list[str]:
+    """Everything that would stop this agent at run time, one line per problem."""
+    from daemon import pki  # noqa: PLC0415
+
+    publics: list[tuple[str, Path]] = []
+    beside = config.signing_key.with_suffix(".pub")
+    if beside.exists():  # init writes it; under systemd the credential comes alone
+        publics.append(("public key", beside))
+    if enrolment is not None:
+        enrolled = enrolment / f"{config.device_id}.pub"
+        if enrolled.exists():
+            publics.append(("enrolment", enrolled))
+        else:
+            return [
+                f"enrolment {enrolled}: no such file ({config.device_id} is not enrolled, "
+                "or was revoked)",
+                *_offline_problems(config, None),
+            ]
+    problems = pki.check_key_pair(config.signing_key, publics)
+    problems += pki.check_verify_key(config.coordinator_key, "coordinator_key")[1]
+    problems += tls_problems(config.mqtt, config.device_id)
+    problems += state_dir_problems(config.state_dir)
+    return problems
+
+
+def _online(config: AgentConfig) -> int:
+    from protocol import topics  # noqa: PLC0415
+
+    problems = probe_problems(
+        config.mqtt,
+        f"{config.device_id}-check-{os.getpid()}",
+        publish_topics=[
+            topics.update_topic(config.fleet, config.device_id),
+            topics.device_status_topic(config.fleet, config.device_id),
+        ],
+        subscribe_topics=[topics.model_topic(config.fleet)],
+    )
+    return report_problems("agent", problems)
 
 
 def _run(config: object, signing_key: object, coordinator_key: object, level: str) -> int:

@@ -57,7 +57,7 @@ def test_payload_over_the_limit_arrives_in_chunks_within_the_limit(
     receiver.start()
     sender.start()
     try:
-        count = sender.publish("t/big", b"x" * 20_000)
+        count = sender.publish("t/big", b"x" * 20_000).messages
         inbox.wait_for(count)
     finally:
         sender.stop()

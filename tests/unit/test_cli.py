@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from byzedge.cli import main
-from coordinator.audit import AuditLog
+from coordinator.audit import AuditLog, SignedHead
+from protocol.signing import SigningKey
 
 
 @pytest.fixture
@@ -146,7 +147,10 @@ def test_agent_check_config_reports_a_missing_key_file(
     (fleet / "keys" / "dev-000.key").unlink()
 
     assert main(["agent", "check-config", "--config", str(fleet / "agent.toml")]) == 2
-    assert "cannot load keys" in capsys.readouterr().err
+    key = fleet / "keys" / "dev-000.key"
+    assert capsys.readouterr().err == (
+        f"byzedge agent: signing_key {key}: no such file or directory\n"
+    )
 
 
 def _write_audit_log(path: Path) -> None:
@@ -192,6 +196,104 @@ def test_audit_verify_exits_3_when_a_record_is_dropped(tmp_path: Path) -> None:
 
 def test_audit_verify_reports_a_missing_log_as_usage_error(tmp_path: Path) -> None:
     assert main(["audit", "verify", str(tmp_path / "audit.jsonl")]) == 2
+
+
+def test_audit_verify_without_a_key_says_signatures_were_not_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_audit_log(path)
+
+    assert main(["audit", "verify", str(path)]) == 0
+    assert "signatures not checked (no --key)" in capsys.readouterr().out
+
+
+def _write_signed_audit_log(directory: Path) -> tuple[Path, Path]:
+    """A signed audit log of 3 rounds and the coordinator's public key file."""
+    key = SigningKey.generate()
+    key.save(directory / "keys" / "coordinator.key")
+    path = directory / "state" / "audit.jsonl"
+    with AuditLog(path, signing_key=key) as log:
+        for round_number in range(1, 4):
+            log.append("round-completed", round=round_number, accepted=3)
+            log.checkpoint(round_number)
+    return path, directory / "keys" / "coordinator.pub"
+
+
+def test_audit_verify_with_the_key_checks_the_signed_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, pub = _write_signed_audit_log(tmp_path)
+
+    assert main(["audit", "verify", str(path), "--key", str(pub)]) == 0
+    out = capsys.readouterr().out
+    assert "6 records, chain intact" in out
+    assert "3 checkpoint(s) signed; signed head at seq 4 (round 3) matches" in out
+
+
+def test_audit_verify_with_the_key_exits_3_on_a_truncated_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, pub = _write_signed_audit_log(tmp_path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3]) + "\n")
+
+    assert main(["audit", "verify", str(path), "--key", str(pub)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{path}: line 3: log ends at seq 2 but the signed head" in err
+
+
+def test_audit_verify_with_the_key_exits_3_without_the_head_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, pub = _write_signed_audit_log(tmp_path)
+    (path.parent / "audit.head.json").unlink()
+
+    assert main(["audit", "verify", str(path), "--key", str(pub)]) == 3
+    assert "audit.head.json: signed head file missing" in capsys.readouterr().err
+
+
+def test_audit_verify_exits_3_when_the_log_lacks_a_published_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, pub = _write_signed_audit_log(tmp_path)
+    published = json.dumps(
+        {"round": 3, "audit_head": json.loads((path.parent / "audit.head.json").read_text())}
+    )
+    lines = path.read_text().splitlines()
+    older = json.loads(lines[3])["data"]  # round 2's checkpoint
+    path.write_text("\n".join(lines[:4]) + "\n")
+    (path.parent / "audit.head.json").write_text(json.dumps(older))
+    assert main(["audit", "verify", str(path), "--key", str(pub)]) == 0
+
+    assert main(["audit", "verify", str(path), "--key", str(pub), "--head", published]) == 3
+    assert "the given head is at seq 4" in capsys.readouterr().err
+
+
+def test_audit_verify_reads_a_published_head_from_a_file(tmp_path: Path) -> None:
+    path, pub = _write_signed_audit_log(tmp_path)
+    saved = tmp_path / "retained-status.json"
+    saved.write_bytes(SignedHead.load(path.parent / "audit.head.json").to_bytes())
+
+    assert main(["audit", "verify", str(path), "--key", str(pub), "--head", str(saved)]) == 0
+
+
+def test_audit_verify_with_another_key_exits_3(tmp_path: Path) -> None:
+    path, _ = _write_signed_audit_log(tmp_path)
+    SigningKey.generate().save(tmp_path / "other.key")
+
+    assert main(["audit", "verify", str(path), "--key", str(tmp_path / "other.pub")]) == 3
+
+
+def test_audit_verify_reports_an_unreadable_key_as_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = _write_signed_audit_log(tmp_path)
+    (tmp_path / "bad.pub").write_text("not a key")
+
+    assert main(["audit", "verify", str(path), "--key", str(tmp_path / "bad.pub")]) == 2
+    assert "cannot load the public key" in capsys.readouterr().err
 
 
 def test_demo_rejects_an_unknown_defense(capsys: pytest.CaptureFixture[str]) -> None:

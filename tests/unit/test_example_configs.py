@@ -23,9 +23,16 @@ def test_example_coordinator_config_validates() -> None:
 def test_example_coordinator_config_resolves_paths_against_its_folder() -> None:
     config = load_coordinator_config(EXAMPLES / "coordinator.toml")
 
-    assert config.signing_key == EXAMPLES / "keys" / "coordinator.key"
-    assert config.devices_dir == EXAMPLES / "devices"
-    assert config.state_dir == EXAMPLES / "state" / "coordinator"
+    assert config.signing_key == EXAMPLES / "coordinator.key"
+    assert config.devices_dir == EXAMPLES.parent / "devices"
+
+
+def test_example_state_dirs_are_systemds_state_directories() -> None:
+    # Not under the config's folder, which ProtectSystem=strict makes read-only.
+    assert load_coordinator_config(EXAMPLES / "coordinator.toml").state_dir == Path(
+        "/var/lib/byzedge-coordinator"
+    )
+    assert load_agent_config(EXAMPLES / "agent.toml").state_dir == Path("/var/lib/byzedge-agent")
 
 
 def test_example_agent_config_validates() -> None:
@@ -40,9 +47,8 @@ def test_example_agent_config_validates() -> None:
 def test_example_agent_config_resolves_paths_against_its_folder() -> None:
     config = load_agent_config(EXAMPLES / "agent.toml")
 
-    assert config.signing_key == EXAMPLES / "keys" / "dev-000.key"
-    assert config.coordinator_key == EXAMPLES / "keys" / "coordinator.pub"
-    assert config.state_dir == EXAMPLES / "state" / "dev-000"
+    assert config.signing_key == EXAMPLES / "device.key"
+    assert config.coordinator_key == EXAMPLES / "coordinator.pub"
 
 
 def test_example_agent_and_coordinator_agree_on_fleet_and_model() -> None:

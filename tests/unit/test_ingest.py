@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from coordinator.devices import DeviceRegistry
-from coordinator.ingest import Accepted, Ingest, Rejected, RejectReason, RoundWindow
+from coordinator.ingest import (
+    Accepted,
+    Ingest,
+    Redelivered,
+    Rejected,
+    RejectReason,
+    RoundWindow,
+)
 from edge_agent.pipeline import UpdatePipeline
 from edge_agent.seams import RoundContext
 from protocol.chunking import split_payload
@@ -89,7 +96,7 @@ def topic(device: str = "dev-a") -> str:
     return update_topic(FLEET, device)
 
 
-def rejection(outcome: Accepted | Rejected | None) -> RejectReason:
+def rejection(outcome: Accepted | Rejected | Redelivered | None) -> RejectReason:
     assert isinstance(outcome, Rejected), outcome
     return outcome.reason
 
@@ -301,14 +308,62 @@ def test_a_rejected_forgery_does_not_burn_the_devices_counter() -> None:
 # -- freshness -----------------------------------------------------------------------------
 
 
-def test_the_same_bytes_twice_are_a_replay() -> None:
+def test_a_copy_of_an_accepted_update_is_redelivered_not_rejected() -> None:
     ingest = make_ingest()
     wire = frame()
     assert isinstance(ingest.submit(topic(), wire, WINDOW), Accepted)
 
     outcome = ingest.submit(topic(), wire, WINDOW)
 
+    assert outcome == Redelivered("dev-a", ROUND)
+
+
+def test_a_copy_arriving_in_the_next_round_is_still_redelivered() -> None:
+    ingest = make_ingest()
+    wire = frame()
+    assert isinstance(ingest.submit(topic(), wire, WINDOW), Accepted)
+    next_window = dataclasses.replace(WINDOW, round=ROUND + 1)
+
+    outcome = ingest.submit(topic(), wire, next_window)
+
+    assert isinstance(outcome, Redelivered)
+
+
+def test_a_copy_arriving_two_rounds_later_is_a_replay() -> None:
+    ingest = make_ingest()
+    wire = frame()
+    assert isinstance(ingest.submit(topic(), wire, WINDOW), Accepted)
+    ingest.submit(topic(), frame(counter=11, round=ROUND + 1), replace_round(1))
+
+    outcome = ingest.submit(topic(), wire, replace_round(2))
+
     assert rejection(outcome) is RejectReason.REPLAY
+
+
+def test_a_copy_of_a_rejected_update_is_a_replay() -> None:
+    ingest = make_ingest()
+    wire = frame(round=ROUND + 5)
+    assert rejection(ingest.submit(topic(), wire, WINDOW)) is RejectReason.WRONG_ROUND
+
+    outcome = ingest.submit(topic(), wire, WINDOW)
+
+    assert rejection(outcome) is RejectReason.REPLAY
+
+
+def test_a_journaled_payload_is_checked_like_a_message() -> None:
+    ingest = make_ingest()
+    wire = frame()
+
+    accepted = ingest.submit_payload("dev-a", wire, WINDOW)
+    forged = ingest.submit_payload("dev-b", frame(counter=12), WINDOW)
+
+    assert isinstance(accepted, Accepted)
+    assert accepted.payload == wire
+    assert rejection(forged) is RejectReason.WRONG_TOPIC
+
+
+def replace_round(offset: int) -> RoundWindow:
+    return dataclasses.replace(WINDOW, round=ROUND + offset)
 
 
 def test_a_counter_not_above_the_last_accepted_one_is_a_replay() -> None:
