@@ -21,6 +21,7 @@ COMMANDS = {
     "sim": ("byzedge.commands.sim", "simulate attack-vs-defense fleets in memory"),
     "agent": ("byzedge.commands.agent", "run the edge agent, or infer with its model"),
     "coordinator": ("byzedge.commands.coordinator", "run the coordinator"),
+    "train": ("byzedge.commands.train", "run the coordinator with robustness flags"),
     "init": (
         "byzedge.commands.init",
         "provision a fleet: CA, certificates, keys, broker and daemon configs",

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import msgpack
 
-__all__ = ["JournalEntry", "RoundJournal"]
+__all__ = ["JournalContents", "JournalEntry", "RoundJournal", "read_journal"]
 
 _LOGGER = logging.getLogger(__name__)
 _FORMAT = "byzedge-round-journal/1"
@@ -45,6 +45,41 @@ class JournalEntry:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class JournalContents:
+    """What a journal file holds: its round, model version and accepted updates."""
+
+    round: int
+    model_version: int
+    entries: tuple[JournalEntry, ...]
+
+
+def read_journal(path: Path) -> JournalContents | None:
+    """Read a journal without touching it (tools, tests); ``None`` if absent or unusable."""
+    try:
+        bodies, _ = _frames(path.read_bytes())
+    except OSError:
+        return None
+    if not bodies or not isinstance(bodies[0], dict) or bodies[0].get("format") != _FORMAT:
+        return None
+    header = bodies[0]
+    round_number, version = header.get("round"), header.get("model_version")
+    if type(round_number) is not int or type(version) is not int:
+        return None
+    return JournalContents(round_number, version, tuple(_entries(bodies[1:])))
+
+
+def _entries(bodies: list[Any]) -> list[JournalEntry]:
+    entries = []
+    for body in bodies:
+        if not isinstance(body, dict):
+            continue
+        device, payload = body.get("device"), body.get("payload")
+        if isinstance(device, str) and isinstance(payload, bytes):
+            entries.append(JournalEntry(device, payload))
+    return entries
+
+
 class RoundJournal:
     """Appends the open round's accepted updates to ``path``.
 
@@ -59,6 +94,12 @@ class RoundJournal:
         self._handle: IO[bytes] | None = None
         self._round: int | None = None
         self._valid_length = 0
+
+    def __enter__(self) -> RoundJournal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def open_round(self, round_number: int, model_version: int) -> None:
         """Start a new journal for ``round_number`` (replacing any older one)."""
@@ -140,14 +181,7 @@ class RoundJournal:
             or header.get("model_version") != model_version
         ):
             return None
-        entries = []
-        for body in bodies[1:]:
-            if not isinstance(body, dict):
-                continue
-            device, payload = body.get("device"), body.get("payload")
-            if isinstance(device, str) and isinstance(payload, bytes):
-                entries.append(JournalEntry(device, payload))
-        return entries
+        return _entries(bodies[1:])
 
 
 def _frames(raw: bytes) -> tuple[list[Any], int]:

@@ -60,7 +60,15 @@ from coordinator.aggregation.base import Aggregator, StreamingAggregator
 from coordinator.audit import AuditLog, RecordBudget
 from coordinator.config import CoordinatorConfig, rule_parameters
 from coordinator.devices import DeviceRegistry
-from coordinator.ingest import Accepted, Ingest, IngestOutcome, Redelivered, Rejected, RoundWindow
+from coordinator.ingest import (
+    Accepted,
+    Ingest,
+    IngestOutcome,
+    Redelivered,
+    Rejected,
+    RejectReason,
+    RoundWindow,
+)
 from coordinator.journal import RoundJournal
 from coordinator.liveness import FleetLiveness
 from coordinator.metrics import CoordinatorMetrics
@@ -83,6 +91,19 @@ __all__ = ["Coordinator", "RoundSummary"]
 _LOGGER = logging.getLogger(__name__)
 _INBOX_LIMIT = 20_000
 _STATUS_INBOX_LIMIT = 100_000
+# Statuses delivered this soon after a (re)connect may be the broker's backlog (retained
+# messages, the persistent session's queue), not news: see coordinator.liveness.
+_BACKLOG_WINDOW_S = 5.0
+# Rejections the network or a device's clock produce (logged at INFO, not WARNING).
+_NETWORK_REASONS = frozenset(
+    {
+        RejectReason.WRONG_ROUND,
+        RejectReason.STALE_MODEL,
+        RejectReason.EXPIRED,
+        RejectReason.REPLAY,
+        RejectReason.NOT_IN_COHORT,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -177,7 +198,11 @@ class Coordinator:
         self._on_round = on_round
         self._spec = get_model_spec(config.model)
         self._updates: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=_INBOX_LIMIT)
-        self._statuses: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=_STATUS_INBOX_LIMIT)
+        # (topic, payload, fresh): a status from the broker's backlog may be stale.
+        self._statuses: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(
+            maxsize=_STATUS_INBOX_LIMIT
+        )
+        self._connected_at = 0.0  # monotonic; written and read on the network thread
         self.dropped_messages = 0
         self._store = StateStore(config.state_dir)
         self._journal = RoundJournal(config.state_dir / "round.journal")
@@ -188,7 +213,8 @@ class Coordinator:
             max_update_bytes=config.max_update_bytes,
             update_ttl_s=config.update_ttl_s,
         )
-        self._liveness = FleetLiveness(config.fleet)
+        # A stale "offline" waits as long as an agent's reconnect backoff can last.
+        self._liveness = FleetLiveness(config.fleet, grace_s=max(30.0, config.mqtt.reconnect_max_s))
         self._reputation = ReputationBook(decay=config.reputation_decay)
         self._aggregator = self._build_rule(config.byzantine_defense)
         self._fallback = self._build_rule(config.fallback_defense)
@@ -197,8 +223,12 @@ class Coordinator:
             validation = load_digits_split()
         self._validation = validation
         self.metrics = CoordinatorMetrics(config.fleet, defense=config.byzantine_defense)
-        self._rejection_log = RateLimitedLog(
-            _LOGGER, what="rejections", burst=config.logs.rejections_per_minute
+        burst = config.logs.rejections_per_minute
+        self._rejection_log = RateLimitedLog(_LOGGER, what="rejections", burst=burst)
+        # Late, stale or repeated updates are what a reconnect or a slow device produces:
+        # worth a line, not a warning.
+        self._late_log = RateLimitedLog(
+            _LOGGER, what="late updates", burst=burst, level=logging.INFO
         )
         self._audit_budget = RecordBudget(
             per_key=config.logs.audited_rejections_per_round, overflow_key=("*", "*")
@@ -214,6 +244,7 @@ class Coordinator:
             config.mqtt,
             f"{config.fleet}-{config.name}",
             on_message=self._enqueue,
+            on_retained=self._enqueue_retained,
             subscriptions=[
                 (topics.update_wildcard(config.fleet), 1),
                 (topics.device_status_wildcard(config.fleet), 1),
@@ -358,6 +389,7 @@ class Coordinator:
             self._rounds_log.close()
         self._journal.close()
         self._rejection_log.flush(force=True)
+        self._late_log.flush(force=True)
         self._client.stop()
         self.metrics.close()
 
@@ -405,17 +437,24 @@ class Coordinator:
 
     # -- messages (network thread) -------------------------------------------------------
 
-    def _enqueue(self, topic: str, payload: bytes) -> None:
+    def _enqueue(self, topic: str, payload: bytes, retained: bool = False) -> None:
         if not payload:  # a reachability probe (check-config --online)
             return
-        inbox = self._statuses if "/status/" in topic else self._updates
         try:
-            inbox.put_nowait((topic, payload))
+            if "/status/" in topic:
+                backlog = time.monotonic() - self._connected_at < _BACKLOG_WINDOW_S
+                self._statuses.put_nowait((topic, payload, not (retained or backlog)))
+            else:
+                self._updates.put_nowait((topic, payload))
         except queue.Full:
             self.dropped_messages += 1
             self.metrics.message_dropped()
 
+    def _enqueue_retained(self, topic: str, payload: bytes) -> None:
+        self._enqueue(topic, payload, retained=True)
+
     def _on_connect(self, info: ConnectInfo) -> None:
+        self._connected_at = time.monotonic()
         if info.count > 1 and not info.session_present:
             # The broker lost our session (restarted without it): updates sent while we
             # were away are gone, so the round's model goes out again and agents re-send.
@@ -424,10 +463,10 @@ class Coordinator:
     def _drain_statuses(self) -> None:
         while True:
             try:
-                topic, payload = self._statuses.get_nowait()
+                topic, payload, fresh = self._statuses.get_nowait()
             except queue.Empty:
                 return
-            self._liveness.apply(topic, payload)
+            self._liveness.apply(topic, payload, fresh=fresh)
 
     def _pause(self, seconds: float, stop: threading.Event) -> None:
         """Wait between rounds, still following device statuses and the watchdog."""
@@ -502,9 +541,16 @@ class Coordinator:
         systemd.notify_status(f"round {round_number}: collecting")
         while True:
             self._drain_statuses()
-            intake.unavailable = self._liveness.unavailable(round_number) & expected
+            intake.unavailable = expected & self._liveness.unavailable(
+                round_number, connected_since=self._connected_at
+            )
             answered = intake.accepted.keys() | intake.misbehaving
-            if intake.accepted and expected <= answered | intake.unavailable:
+            if (
+                intake.accepted
+                and expected <= answered | intake.unavailable
+                # While disconnected nothing is known: updates may be on their way.
+                and self._client.connected.is_set()
+            ):
                 intake.closed_by = "all-answered" if expected <= answered else "all-available"
                 break
             if stop.is_set():
@@ -570,7 +616,8 @@ class Coordinator:
     def _on_rejected(self, round_number: int, outcome: Rejected) -> None:
         reason = outcome.reason.value
         device = outcome.device_id or "-"
-        self._rejection_log.log(
+        log = self._late_log if outcome.reason in _NETWORK_REASONS else self._rejection_log
+        log.log(
             (device, reason),
             "round %d: rejected update from %s: %s (%s)",
             round_number,
@@ -732,6 +779,7 @@ class Coordinator:
         if self._rounds_log is not None:
             self._rounds_log.append_line(summary.to_json())
         self._rejection_log.flush()
+        self._late_log.flush()
         self.metrics.round_completed(
             round_number=summary.round,
             duration_s=summary.duration_s,

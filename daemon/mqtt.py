@@ -321,6 +321,10 @@ class MqttClient:
     on_message:
         Called as ``on_message(topic, payload)`` from the network thread for every
         message on a subscribed topic; it must only enqueue.
+    on_retained:
+        If given, called instead of ``on_message`` for messages the broker delivers from
+        its retained store (when a subscription is made), as opposed to messages
+        published while subscribed: a retained status may be hours old.
     subscriptions:
         ``(topic filter, qos)`` pairs, renewed after every reconnect.
     will:
@@ -346,6 +350,7 @@ class MqttClient:
         client_id: str,
         *,
         on_message: MessageHandler,
+        on_retained: MessageHandler | None = None,
         subscriptions: Sequence[tuple[str, int]] = (),
         will: Will | None = None,
         on_connect: Callable[[ConnectInfo], None] | None = None,
@@ -356,6 +361,7 @@ class MqttClient:
         self.client_id = client_id
         self._host, self._port, use_tls = parse_broker_url(settings.url)
         self._on_message = on_message
+        self._on_retained = on_retained or on_message
         self._subscriptions = list(subscriptions)
         self._will = will
         self._on_connect_hook = on_connect
@@ -824,7 +830,8 @@ class MqttClient:
 
     def _handle_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         try:
-            self._on_message(msg.topic, bytes(msg.payload))
+            handler = self._on_retained if msg.retain else self._on_message
+            handler(msg.topic, bytes(msg.payload))
         except Exception:  # a consumer bug must never kill the network thread
             _LOGGER.exception("client %s: message handler failed", self.client_id)
 

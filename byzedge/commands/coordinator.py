@@ -1,4 +1,4 @@
-"""``byzedge coordinator run | check-config``."""
+"""``byzedge coordinator run | check-config | reputation list | reputation reset DEVICE``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run rounds until done (or forever with rounds = 0)")
     run.add_argument("--config", type=Path, required=True, help="coordinator.toml")
     run.add_argument("--rounds", type=int, help="override `rounds` from the file")
+    add_rule_flags(run)
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     add_runtime_flags(run, "coordinator.key")
     check = sub.add_parser(
@@ -48,7 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also connect to the broker and check the ACL lets the coordinator publish",
     )
+    reputation = sub.add_parser(
+        "reputation", help="inspect or reset devices' reputations (resets are audited)"
+    )
+    reputation.add_argument("verb", choices=["list", "reset"], help="list, or reset DEVICE")
+    reputation.add_argument("device", nargs="?", help="the device to reset")
+    reputation.add_argument("--config", type=Path, required=True, help="coordinator.toml")
+    reputation.add_argument(
+        "--state-dir", type=Path, help="override state_dir (systemd: /var/lib/byzedge-...)"
+    )
     return parser
+
+
+def add_rule_flags(parser: argparse.ArgumentParser) -> None:
+    """``--byzantine-defense`` and ``--max-byzantine-fraction``, overriding the file."""
+    parser.add_argument(
+        "--byzantine-defense", metavar="RULE", help="override byzantine_defense (a rule name)"
+    )
+    parser.add_argument(
+        "--max-byzantine-fraction",
+        type=float,
+        metavar="F",
+        help="override max_byzantine_fraction, in [0, 0.5)",
+    )
 
 
 def main(argv: Sequence[str]) -> int:
@@ -62,9 +85,12 @@ def main(argv: Sequence[str]) -> int:
     from coordinator.devices import DeviceRegistry  # noqa: PLC0415
     from protocol.signing import SigningKey  # noqa: PLC0415
 
+    if args.action == "reputation":
+        return _reputation(args)
     overrides: dict[str, object] = dict(runtime_overrides(args))
-    if getattr(args, "rounds", None) is not None:
-        overrides["rounds"] = args.rounds
+    for name in ("rounds", "byzantine_defense", "max_byzantine_fraction"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     try:
         config = load_coordinator_config(args.config, overrides)
         config = config.model_copy(update={"mqtt": with_tls_key(config.mqtt, args.tls_key)})
@@ -147,3 +173,42 @@ def _online(config: CoordinatorConfig) -> int:
         ],
     )
     return report_problems("coordinator", problems)
+
+
+def _reputation(args: argparse.Namespace) -> int:
+    """``reputation list`` reads the saved state; ``reputation reset`` leaves a request."""
+    from coordinator.config import ConfigError, load_coordinator_config  # noqa: PLC0415
+    from coordinator.requests import request_reputation_reset  # noqa: PLC0415
+    from coordinator.state import StateStore  # noqa: PLC0415
+    from protocol.errors import TopicError  # noqa: PLC0415
+
+    overrides = {"state_dir": str(args.state_dir.resolve())} if args.state_dir else {}
+    try:
+        config = load_coordinator_config(args.config, overrides)
+    except (ConfigError, ValueError) as exc:
+        return fail("coordinator", str(exc))
+    if args.verb == "reset":
+        if not args.device:
+            return fail("coordinator", "reputation reset needs a DEVICE")
+        try:
+            path = request_reputation_reset(config.state_dir, args.device)
+        except TopicError as exc:
+            return fail("coordinator", str(exc))
+        except OSError as exc:
+            return fail("coordinator", f"cannot write {config.state_dir}: {exc}", 1)
+        print(
+            f"reset of {args.device} requested ({path}); the coordinator applies it before "
+            "its next round and records it in the audit log"
+        )
+        return 0
+    try:
+        state = StateStore(config.state_dir).load()
+    except ValueError as exc:
+        return fail("coordinator", f"unusable state in {config.state_dir}: {exc}", 1)
+    if state is None or not state.reputation:
+        print(f"no reputations yet in {config.state_dir}")
+        return 0
+    print(f"fleet {state.fleet}, after round {state.completed_round} (lowest first)")
+    for device, value in sorted(state.reputation.items(), key=lambda item: (item[1], item[0])):
+        print(f"  {device:<24} {value:.4f}")
+    return 0

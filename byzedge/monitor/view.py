@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
+from coordinator.audit import AuditError, SignedHead
 from protocol.errors import ProtocolError
 from protocol.signing import VerifyKey
 from protocol.topics import (
@@ -47,7 +48,6 @@ __all__ = [
     "FleetView",
     "Rejection",
     "RoundView",
-    "audit_head_message",
     "verify_audit_head",
 ]
 
@@ -68,43 +68,16 @@ _FLAG_REASON = "anomalous-update"  # the coordinator's alert reason for a flagge
 # -- the signed audit head --------------------------------------------------------------
 
 
-def audit_head_message(head: Mapping[str, Any]) -> bytes:
-    """Return the bytes an audit head's signature covers (PROVISIONAL).
+def verify_audit_head(head: Mapping[str, Any], key: VerifyKey) -> bool:
+    """Tell whether ``head`` is an audit head signed by ``key``.
 
-    Until coordinator/audit.py fixes the format, the signed message is the canonical JSON
-    (sorted keys, no spaces) of ``{"seq": seq, "hash": hash}``, and the signature is hex.
-    Pass another function as ``message`` to :func:`verify_audit_head` (or to
-    :class:`FleetView`) once the format is settled.
-
-    Raises
-    ------
-    KeyError, TypeError
-        When ``head`` lacks the fields.
+    ``head`` is the coordinator's :class:`coordinator.audit.SignedHead` in its JSON form (the
+    ``audit_head`` field of a round summary). False, never an exception, for a malformed
+    head, another key's head, or a signature that does not verify.
     """
-    return json.dumps(
-        {"seq": head["seq"], "hash": head["hash"]}, sort_keys=True, separators=(",", ":")
-    ).encode()
-
-
-def verify_audit_head(
-    head: Mapping[str, Any],
-    key: VerifyKey,
-    *,
-    message: Callable[[Mapping[str, Any]], bytes] = audit_head_message,
-) -> bool:
-    """Tell whether ``head`` (``seq``, ``hash``, ``signature``, ``key_id``) is signed by ``key``.
-
-    False, never an exception, for a malformed head, a key id other than ``key``'s, a
-    signature that is not hex or does not verify.
-    """
-    signature = head.get("signature")
-    if head.get("key_id") != key.key_id or not isinstance(signature, str):
-        return False
-    if not isinstance(head.get("seq"), int) or not isinstance(head.get("hash"), str):
-        return False
     try:
-        key.verify(bytes.fromhex(signature), message(head))
-    except (ProtocolError, ValueError, KeyError, TypeError):
+        SignedHead.from_dict(dict(head)).verify(key)
+    except AuditError:
         return False
     return True
 
@@ -196,8 +169,6 @@ class FleetView:
         them).
     max_alerts:
         Alerts kept, newest last.
-    audit_message:
-        The bytes an audit head's signature covers (:func:`audit_head_message`).
     clock:
         Wall clock for messages applied without a receive time.
     """
@@ -209,7 +180,6 @@ class FleetView:
         coordinator_key: VerifyKey | None = None,
         history: int = 30,
         max_alerts: int = 10,
-        audit_message: Callable[[Mapping[str, Any]], bytes] = audit_head_message,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if history < 1 or max_alerts < 1:
@@ -219,7 +189,6 @@ class FleetView:
         self.coordinator_key = coordinator_key
         self._summary_topic = coordinator_status_topic(fleet)
         self._alerts_topic = alerts_topic(fleet)
-        self._audit_message = audit_message
         self._clock = clock
         self.coordinator: str = "unknown"
         self.rounds: deque[RoundView] = deque(maxlen=history)
@@ -349,7 +318,7 @@ class FleetView:
         )
         if self.coordinator_key is None:
             return shown
-        ok = verify_audit_head(head, self.coordinator_key, message=self._audit_message)
+        ok = verify_audit_head(head, self.coordinator_key)
         return replace(shown, status="verified" if ok else "unverified")
 
     def _apply_alert(self, data: dict[str, Any], now: float) -> Change | None:

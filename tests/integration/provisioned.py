@@ -6,8 +6,9 @@ mosquitto drops to the ``mosquitto`` user before it reads its key, so the fleet 
 be one that user can enter: pytest's ``tmp_path`` (under the 0700 ``/tmp/pytest-of-root``)
 is not, so fleets live in a 0755 folder made with ``tempfile.mkdtemp(dir="/tmp")``.
 
-Daemons run as separate processes (``python -m byzedge coordinator run ...``), each with
-its own log file, so tests can SIGKILL, SIGSTOP or restart any of them.
+Daemons run as separate processes of the installed ``byzedge`` command (what systemd's
+``ExecStart=`` runs), each with its own log file, so tests can SIGKILL, SIGSTOP or restart
+any of them.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class Fleet:
     # -- daemons -----------------------------------------------------------------------
 
     def spawn(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Daemon:
-        """Start ``python -m byzedge ARGS`` in the fleet folder, logging to ``logs/NAME``."""
+        """Start ``byzedge ARGS`` in the fleet folder, logging to ``logs/NAME``."""
         logs = self.root.parent / "logs"
         logs.mkdir(exist_ok=True)
         log = logs / f"{name}.log"
@@ -121,7 +122,7 @@ class Fleet:
         environment.update(env or {})
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "byzedge", *args],
+                [str(Path(sys.executable).with_name("byzedge")), *args],
                 cwd=self.root,
                 env=environment,
                 stdout=out,
@@ -161,7 +162,8 @@ class Fleet:
         """Wait until ``count`` rounds are done; fail with every log's tail otherwise."""
         deadline = time.monotonic() + timeout_s
         while len(summaries := self.rounds()) < count:
-            exited = {d.name: d.process.returncode for d in self.daemons if d.process.poll()}
+            latest = {d.name: d for d in self.daemons}  # a restarted daemon replaces the old
+            exited = {n: d.process.returncode for n, d in latest.items() if d.process.poll()}
             if time.monotonic() > deadline or exited.get("coordinator") is not None:
                 self.fail(f"{len(summaries)} of {count} rounds (exited: {exited})")
             time.sleep(0.2)

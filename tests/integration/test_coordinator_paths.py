@@ -108,3 +108,23 @@ def test_a_reload_without_the_devices_folder_keeps_the_enrolment(
 
     assert fleet.coordinator.reload_enrolment() == ([], [])
     assert len(list(fleet.coordinator._ingest.devices)) == 3
+
+
+def test_a_requested_reputation_reset_is_applied_and_audited(
+    mosquitto_broker: BrokerHandle, tmp_path: Path
+) -> None:
+    from coordinator.requests import request_reputation_reset  # noqa: PLC0415
+
+    spec = FleetSpec(
+        fleet="paths-reset", broker_url=mosquitto_broker.url, devices=3, rounds=2, epochs=1
+    )
+    fleet = InProcessFleet(spec, tmp_path)
+    state_dir = fleet.coordinator_config.state_dir
+    request_reputation_reset(state_dir, "dev-001")
+
+    fleet.run()
+
+    records = [json.loads(line) for line in (state_dir / "audit.jsonl").read_text().splitlines()]
+    resets = [r for r in records if r["event"] == "reputation-reset"]
+    assert [r["data"]["device"] for r in resets] == ["dev-001"]
+    assert not (state_dir / "requests" / "dev-001.reputation-reset").exists()

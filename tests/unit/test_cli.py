@@ -299,3 +299,93 @@ def test_audit_verify_reports_an_unreadable_key_as_usage_error(
 def test_demo_rejects_an_unknown_defense(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--defense", "nope"]) == 2
     assert "unknown defense 'nope'" in capsys.readouterr().err
+
+
+# -- train and reputation ------------------------------------------------------------
+
+
+def test_train_refuses_certified_robustness_with_one_line(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(fleet / "coordinator.toml")
+
+    assert main(["train", "--config", config, "--certified-robustness"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("byzedge train: --certified-robustness")
+    assert err.count("\n") == 1
+
+
+def test_train_rejects_an_unknown_defense_as_a_config_error(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(fleet / "coordinator.toml")
+
+    assert main(["train", "--config", config, "--byzantine-defense", "nope"]) == 2
+    assert "byzantine_defense: Value error, unknown rule 'nope'" in capsys.readouterr().err
+
+
+def test_train_rejects_a_byzantine_fraction_out_of_range(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(fleet / "coordinator.toml")
+
+    assert main(["train", "--config", config, "--max-byzantine-fraction", "0.7"]) == 2
+    assert "max_byzantine_fraction" in capsys.readouterr().err
+
+
+def test_reputation_list_without_state_says_so(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(fleet / "coordinator.toml")
+
+    assert main(["coordinator", "reputation", "list", "--config", config]) == 0
+    assert "no reputations yet" in capsys.readouterr().out
+
+
+def test_reputation_list_prints_the_lowest_first(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    from coordinator.state import CoordinatorState, StateStore  # noqa: PLC0415
+
+    StateStore(fleet / "state" / "coordinator").save(
+        CoordinatorState(
+            fleet="cli",
+            model="mlp",
+            completed_round=12,
+            model_version=12,
+            params=np.zeros(3, np.float32),
+            reputation={"dev-000": 0.9, "dev-001": 0.25},
+        )
+    )
+
+    assert (
+        main(["coordinator", "reputation", "list", "--config", str(fleet / "coordinator.toml")])
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "fleet cli, after round 12 (lowest first)"
+    assert lines[1].split() == ["dev-001", "0.2500"]
+    assert lines[2].split() == ["dev-000", "0.9000"]
+
+
+def test_reputation_reset_leaves_a_request_for_the_coordinator(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from coordinator.requests import take_reputation_resets  # noqa: PLC0415
+
+    config = str(fleet / "coordinator.toml")
+
+    assert main(["coordinator", "reputation", "reset", "dev-000", "--config", config]) == 0
+    assert "records it in the audit log" in capsys.readouterr().out
+    assert take_reputation_resets(fleet / "state" / "coordinator") == ["dev-000"]
+
+
+def test_reputation_reset_refuses_a_bad_device_id(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(fleet / "coordinator.toml")
+
+    assert main(["coordinator", "reputation", "reset", "../x", "--config", config]) == 2
+    assert capsys.readouterr().err.startswith("byzedge coordinator: ")
