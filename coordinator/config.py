@@ -8,13 +8,10 @@ never silently falls back to a default. Secrets (the signing key) are files, nev
 from __future__ import annotations
 
 import inspect
-import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -30,9 +27,16 @@ from coordinator.aggregation import (
     parameters,
 )
 from coordinator.aggregation.clipping_vr import automatic_radius
+from daemon.config import (
+    ConfigError,
+    StrictModel,
+    checked_identifier,
+    format_validation_error,
+    read_toml,
+    resolve_mqtt_paths,
+    resolve_paths,
+)
 from daemon.mqtt import MqttSettings
-from protocol.errors import TopicError
-from protocol.topics import validate_device_id, validate_identifier
 
 __all__ = [
     "AggregationConfig",
@@ -40,20 +44,13 @@ __all__ = [
     "CoordinatorConfig",
     "LogsConfig",
     "MetricsConfig",
-    "checked_device_id",
-    "checked_identifier",
     "load_coordinator_config",
-    "resolve_mqtt_paths",
     "rule_parameters",
 ]
 
 
-class ConfigError(Exception):
-    """A configuration file is missing, unreadable or invalid (one line, for humans)."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Strict(StrictModel):
+    """The coordinator's tables (strict and frozen, see :class:`daemon.config.StrictModel`)."""
 
 
 class AggregationConfig(_Strict):
@@ -365,67 +362,9 @@ def load_coordinator_config(
     """
     raw = read_toml(path)
     raw.update(overrides or {})
-    for key in ("signing_key", "devices_dir", "state_dir"):
-        if key in raw and isinstance(raw[key], str):
-            raw[key] = str((path.parent / raw[key]).resolve())
+    resolve_paths(raw, ("signing_key", "devices_dir", "state_dir"), path.parent)
     resolve_mqtt_paths(raw, path.parent)
     try:
         return CoordinatorConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(path, exc)) from exc
-
-
-def checked_identifier(value: str, what: str) -> str:
-    """Validate a fleet, device or sender id as a pydantic field validator must.
-
-    :func:`validate_identifier` raises :class:`TopicError`, which pydantic would let escape
-    as is; a ``ValueError`` becomes a validation error that names the key.
-    """
-    try:
-        return validate_identifier(value, what)
-    except TopicError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def checked_device_id(value: str) -> str:
-    """:func:`checked_identifier` for a device id, which must not be a reserved name."""
-    try:
-        return validate_device_id(value)
-    except TopicError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def resolve_mqtt_paths(raw: dict[str, Any], folder: Path) -> None:
-    """Resolve the ``[mqtt]`` table's relative file paths against ``folder``, in place."""
-    mqtt = raw.get("mqtt")
-    if not isinstance(mqtt, dict):
-        return
-    if isinstance(mqtt.get("password_file"), str):
-        mqtt["password_file"] = str((folder / mqtt["password_file"]).resolve())
-    tls = mqtt.get("tls")
-    if isinstance(tls, dict):
-        for key in ("ca_file", "cert_file", "key_file"):
-            if isinstance(tls.get(key), str):
-                tls[key] = str((folder / tls[key]).resolve())
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, turning every failure into a :class:`ConfigError`."""
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError as exc:
-        msg = f"{path}: no such file"
-        raise ConfigError(msg) from exc
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        msg = f"{path}: {exc}"
-        raise ConfigError(msg) from exc
-
-
-def format_validation_error(path: Path, exc: ValidationError) -> str:
-    """One line per problem: ``file: key.path: message``."""
-    lines = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        lines.append(f"{path}: {where}: {error['msg']}")
-    return "; ".join(lines)

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -19,13 +17,15 @@ from pydantic import (
     model_validator,
 )
 
-from coordinator.config import (
+from daemon.config import (
     ConfigError,
+    StrictModel,
     checked_device_id,
     checked_identifier,
     format_validation_error,
     read_toml,
     resolve_mqtt_paths,
+    resolve_paths,
 )
 from daemon.mqtt import MqttSettings
 from protocol.codecs import CODECS
@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Strict(StrictModel):
+    """The agent's tables (strict and frozen, see :class:`daemon.config.StrictModel`)."""
 
 
 class DataConfig(_Strict):
@@ -157,12 +157,10 @@ def load_agent_config(path: Path, overrides: dict[str, Any] | None = None) -> Ag
     """
     raw = read_toml(path)
     raw.update(overrides or {})
-    for key in _PATH_KEYS:
-        if isinstance(raw.get(key), str):
-            raw[key] = str((path.parent / raw[key]).resolve())
+    resolve_paths(raw, _PATH_KEYS, path.parent)
     data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str):
-        data["path"] = str((path.parent / data["path"]).resolve())
+    if isinstance(data, dict):
+        resolve_paths(data, ("path",), path.parent)
     resolve_mqtt_paths(raw, path.parent)
     try:
         return AgentConfig.model_validate(raw)

@@ -81,7 +81,7 @@ def main(argv: Sequence[str]) -> int:
     problem ``check-config`` finds (offline, or with ``--online``).
     """
     args = build_parser().parse_args(argv)
-    from coordinator.config import ConfigError  # noqa: PLC0415
+    from daemon.config import ConfigError  # noqa: PLC0415
     from edge_agent.config import load_agent_config  # noqa: PLC0415
 
     # A path given on the command line is relative to where the command runs, not to the

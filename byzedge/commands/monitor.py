@@ -98,7 +98,7 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     from byzedge.monitor.config import load_monitor_config  # noqa: PLC0415
     from byzedge.monitor.view import FleetView  # noqa: PLC0415
-    from coordinator.config import ConfigError  # noqa: PLC0415
+    from daemon.config import ConfigError  # noqa: PLC0415
     from daemon.logging import configure_logging  # noqa: PLC0415
     from protocol.errors import ProtocolError  # noqa: PLC0415
     from protocol.signing import VerifyKey  # noqa: PLC0415

@@ -21,24 +21,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from coordinator.config import (
+from daemon.config import (
     ConfigError,
+    StrictModel,
     checked_identifier,
     format_validation_error,
     read_toml,
     resolve_mqtt_paths,
+    resolve_paths,
 )
 from daemon.mqtt import MqttSettings
 
 __all__ = ["MonitorConfig", "load_monitor_config"]
 
 
-class MonitorConfig(BaseModel):
+class MonitorConfig(StrictModel):
     """Everything ``byzedge monitor`` needs."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     fleet: str = Field(description="Fleet name; the second level of every topic.")
     coordinator_key: Path | None = Field(
@@ -66,8 +66,7 @@ def load_monitor_config(path: Path, overrides: dict[str, Any] | None = None) -> 
     """
     raw = read_toml(path)
     raw.update(overrides or {})
-    if isinstance(raw.get("coordinator_key"), str):
-        raw["coordinator_key"] = str((path.parent / raw["coordinator_key"]).resolve())
+    resolve_paths(raw, ("coordinator_key",), path.parent)
     resolve_mqtt_paths(raw, path.parent)
     try:
         return MonitorConfig.model_validate(raw)

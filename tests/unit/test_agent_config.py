@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.config import ConfigError
+from daemon.config import ConfigError
 from edge_agent.config import load_agent_config
 
 REQUIRED = """\

@@ -11,7 +11,7 @@ from byzedge.cli import main
 from byzedge.monitor.config import load_monitor_config
 from byzedge.monitor.render import format_age, render_text, sparkline
 from byzedge.monitor.view import FleetView
-from coordinator.config import ConfigError
+from daemon.config import ConfigError
 
 FLEET = "plant-7"
 
