@@ -78,8 +78,9 @@ from coordinator.round_engine import RoundSettings, ServerStepResult, server_ste
 from coordinator.state import CoordinatorState, StateStore
 from daemon import systemd
 from daemon.logging import RateLimitedLog
-from daemon.mqtt import ConnectInfo, MqttClient, Will
+from daemon.mqtt import ConnectInfo, Will
 from daemon.rotating import RotatingJsonl
+from daemon.transport import Endpoint, TransportFactory, mqtt_transport
 from models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
 from models.datasets import DigitsSplit, load_digits_split
 from protocol import topics
@@ -177,6 +178,9 @@ class Coordinator:
         Optional callback with each round's summary (the demo's progress bar).
     validation:
         Held-out data for the validation accuracy; loaded from the config when ``None``.
+    transport:
+        Builds the broker connection; MQTT with ``config.mqtt`` by default (tests pass an
+        :class:`~daemon.transport.InMemoryBroker`'s ``connect``).
     """
 
     def __init__(
@@ -187,6 +191,7 @@ class Coordinator:
         devices: DeviceRegistry,
         on_round: Callable[[RoundSummary], None] | None = None,
         validation: DigitsSplit | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
         if config.byzantine_defense not in AGGREGATORS:
             known = ", ".join(sorted(AGGREGATORS))
@@ -240,22 +245,24 @@ class Coordinator:
         self._last_manifest: bytes | None = None
         self._session_lost = threading.Event()
         self.state = self._load_or_init_state()
-        self._client = MqttClient(
-            config.mqtt,
-            f"{config.fleet}-{config.name}",
-            on_message=self._enqueue,
-            on_retained=self._enqueue_retained,
-            subscriptions=[
-                (topics.update_wildcard(config.fleet), 1),
-                (topics.device_status_wildcard(config.fleet), 1),
-            ],
-            will=Will(
-                topics.coordinator_status_topic(config.fleet),
-                json.dumps({"state": "offline"}).encode(),
-            ),
-            on_connect=self._on_connect,
-            # The broker queues updates for us while we are away (a reconnect, a restart).
-            persistent_session=True,
+        connect = transport if transport is not None else mqtt_transport(config.mqtt)
+        self._client = connect(
+            Endpoint(
+                f"{config.fleet}-{config.name}",
+                on_message=self._enqueue,
+                on_retained=self._enqueue_retained,
+                subscriptions=[
+                    (topics.update_wildcard(config.fleet), 1),
+                    (topics.device_status_wildcard(config.fleet), 1),
+                ],
+                will=Will(
+                    topics.coordinator_status_topic(config.fleet),
+                    json.dumps({"state": "offline"}).encode(),
+                ),
+                on_connect=self._on_connect,
+                # The broker queues updates for us while we are away (reconnect, restart).
+                persistent_session=True,
+            )
         )
 
     # -- set-up ------------------------------------------------------------------------

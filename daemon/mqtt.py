@@ -258,6 +258,13 @@ class Delivery:
         delivery.error = error
         return delivery
 
+    @classmethod
+    def settled(cls, topic: str, *, refused: str | None = None) -> Delivery:
+        """A one-message delivery that is already done (other transports, tests)."""
+        delivery = cls(topic, 1)
+        delivery._resolve(refused=refused)
+        return delivery
+
     @property
     def done(self) -> bool:
         """Whether every chunk has an outcome."""

@@ -33,8 +33,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from daemon import systemd
-from daemon.mqtt import ConnectInfo, Delivery, MqttClient, Will
+from daemon.mqtt import ConnectInfo, Delivery, Will
 from daemon.store import AtomicStore
+from daemon.transport import Endpoint, TransportFactory, mqtt_transport
 from edge_agent.config import AgentConfig
 from edge_agent.model_store import ModelInfo, ModelStore
 from edge_agent.pipeline import UpdatePipeline
@@ -109,6 +110,9 @@ class Agent:
         attacks; empty for an honest device).
     telemetry:
         Reads the device's state; psutil by default, injectable for tests.
+    transport:
+        Builds the broker connection; MQTT with ``config.mqtt`` by default (tests pass an
+        :class:`~daemon.transport.InMemoryBroker`'s ``connect``).
     """
 
     def __init__(
@@ -121,6 +125,7 @@ class Agent:
         stages: Sequence[UpdateStage] = (),
         wire_stages: Sequence[WireStage] = (),
         telemetry: Callable[[], TelemetrySnapshot] = read_telemetry,
+        transport: TransportFactory | None = None,
     ) -> None:
         self.config = config
         self._key = signing_key
@@ -148,14 +153,16 @@ class Agent:
         self._deliveries: list[tuple[int, Delivery]] = []
         self.last_status: dict[str, Any] = {}
         self._status_topic = topics.device_status_topic(config.fleet, config.device_id)
-        self._client = MqttClient(
-            config.mqtt,
-            config.device_id,
-            on_message=self._enqueue,
-            subscriptions=[(topics.model_topic(config.fleet), 1)],
-            will=Will(self._status_topic, self._status_bytes("offline")),
-            on_connect=self._on_connect,
-            seed=config.seed + self._device_salt,
+        connect = transport if transport is not None else mqtt_transport(config.mqtt)
+        self._client = connect(
+            Endpoint(
+                config.device_id,
+                on_message=self._enqueue,
+                subscriptions=[(topics.model_topic(config.fleet), 1)],
+                will=Will(self._status_topic, self._status_bytes("offline")),
+                on_connect=self._on_connect,
+                seed=config.seed + self._device_salt,
+            )
         )
 
     # -- state -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.devices import DeviceRegistry
 from coordinator.service import Coordinator, RoundSummary
 from daemon.mqtt import MqttSettings
+from daemon.transport import TransportFactory
 from edge_agent.config import AgentConfig
 from edge_agent.sensors import build_source
 from edge_agent.service import Agent
@@ -96,6 +97,9 @@ class InProcessFleet:
         Keys, state folders and logs go here.
     on_round:
         Called with each round summary (progress).
+    transport:
+        Builds every connection; MQTT to ``spec.broker_url`` by default (unit tests pass
+        an :class:`~daemon.transport.InMemoryBroker`'s ``connect``).
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class InProcessFleet:
         spec: FleetSpec,
         workdir: Path,
         on_round: Callable[[RoundSummary], None] | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
         self.spec = spec
         self.workdir = workdir
@@ -165,6 +170,7 @@ class InProcessFleet:
                     stages=injector.update_stages(),
                     wire_stages=injector.wire_stages(),
                     telemetry=_steady_telemetry,
+                    transport=transport,
                 )
             )
         self.coordinator_config = CoordinatorConfig.model_validate(
@@ -190,6 +196,7 @@ class InProcessFleet:
             signing_key=coordinator_key,
             devices=DeviceRegistry(registry),
             on_round=on_round,
+            transport=transport,
         )
         self._stop_agents = threading.Event()
         self._threads: list[threading.Thread] = []

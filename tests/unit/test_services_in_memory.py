@@ -1,0 +1,90 @@
+"""The coordinator and agents over the in-memory transport: the services' own logic.
+
+Real agents (training on digits shards) and a real coordinator, connected through
+:class:`daemon.transport.InMemoryBroker` instead of a broker: how rounds close, what a
+refused device reports, without sockets. The same behaviours over a real mosquitto are in
+``tests/integration/test_operator_fleet.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from coordinator.service import RoundSummary
+from daemon.transport import InMemoryBroker
+from fleet_sim.fleet import FleetSpec, InProcessFleet
+from protocol import topics
+
+
+def build(
+    tmp_path: Path, broker: InMemoryBroker, *, devices: int = 3, rounds: int = 3
+) -> tuple[InProcessFleet, list[RoundSummary]]:
+    summaries: list[RoundSummary] = []
+    spec = FleetSpec(
+        fleet="mem",
+        broker_url="mqtt://unused:1",
+        devices=devices,
+        rounds=rounds,
+        epochs=1,
+        round_timeout_s=30.0,
+        coordinator_overrides={"validation": "none"},
+    )
+    fleet = InProcessFleet(spec, tmp_path, on_round=summaries.append, transport=broker.connect)
+    return fleet, summaries
+
+
+def test_rounds_close_when_every_device_has_answered(tmp_path: Path) -> None:
+    fleet, summaries = build(tmp_path, InMemoryBroker())
+
+    assert fleet.run() == 0
+
+    assert [s.accepted for s in summaries] == [3, 3, 3]
+    assert all(s.closed_by == "all-answered" for s in summaries)
+
+
+def test_a_device_whose_updates_are_refused_says_so_and_holds_no_round(tmp_path: Path) -> None:
+    refused = topics.update_topic("mem", "dev-001")
+    broker = InMemoryBroker(authorize=lambda _client, topic: topic != refused)
+    fleet, summaries = build(tmp_path, broker)
+
+    assert fleet.run() == 0
+
+    agent = next(a for a in fleet.agents if a.config.device_id == "dev-001")
+    assert agent.updates_refused == 3
+    assert agent.last_refusal is not None
+    assert agent.last_refusal["reason"] == "Not authorized"
+    assert all(s.unavailable == ["dev-001"] for s in summaries)
+    assert all(s.closed_by == "all-available" for s in summaries)
+    assert all(s.duration_s < 10 for s in summaries)
+
+
+def test_a_device_that_dies_does_not_hold_the_rounds_after(tmp_path: Path) -> None:
+    fleet, summaries = build(tmp_path, InMemoryBroker(), rounds=1000)
+    stop = threading.Event()
+    # Statuses in the first seconds after the coordinator connects may be the broker's
+    # backlog (coordinator.service): a will that fires later counts within seconds.
+    quiet_after = time.monotonic() + 5.5
+    killed_at: list[int] = []
+
+    def kill_then_stop() -> None:
+        while time.monotonic() < quiet_after:
+            time.sleep(0.01)
+        killed_at.append(len(summaries))
+        fleet.agents[2].kill()  # its last will says offline
+        while len(summaries) < killed_at[0] + 3:
+            time.sleep(0.01)
+        stop.set()
+
+    killer = threading.Thread(target=kill_then_stop)
+    killer.start()
+    assert fleet.run(stop) == 0
+    killer.join()
+
+    after = summaries[killed_at[0] + 1 :]
+    assert len(after) >= 2
+    assert all(s.unavailable == ["dev-002"] for s in after)
+    assert all(s.closed_by == "all-available" for s in after)
+    assert all(s.accepted_devices == ["dev-000", "dev-001"] for s in after)
+    assert all(s.duration_s < 5.0 for s in after)
