@@ -1,6 +1,9 @@
 """Aggregator speed benchmark: ``python benchmarks/aggregators.py [--n 50 --d 1000000 ...]``.
 
-The same benchmark as ``byzedge bench aggregators`` (the logic lives in byzedge/bench.py);
+The same benchmark as ``byzedge bench aggregators`` (the logic lives in byzedge/bench.py),
+plus what only this script offers: our time against ByzFL's for every rule both have
+(benchmarks/peers.py), when ByzFL is installed (``pip install 'byzedge[bench]'``); without
+it the table's ByzFL section says why. ``--no-byzfl`` leaves that section out.
 ``--out benchmarks/results/aggregators.md`` writes the committed table.
 """
 
@@ -13,14 +16,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.peers import byzfl_section
 from byzedge.commands.bench import add_aggregator_arguments, run
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_aggregator_arguments(parser)
+    parser.add_argument("--no-byzfl", action="store_true", help="skip the ByzFL comparison")
     args = parser.parse_args(argv)
-    return run(args, shlex.join(["python", "benchmarks/aggregators.py", *argv]))
+    comparisons = () if args.no_byzfl else (byzfl_section,)
+    return run(args, shlex.join(["python", "benchmarks/aggregators.py", *argv]), comparisons)
 
 
 if __name__ == "__main__":

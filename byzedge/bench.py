@@ -6,11 +6,12 @@ are Byzantine, with ``max_byzantine_fraction = f / n``. Timings are medians over
 ``repeats`` calls, taken round-robin (one call of every rule per repeat) so that load from
 other processes on a shared machine hits every rule alike; each rule is reported as a
 ratio to ``mean`` measured in the same run, since reading all ``n * d`` values is the floor
-every rule pays. The ratios are checked against the targets of the aggregation issue.
+every rule pays. The ratios are checked against :data:`TARGETS`.
 
-Two optional parts: peak memory (tracemalloc) of the streaming path against the batch
-path for the rules that stream, and, when the ByzFL library is importable, our time
-against ByzFL's for every rule both have, on the same data in the same run.
+One optional part: peak memory (tracemalloc) of the streaming path against the batch path
+for the rules that stream. Comparisons with other libraries are not part of the package:
+:func:`run_aggregators` takes them as :data:`Comparison` callables, each adding one
+section to the table (the repository's ``benchmarks/peers.py`` adds ByzFL's timings).
 
 This is a benchmark, not a test: nothing here asserts a timing. The machine (platform,
 cores, numpy, the BLAS that threadpoolctl finds) is printed with the table, and the BLAS
@@ -20,15 +21,11 @@ environment is used as it is.
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import os
 import platform
 import statistics
-import sys
 import time
 import tracemalloc
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,17 +36,19 @@ from numpy.typing import NDArray
 __all__ = [
     "TARGETS",
     "AggregatorReport",
+    "Clock",
+    "Comparison",
     "MemoryRow",
-    "PeerRow",
+    "Section",
     "TimingRow",
     "machine_description",
     "make_updates",
     "measure_memory",
-    "measure_peers",
     "measure_rules",
     "render_markdown",
     "rule_params",
     "run_aggregators",
+    "time_round_robin",
 ]
 
 TARGETS: Mapping[str, float] = {
@@ -64,12 +63,10 @@ TARGETS: Mapping[str, float] = {
     "trimmed-mean": 12.0,
     "bulyan": 15.0,
 }
-"""Largest allowed ratio of a rule's median time to ``mean``'s (issue 3, "Speed")."""
-
-PEER_SPEEDUP_TARGETS: Mapping[str, float] = {"krum": 10.0}
-"""Rules that must beat ByzFL by more than 1x: ours must be this many times faster."""
+"""Largest allowed ratio of a rule's median time to ``mean``'s (the rules' speed targets)."""
 
 INNER = "coordinate-median"
+"""The inner rule the pre-aggregators wrap in the benchmark."""
 
 WHERE_THE_TIME_GOES: Mapping[str, str] = {
     "krum": (
@@ -100,9 +97,9 @@ WHERE_THE_TIME_GOES: Mapping[str, str] = {
     ),
 }
 """Why a rule costs what it costs, printed under the table for targets not met."""
-"""The inner rule the pre-aggregators wrap in the benchmark."""
 
 Clock = Callable[[], float]
+"""A monotonic clock in seconds (``time.perf_counter``; a fake one in tests)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,31 +141,19 @@ class MemoryRow:
 
 
 @dataclass(frozen=True, slots=True)
-class PeerRow:
-    """Our median time against ByzFL's for one rule, on the same data."""
+class Section:
+    """A part of the report added by a :data:`Comparison`: a heading and its Markdown."""
 
-    name: str
-    peer: str
-    ours: float
-    theirs: float
-    target_speedup: float
-    note: str = ""
+    title: str
+    body: str
 
-    @property
-    def speedup(self) -> float:
-        """``theirs / ours``: how many times faster we are."""
-        return self.theirs / self.ours
 
-    @property
-    def status(self) -> str:
-        """``met``, ``NOT met (...)`` against the speedup target, or ``error``."""
-        if self.ours != self.ours or self.theirs != self.theirs:  # NaN: a call failed
-            return "error"
-        if self.target_speedup <= 1.0:
-            return "met" if self.speedup > 1.0 else f"NOT met ({self.speedup:.2f}x faster)"
-        if self.speedup >= self.target_speedup:
-            return "met"
-        return f"NOT met ({self.speedup:.1f}x vs >= {self.target_speedup:g}x faster)"
+Comparison = Callable[[NDArray[np.float32], int, int, Sequence[str] | None], Section]
+"""``(updates, f, repeats, names) -> Section``: a measurement on the benchmark's round.
+
+Called by :func:`run_aggregators` on the same ``(n, d)`` updates the rules were timed on,
+with ``names`` the ``--rules`` selection (``None``: every rule).
+"""
 
 
 @dataclass(slots=True)
@@ -183,7 +168,7 @@ class AggregatorReport:
     machine: dict[str, str]
     timings: list[TimingRow]
     memory: list[MemoryRow] | str = field(default="not measured")
-    peers: list[PeerRow] | str = field(default="not measured")
+    sections: list[Section] = field(default_factory=list)
     command: str = ""
 
 
@@ -252,13 +237,17 @@ def rule_params(name: str, n: int, f: int) -> dict[str, Any]:
     return params
 
 
-def _time_round_robin(
+def time_round_robin(
     calls: Mapping[str, Callable[[], object]],
     repeats: int,
     clock: Clock,
     setups: Mapping[str, Callable[[], None]] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Time every call once per repeat, interleaved, after one untimed warm-up call each."""
+    """Time every call once per repeat, interleaved, after one untimed warm-up call each.
+
+    Returns the seconds of each call that ran, and ``name -> "ErrorType: message"`` for each
+    call whose set-up or warm-up raised (those are not timed).
+    """
     setups = setups or {}
     errors: dict[str, str] = {}
     for name, call in calls.items():
@@ -305,7 +294,7 @@ def measure_rules(
             errors[name] = f"{type(error).__name__}: {error}"
             continue
         calls[name] = functools.partial(rule, updates)
-    seconds, failed = _time_round_robin(calls, repeats, clock)
+    seconds, failed = time_round_robin(calls, repeats, clock)
     errors.update(failed)
     if "mean" not in seconds:
         raise RuntimeError(f"the mean rule failed, so no ratio can be computed: {errors}")
@@ -378,141 +367,6 @@ def measure_memory(n: int, d: int, seed: int = 0) -> list[MemoryRow] | str:
     return rows
 
 
-def _load_byzfl() -> types.ModuleType | str:
-    """Return ``byzfl.aggregators``, or why it cannot be imported.
-
-    ``import byzfl`` also imports its training framework and so torchvision; where that
-    fails (a CUDA torchvision next to a CPU torch) the aggregators, which need only
-    numpy, torch and scipy, are loaded without the package's ``__init__``.
-    """
-    spec = importlib.util.find_spec("byzfl")
-    if spec is None or not spec.submodule_search_locations:
-        return "ByzFL not installed (pip install 'byzedge[bench]')"
-    try:
-        return importlib.import_module("byzfl.aggregators")
-    except Exception as error:
-        first = f"{type(error).__name__}: {error}"
-    for module in [key for key in sys.modules if key == "byzfl" or key.startswith("byzfl.")]:
-        del sys.modules[module]
-    package = types.ModuleType("byzfl")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["byzfl"] = package
-    try:
-        return importlib.import_module("byzfl.aggregators")
-    except Exception as error:
-        del sys.modules["byzfl"]
-        return f"ByzFL not importable ({first}; then {type(error).__name__}: {error})"
-
-
-def _peer_pairs(
-    byzfl: types.ModuleType, n: int, f: int
-) -> dict[str, tuple[str, dict[str, Any], Callable[[NDArray[np.float32]], object], str]]:
-    """Map our rule -> (ByzFL name, our params, ByzFL call, note) for every shared rule."""
-    from coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
-
-    pairs: dict[str, tuple[str, dict[str, Any], Callable[[NDArray[np.float32]], object], str]]
-    pairs = {}
-    fraction = f / n
-
-    def add(ours: str, label: str, params: dict[str, Any], call: Any, note: str = "") -> None:
-        if ours in AGGREGATORS:
-            pairs[ours] = (label, params, call, note)
-
-    average, median = byzfl.Average(), byzfl.Median()
-    add("mean", "Average", {}, average)
-    add("coordinate-median", "Median", {}, median)
-    add("trimmed-mean", f"TrMean(f={f})", {"trim_fraction": fraction}, byzfl.TrMean(f=f))
-    add("krum", f"Krum(f={f})", {"max_byzantine_fraction": fraction}, byzfl.Krum(f=f))
-    add(
-        "multi-krum",
-        f"MultiKrum(f={f})",
-        {"max_byzantine_fraction": fraction},
-        byzfl.MultiKrum(f=f),
-    )
-    add(
-        "geometric-median",
-        "GeometricMedian(nu=0.1, T=3)",
-        {"nu": 0.1, "max_iter": 3},
-        byzfl.GeometricMedian(nu=0.1, T=3),
-        "both run 3 Weiszfeld iterations",
-    )
-    add(
-        "centered-clipping",
-        "CenteredClipping(L=1, tau=100)",
-        {"clip_threshold": 100.0, "iterations": 1},
-        byzfl.CenteredClipping(L=1, tau=100.0),
-    )
-    clipping = byzfl.Clipping(c=2.0)
-    add(
-        "norm-clipping",
-        "Average(Clipping(c=2))",
-        {"clip_norm": 2.0},
-        lambda x: average(clipping(x.copy())),
-        "ByzFL clips in place, so it gets a copy (its time includes the copy)",
-    )
-    if hasattr(byzfl, "NNM"):
-        nnm = byzfl.NNM(f=f)
-        add(
-            "nnm",
-            f"Median(NNM(f={f}))",
-            {"inner": INNER, "max_byzantine_fraction": fraction},
-            lambda x: median(nnm(x)),
-        )
-    if hasattr(byzfl, "ARC"):
-        arc = byzfl.ARC(f=f)
-        add(
-            "arc",
-            f"Median(ARC(f={f}))",
-            {"inner": INNER, "max_byzantine_fraction": fraction},
-            lambda x: median(arc(x.copy())),
-            "ByzFL clips in place, so it gets a copy (its time includes the copy)",
-        )
-    return pairs
-
-
-def measure_peers(
-    updates: NDArray[np.float32],
-    f: int,
-    repeats: int,
-    names: Sequence[str] | None = None,
-    clock: Clock = time.perf_counter,
-) -> list[PeerRow] | str:
-    """Time ours and ByzFL's on the same updates for every rule both have."""
-    from coordinator.aggregation import build  # noqa: PLC0415
-
-    byzfl = _load_byzfl()
-    if isinstance(byzfl, str):
-        return byzfl
-    pairs = _peer_pairs(byzfl, len(updates), f)
-    if names is not None:
-        pairs = {name: pair for name, pair in pairs.items() if name in names}
-    calls: dict[str, Callable[[], object]] = {}
-    for name, (_, params, call, _) in pairs.items():
-        rule = build(name, **params)
-        calls[f"ours:{name}"] = functools.partial(rule, updates)
-        calls[f"byzfl:{name}"] = functools.partial(call, updates)
-    seconds, errors = _time_round_robin(calls, repeats, clock)
-    rows = []
-    for name, (label, params, _, note) in pairs.items():
-        ours, theirs = f"ours:{name}", f"byzfl:{name}"
-        if ours in errors or theirs in errors:
-            problem = errors.get(ours) or errors.get(theirs) or ""
-            rows.append(PeerRow(name, label, float("nan"), float("nan"), 1.0, problem))
-            continue
-        shown = ", ".join(f"{key}={value}" for key, value in params.items())
-        rows.append(
-            PeerRow(
-                name,
-                label,
-                statistics.median(seconds[ours]),
-                statistics.median(seconds[theirs]),
-                PEER_SPEEDUP_TARGETS.get(name, 1.0),
-                "; ".join(part for part in (f"ours: {shown}" if shown else "", note) if part),
-            )
-        )
-    return rows
-
-
 def run_aggregators(
     *,
     n: int = 50,
@@ -522,17 +376,20 @@ def run_aggregators(
     seed: int = 0,
     names: Sequence[str] | None = None,
     memory: bool = True,
-    peers: bool = True,
+    comparisons: Sequence[Comparison] = (),
     command: str = "",
 ) -> AggregatorReport:
-    """Run the whole aggregator benchmark and return its report."""
+    """Run the whole aggregator benchmark and return its report.
+
+    Each of ``comparisons`` runs after the timings, on the same updates, and adds one
+    section after the memory table.
+    """
     if not (n >= 1 and d >= 1 and 0 <= f < n and repeats >= 1):
         raise ValueError(f"need n >= 1, d >= 1, 0 <= f < n, repeats >= 1; got {n}, {d}, {f}")
     updates = make_updates(n, d, f, seed)
     report = AggregatorReport(n, d, f, repeats, seed, machine_description(), [], command=command)
     report.timings = measure_rules(updates, f, repeats, names)
-    if peers:
-        report.peers = measure_peers(updates, f, repeats, names)
+    report.sections = [compare(updates, f, repeats, names) for compare in comparisons]
     del updates
     if memory:
         report.memory = measure_memory(n, d, seed)
@@ -594,20 +451,6 @@ def render_markdown(report: AggregatorReport) -> str:
                 f"| {mem.name} | {_mib(mem.batch_peak)} | {_mib(mem.streaming_peak)} "
                 f"| {factor} | {mem.note} |"
             )
-    lines += ["", "## Against ByzFL (same data, same run)", ""]
-    if isinstance(report.peers, str):
-        lines.append(report.peers)
-    else:
-        lines += [
-            "Targets: ours faster on every rule, at least 10x faster on `krum`.",
-            "",
-            "| rule | ByzFL | ours (s) | ByzFL (s) | ours / ByzFL | status | note |",
-            "| --- | --- | ---: | ---: | ---: | --- | --- |",
-        ]
-        for peer in report.peers:
-            relative = peer.ours / peer.theirs if peer.theirs == peer.theirs else float("nan")
-            lines.append(
-                f"| {peer.name} | {peer.peer} | {peer.ours:.4f} | {peer.theirs:.4f} "
-                f"| {relative:.3f} | {peer.status} | {peer.note} |"
-            )
+    for section in report.sections:
+        lines += ["", f"## {section.title}", "", section.body]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ Messages arrive on the MQTT client's network thread and are only queued there (u
 device statuses in separate queues); all the work happens on the thread that calls
 :meth:`Coordinator.run`.
 
-Keeping rounds moving (issue 8):
+Keeping rounds moving:
 
 * A round closes as soon as every device asked has answered, been rejected for something
   only it could have done, or is known not to answer: its retained status says

@@ -21,7 +21,7 @@ from models.params import load_vector_into, module_to_vector
 from models.spec import ModelSpec
 from models.torch_modules import build_module
 
-__all__ = ["TrainingConfig", "train_local"]
+__all__ = ["TrainingConfig", "shuffled_batches", "train_local", "usable_rows"]
 
 _log = logging.getLogger(__name__)
 
@@ -74,7 +74,28 @@ class TrainingConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
-def _usable_rows(spec: ModelSpec, data: LocalData) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+def usable_rows(spec: ModelSpec, data: LocalData) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Return the rows of ``data`` training can use: finite features, labels in range.
+
+    Parameters
+    ----------
+    spec:
+        The model being trained (its input width and number of classes).
+    data:
+        Local samples, features ``(m, spec.input_dim)`` and labels ``(m,)``.
+
+    Returns
+    -------
+    tuple
+        Features as float32 ``(k, input_dim)`` and labels as int64 ``(k,)``, ``k <= m``:
+        the rows whose features are all finite and whose label is in
+        ``[0, num_classes)``.
+
+    Raises
+    ------
+    ValueError
+        If the features or labels have the wrong shape.
+    """
     features = np.asarray(data.features, dtype=np.float32)
     labels = np.asarray(data.labels)
     if features.ndim != 2 or features.shape[1] != spec.input_dim:
@@ -85,6 +106,21 @@ def _usable_rows(spec: ModelSpec, data: LocalData) -> tuple[NDArray[np.float32],
     # such rows are dropped rather than allowed to poison (or crash) the step.
     keep = np.isfinite(features).all(axis=1) & (labels >= 0) & (labels < spec.num_classes)
     return features[keep], labels[keep].astype(np.int64)
+
+
+def shuffled_batches(m: int, config: TrainingConfig, seed: int) -> list[torch.Tensor]:
+    """Return the index batches of ``config.epochs`` shuffled passes over ``m`` rows, in order.
+
+    A ``torch.Generator`` seeded with ``seed`` draws one ``randperm`` per epoch; each
+    permutation is cut into ``config.batch_size`` batches in order, the last one smaller.
+    The global torch seed is never touched.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    batches: list[torch.Tensor] = []
+    for _ in range(config.epochs):
+        order = torch.randperm(m, generator=generator)
+        batches.extend(order[s : s + config.batch_size] for s in range(0, m, config.batch_size))
+    return batches
 
 
 def train_local(
@@ -126,7 +162,7 @@ def train_local(
         If ``global_params`` or ``data`` have the wrong shape or dtype.
     """
     spec.split(global_params)  # validates length and dtype with a clear message
-    features, labels = _usable_rows(spec, data)
+    features, labels = usable_rows(spec, data)
     dropped = data.labels.shape[0] - labels.shape[0]
     if dropped:
         _log.debug("dropped %d unusable rows of %d", dropped, data.labels.shape[0])
@@ -140,18 +176,13 @@ def train_local(
     optimizer = torch.optim.SGD(
         module.parameters(), lr=config.learning_rate, momentum=config.momentum
     )
-    generator = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.ascontiguousarray(features))
     y = torch.from_numpy(np.ascontiguousarray(labels))
-    m = y.shape[0]
-    for _ in range(config.epochs):
-        order = torch.randperm(m, generator=generator)
-        for start in range(0, m, config.batch_size):
-            batch = order[start : start + config.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = functional.cross_entropy(module(x[batch]), y[batch])
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
+    for batch in shuffled_batches(y.shape[0], config, seed):
+        optimizer.zero_grad(set_to_none=True)
+        loss = functional.cross_entropy(module(x[batch]), y[batch])
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
     local = module_to_vector(module)
     delta: NDArray[np.float32] = (local - global_params).astype(np.float32, copy=False)
     return delta

@@ -33,7 +33,13 @@ from faults.attacks import (
     apply_trigger,
 )
 from faults.errors import FaultConfigError, FaultError
-from faults.injector import FaultInjector, FaultSpec, known_fault_names
+from faults.injector import (
+    FaultInjector,
+    FaultSpec,
+    check_fault_name,
+    is_fault_name,
+    known_fault_names,
+)
 from faults.omniscient import (
     OMNISCIENT_ATTACKS,
     CollusionContext,
@@ -88,5 +94,7 @@ __all__ = [
     "ZeroUpdate",
     "apply_trigger",
     "build_colluding_attack",
+    "check_fault_name",
+    "is_fault_name",
     "known_fault_names",
 ]

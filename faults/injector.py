@@ -32,7 +32,7 @@ from faults.omniscient import (
 )
 from faults.sensors import SENSOR_FAULTS, SensorFault
 
-__all__ = ["FaultInjector", "FaultSpec", "known_fault_names"]
+__all__ = ["FaultInjector", "FaultSpec", "check_fault_name", "is_fault_name", "known_fault_names"]
 
 FaultClass = type[SensorFault] | type[DataAttack] | type[UpdateAttack] | type[WireAttack]
 
@@ -47,17 +47,41 @@ def _registry() -> dict[str, FaultClass]:
     return merged
 
 
-def known_fault_names() -> list[str]:
-    """Return every registered device-local name (sensor faults, then attacks), sorted."""
-    return sorted(SENSOR_FAULTS) + sorted(ATTACKS)
+def known_fault_names(*, colluding: bool = False) -> list[str]:
+    """Return every registered device-local name (sensor faults, then attacks), sorted.
 
-
-def _all_known() -> list[str]:
-    return [*known_fault_names(), *sorted(OMNISCIENT_ATTACKS), "module:function"]
+    With ``colluding``, the colluding attacks follow, then ``"module:function"`` (a user's
+    colluding attack): every name :func:`is_fault_name` accepts, as messages list them.
+    """
+    local = sorted(SENSOR_FAULTS) + sorted(ATTACKS)
+    return [*local, *sorted(OMNISCIENT_ATTACKS), "module:function"] if colluding else local
 
 
 def _unknown(kind: str, name: str, known: Iterable[str]) -> FaultConfigError:
     return FaultConfigError(f"unknown {kind} {name!r}; known: {', '.join(known)}")
+
+
+def is_fault_name(name: str) -> bool:
+    """Whether ``name`` is something a fault plan or a scenario may name.
+
+    That is a sensor fault, a device-local attack, a colluding attack, or a user's
+    colluding attack written ``"module:function"`` (only its form is checked here; the
+    module is imported when the attack is built).
+    """
+    return name in SENSOR_FAULTS or name in ATTACKS or is_colluding_name(name)
+
+
+def check_fault_name(name: str, kind: str = "fault") -> str:
+    """Return ``name`` if :func:`is_fault_name`, else raise naming every known one.
+
+    Raises
+    ------
+    ValueError
+        (:class:`~faults.errors.FaultConfigError`) ``unknown {kind} {name!r}; known: ...``.
+    """
+    if not is_fault_name(name):
+        raise _unknown(kind, name, known_fault_names(colluding=True))
+    return name
 
 
 class FaultSpec(BaseModel):
@@ -86,9 +110,7 @@ class FaultSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _known_name(cls, name: str) -> str:
-        if name not in _registry() and not is_colluding_name(name):
-            raise _unknown("fault", name, _all_known())
-        return name
+        return check_fault_name(name)
 
     @property
     def is_colluding(self) -> bool:

@@ -6,9 +6,10 @@ overhead rather than arithmetic. :func:`train_many` runs the same loops for ``K`
 in lockstep with :mod:`torch.func` (``vmap`` of ``grad`` of a ``functional_call``) over
 stacked parameters:
 
-* each device's mini-batches are exactly those ``train_local`` draws (a
-  ``torch.Generator`` seeded with the device's seed, one ``randperm`` per epoch, batches
-  cut in order, the last one smaller);
+* each device's rows and mini-batches are exactly those ``train_local`` uses: the same
+  :func:`~edge_agent.training.usable_rows` and
+  :func:`~edge_agent.training.shuffled_batches` (a ``torch.Generator`` seeded with the
+  device's seed, one ``randperm`` per epoch, batches cut in order, the last one smaller);
 * the batches are padded to ``batch_size`` with a mask, and the loss of a device is the
   masked sum of per-sample cross-entropies divided by its real batch size, i.e. the same
   mean ``train_local`` uses;
@@ -31,33 +32,11 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 
 from edge_agent.seams import LocalData
-from edge_agent.training import TrainingConfig
+from edge_agent.training import TrainingConfig, shuffled_batches, usable_rows
 from models.spec import ModelSpec
 from models.torch_modules import build_module
 
 __all__ = ["train_many"]
-
-
-def _usable(spec: ModelSpec, data: LocalData) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """The rows ``train_local`` keeps: finite features and labels in ``[0, num_classes)``."""
-    features = np.asarray(data.features, dtype=np.float32)
-    labels = np.asarray(data.labels)
-    if features.ndim != 2 or features.shape[1] != spec.input_dim:
-        raise ValueError(f"features must have shape (m, {spec.input_dim}), got {features.shape}")
-    if labels.shape != (features.shape[0],):
-        raise ValueError(f"labels must have shape ({features.shape[0]},), got {labels.shape}")
-    keep = np.isfinite(features).all(axis=1) & (labels >= 0) & (labels < spec.num_classes)
-    return features[keep], labels[keep].astype(np.int64)
-
-
-def _batches(m: int, config: TrainingConfig, seed: int) -> list[torch.Tensor]:
-    """The index batches ``train_local`` draws for ``m`` rows and ``seed``, in order."""
-    generator = torch.Generator().manual_seed(seed)
-    batches: list[torch.Tensor] = []
-    for _ in range(config.epochs):
-        order = torch.randperm(m, generator=generator)
-        batches.extend(order[s : s + config.batch_size] for s in range(0, m, config.batch_size))
-    return batches
 
 
 def train_many(
@@ -101,9 +80,9 @@ def train_many(
     count = len(datasets)
     if count == 0:
         return np.zeros((0, spec.dim), dtype=np.float32)
-    usable = [_usable(spec, data) for data in datasets]
+    usable = [usable_rows(spec, data) for data in datasets]
     plans = [
-        _batches(len(labels), config, int(seed))
+        shuffled_batches(len(labels), config, int(seed))
         for (_, labels), seed in zip(usable, seeds, strict=True)
     ]
     steps = max((len(plan) for plan in plans), default=0)

@@ -6,7 +6,8 @@ Example ``scenario.toml``::
     rounds = 20
     partition = "iid"                 # iid | dirichlet (alpha) | label-sorted
     byzantine_fraction = 0.2
-    attack = "alie"                   # device-local attack, sensor fault or omniscient attack
+    attack = "alie"                   # device-local attack, sensor fault, omniscient attack
+                                      # or a user's colluding one, "module:function"
     attack_params = {}
     defense = "centered-clipping"
     aggregation = { iterations = 1 }  # hyperparameters of the defense
@@ -32,6 +33,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from faults import check_fault_name
 
 __all__ = ["Scenario", "load_scenario"]
 
@@ -70,8 +73,8 @@ class Scenario(BaseModel):
     )
     attack: str | None = Field(
         None,
-        description="Name in faults.ATTACKS, faults.SENSOR_FAULTS or the omniscient attacks; "
-        "None or 'none' for no attack.",
+        description="Name in faults.ATTACKS, faults.SENSOR_FAULTS or the omniscient attacks, "
+        "or a user's colluding attack as 'module:function'; None or 'none' for no attack.",
     )
     attack_params: dict[str, Any] = Field(
         default_factory=dict, description="Hyperparameters of the attack."
@@ -112,6 +115,11 @@ class Scenario(BaseModel):
     @classmethod
     def _none_means_no_attack(cls, value: object) -> object:
         return None if value in ("none", "") else value
+
+    @field_validator("attack")
+    @classmethod
+    def _known_attack(cls, value: str | None) -> str | None:
+        return None if value is None else check_fault_name(value, "attack")
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:

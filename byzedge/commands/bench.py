@@ -1,4 +1,8 @@
-"""``byzedge bench aggregators``: time every aggregation rule against ``mean`` (and ByzFL).
+"""``byzedge bench aggregators``: time every aggregation rule against ``mean``.
+
+The installed command measures our rules only. The comparison with ByzFL is run from a
+checkout of the repository, ``python benchmarks/aggregators.py`` (the same flags plus
+``--no-byzfl``), with the ``bench`` extra installed.
 
 Exit codes: 0 the benchmark ran (whether or not every target was met; the table says);
 2 usage error.
@@ -10,8 +14,12 @@ import argparse
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from byzedge.commands._common import fail
+
+if TYPE_CHECKING:
+    from byzedge.bench import Comparison
 
 __all__ = ["build_parser", "main"]
 
@@ -26,11 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Time every registered aggregation rule on one float32 (n, d) round with f "
             "Byzantine rows, as medians and ratios to `mean` measured in the same run; "
-            "also streaming vs batch peak memory and, when ByzFL is installed, ours vs "
-            "ByzFL's."
+            "also streaming vs batch peak memory. The comparison with ByzFL is not part "
+            "of this command: run `python benchmarks/aggregators.py` from the repository "
+            "(same flags) with the bench extra installed."
         ),
     )
     add_aggregator_arguments(aggregators)
+    # Accepted, and ignored, for scripts written when this command also timed ByzFL.
+    aggregators.add_argument("--no-byzfl", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -47,12 +58,15 @@ def add_aggregator_arguments(parser: argparse.ArgumentParser) -> None:
         "--rules", nargs="+", metavar="NAME", help="only these registry names (and mean)"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip streaming vs batch")
-    parser.add_argument("--no-byzfl", action="store_true", help="skip the ByzFL comparison")
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
 
 
-def run(args: argparse.Namespace, command: str) -> int:
-    """Run the aggregator benchmark for parsed ``args``; print (and write) the table."""
+def run(args: argparse.Namespace, command: str, comparisons: Sequence[Comparison] = ()) -> int:
+    """Run the aggregator benchmark for parsed ``args``; print (and write) the table.
+
+    ``comparisons`` add their sections to the table (``benchmarks/aggregators.py`` passes
+    the ByzFL one).
+    """
     from byzedge.bench import render_markdown, run_aggregators  # noqa: PLC0415
 
     if not (args.n >= 1 and args.d >= 1 and 0 <= args.f < args.n and args.repeats >= 1):
@@ -71,7 +85,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         seed=args.seed,
         names=args.rules,
         memory=not args.no_memory,
-        peers=not args.no_byzfl,
+        comparisons=comparisons,
         command=command,
     )
     table = render_markdown(report)

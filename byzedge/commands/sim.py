@@ -4,7 +4,8 @@
 ``result.json``, ``accuracy.png`` and ``report.md``.
 ``byzedge sim matrix --devices N --rounds R --attacks A,B --defenses X,Y --fractions F1,F2
 --partition P --seed S --out DIR [--workers 2]`` sweeps attacks x defenses x fractions and
-writes ``matrix.json``, ``heatmap.png`` and ``report.md``.
+writes ``matrix.json``, ``heatmap.png`` and ``report.md``. An attack is any name a
+scenario's ``attack`` takes, a user's colluding ``module:function`` included.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad options or scenario.
 """
@@ -64,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--base", type=Path, help="scenario TOML the sweep starts from")
     matrix.add_argument("--devices", type=int, help="fleet size")
     matrix.add_argument("--rounds", type=int, help="rounds per run")
-    matrix.add_argument("--attacks", type=_names, required=True, help="comma-separated")
+    matrix.add_argument(
+        "--attacks",
+        type=_names,
+        required=True,
+        help="comma-separated: registered names (byzedge faults list) or module:function",
+    )
     matrix.add_argument("--defenses", type=_names, required=True, help="comma-separated")
     matrix.add_argument(
         "--fractions", type=_fractions, default=(0.2,), help="comma-separated, in [0, 1)"
@@ -201,10 +207,7 @@ def _matrix(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     from coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
-    from faults import ATTACKS, SENSOR_FAULTS  # noqa: PLC0415
-    from fleet_sim.simulator import omniscient_attacks  # noqa: PLC0415
-
-    known_attacks = set(ATTACKS) | set(SENSOR_FAULTS) | set(omniscient_attacks())
+    from faults import is_fault_name, known_fault_names  # noqa: PLC0415
     from fleet_sim.simulator import split_defense  # noqa: PLC0415
 
     problems = [
@@ -212,12 +215,16 @@ def _matrix(args: argparse.Namespace) -> int:
         for d in args.defenses
         if any(part not in AGGREGATORS for part in split_defense(d) if part is not None)
     ]
-    known_attacks.add("none")  # with --fractions 0: the clean runs only
-    problems += [f"unknown attack {a!r}" for a in args.attacks if a not in known_attacks]
+    # The names `sim run` accepts in a scenario (fleet_sim.scenario checks them the same
+    # way), and "none": with --fractions 0, the clean runs only.
+    problems += [
+        f"unknown attack {a!r}" for a in args.attacks if a != "none" and not is_fault_name(a)
+    ]
     if problems:
+        known_attacks = ", ".join([*known_fault_names(colluding=True), "none"])
         return _fail(
             "; ".join(problems) + f" (defenses: {', '.join(sorted(AGGREGATORS))}; "
-            f"attacks: {', '.join(sorted(known_attacks))})"
+            f"attacks: {known_attacks})"
         )
     from tqdm import tqdm  # noqa: PLC0415
 

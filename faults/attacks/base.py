@@ -20,44 +20,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.seams import LocalData, OutgoingMessage, RoundContext, SensorSource, UpdateStage
-from faults._schedule import Schedule
+from faults._schedule import Scheduled
 
 __all__ = ["AttackTarget", "DataAttack", "UpdateAttack", "WireAttack"]
 
 AttackTarget = Literal["data", "update", "wire"]
 
 
-class _Scheduled:
-    """Mixin: ``start_round``, ``probability`` and ``seed`` validated into a Schedule."""
-
-    name: ClassVar[str]
-
-    def _init_schedule(self, start_round: int, probability: float, seed: int) -> None:
-        self.schedule = Schedule(
-            self.name, start_round=start_round, probability=probability, seed=seed
-        )
-
-    @property
-    def start_round(self) -> int:
-        """First round in which the attack may act."""
-        return self.schedule.start_round
-
-    @property
-    def probability(self) -> float:
-        """Chance that the attack acts in a round at or after ``start_round``."""
-        return self.schedule.probability
-
-    @property
-    def seed(self) -> int:
-        """Seed of the per-round coin and draws."""
-        return self.schedule.seed
-
-    def is_active(self, round_number: int) -> bool:
-        """Return whether the attack acts in ``round_number``."""
-        return self.schedule.is_active(round_number)
-
-
-class DataAttack(_Scheduled, ABC):
+class DataAttack(Scheduled, ABC):
     """An attack that poisons the training data by wrapping the sensor source.
 
     Parameters
@@ -116,7 +86,7 @@ class DataAttack(_Scheduled, ABC):
         return self._poison(data, round_number)
 
 
-class UpdateAttack(_Scheduled, ABC):
+class UpdateAttack(Scheduled, ABC):
     """An attack that rewrites the update vector in the agent's update pipeline.
 
     Parameters
@@ -159,7 +129,7 @@ class UpdateAttack(_Scheduled, ABC):
         return self._forge(update, context).astype(np.float32, copy=False)
 
 
-class WireAttack(_Scheduled, ABC):
+class WireAttack(Scheduled, ABC):
     """A protocol-level attack: rewrites or adds signed messages after sealing.
 
     Parameters

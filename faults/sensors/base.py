@@ -1,36 +1,65 @@
-"""What every sensor fault shares: the wrapped source, onset, intermittency and seeding.
+"""What every sensor fault shares: the wrapped source, intensity, onset, intermittency, seeding.
 
 A sensor fault is a :class:`~edge_agent.seams.SensorSource` that wraps the agent's real
 source. On each :meth:`SensorFault.read` it reads the wrapped source and, if the fault is
-active in that round, rewrites the features. The fault is active in round ``k`` when
-``k >= start_round`` and a per-round coin with success probability ``probability`` comes
-up heads. All randomness of round ``k`` (the coin and the fault's own draws) comes from
-generators seeded by ``(seed, fault name, k)``, so re-reading a round returns the same
-data, rounds may be read in any order, and a restarted agent sees the same faults.
+active in that round, rewrites the features. When it is active, and every generator it
+draws from, is its :class:`~faults._schedule.Schedule` (the one device-local attacks use):
+active in round ``k`` when ``k >= start_round`` and a per-round coin with success
+probability ``probability`` comes up heads; all randomness of round ``k`` (the coin and the
+fault's own draws) comes from generators seeded by ``(seed, fault name, k)``, so re-reading
+a round returns the same data, rounds may be read in any order, and a restarted agent sees
+the same faults.
+
+A fault class states its intensity's default and check in its class statement and adds
+only its own parameters::
+
+    class Drift(SensorFault, intensity=0.01, check=check_finite):
+        name: ClassVar[str] = "drift"
+
+
+    class Spikes(SensorFault, intensity=0.05, check=check_fraction):
+        name: ClassVar[str] = "spikes"
+
+        def __init__(
+            self, source: SensorSource, *, magnitude: float = 1.0, **options: Unpack[SensorOptions]
+        ) -> None:
+            self.magnitude = check_positive("magnitude", magnitude)
+            super().__init__(source, **options)
+
+Its signature, as :func:`inspect.signature` reports it (``byzedge faults list``, the
+injector's parameter check), is written out in full: ``(source, *, intensity=0.05,
+magnitude=1.0, start_round=0, probability=1.0, seed=0)``.
 """
 
 from __future__ import annotations
 
-import zlib
+import inspect
 from abc import ABC, abstractmethod
-from typing import ClassVar, Final, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.seams import LocalData, SensorSource
-from faults._validate import check_fraction, check_non_negative_int
+from faults._schedule import Scheduled
 
-__all__ = ["SensorFault", "as_features"]
+__all__ = ["IntensityCheck", "SensorFault", "SensorOptions", "as_features"]
 
-# Purposes of the generators derived from (seed, fault name): each gets its own stream so
-# that, e.g., the noise drawn in a round does not depend on `probability`.
-_COIN: Final = 0
-_DRAW: Final = 1
-_STATIC: Final = 2
+IntensityCheck = Callable[[str, object], float]
+"""``check(name, value) -> float``: one of :mod:`faults._validate`'s checks."""
 
 
-class SensorFault(ABC):
+class SensorOptions(TypedDict, total=False):
+    """The keyword arguments every sensor fault takes (see :class:`SensorFault`)."""
+
+    intensity: float | None
+    start_round: int
+    probability: float
+    seed: int
+
+
+class SensorFault(Scheduled, ABC):
     """Base class of the sensor-fault wrappers.
 
     Parameters
@@ -38,7 +67,8 @@ class SensorFault(ABC):
     source:
         The sensor source being wrapped (the agent's real one, or another fault).
     intensity:
-        The fault's strength; its meaning and range are given by each subclass.
+        The fault's strength; its meaning, range and default are given by each subclass
+        (``None``: the default).
     start_round:
         First round in which the fault may be active (``>= 0``); earlier rounds pass the
         wrapped data through unchanged.
@@ -50,68 +80,54 @@ class SensorFault(ABC):
 
     Notes
     -----
-    Subclasses set :attr:`name` (the permanent registry name) and implement
+    Subclasses set :attr:`name` (the permanent registry name), give ``intensity=`` (the
+    default) and ``check=`` (its validation) in the class statement, and implement
     :meth:`_apply`. Features are returned as new float32 arrays; the wrapped source's
     arrays are never modified. Labels pass through untouched.
     """
 
-    name: ClassVar[str]
     acts_on: ClassVar[Literal["data", "update"]] = "data"
+    default_intensity: ClassVar[float]
+    """The intensity of a fault built without one."""
+    intensity_check: ClassVar[staticmethod[[str, object], float]]
+    """Validates ``intensity`` (raises :class:`~faults.errors.FaultConfigError`)."""
+    __signature__: ClassVar[inspect.Signature]
+    """Each subclass's constructor signature (see :func:`_full_signature`)."""
+
+    def __init_subclass__(
+        cls,
+        *,
+        intensity: float | None = None,
+        check: IntensityCheck | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if intensity is not None:
+            cls.default_intensity = intensity
+        if check is not None:
+            cls.intensity_check = staticmethod(check)
+        if not hasattr(cls, "default_intensity") or not hasattr(cls, "intensity_check"):
+            msg = f"{cls.__name__}: give intensity= and check= in the class statement"
+            raise TypeError(msg)
+        cls.__signature__ = _full_signature(cls)
 
     def __init__(
         self,
         source: SensorSource,
         *,
-        intensity: float,
+        intensity: float | None = None,
         start_round: int = 0,
         probability: float = 1.0,
         seed: int = 0,
     ) -> None:
         self.source = source
-        self.intensity = self._check_intensity(intensity)
-        self.start_round = check_non_negative_int("start_round", start_round)
-        self.probability = check_fraction("probability", probability)
-        self.seed = check_non_negative_int("seed", seed)
-        self._salt = zlib.crc32(self.name.encode("utf-8"))
-
-    @staticmethod
-    @abstractmethod
-    def _check_intensity(intensity: object) -> float:
-        """Validate ``intensity`` for this fault and return it as a float."""
+        chosen = self.default_intensity if intensity is None else intensity
+        self.intensity = self.intensity_check("intensity", chosen)
+        self._init_schedule(start_round, probability, seed)
 
     @abstractmethod
     def _apply(self, data: LocalData, round_number: int, rng: np.random.Generator) -> LocalData:
         """Return the faulty version of ``data`` for an active round."""
-
-    def _generator(self, purpose: int, round_number: int) -> np.random.Generator:
-        sequence = np.random.SeedSequence(
-            entropy=self.seed, spawn_key=(self._salt, purpose, round_number)
-        )
-        return np.random.default_rng(sequence)
-
-    def _static_generator(self) -> np.random.Generator:
-        """Return a generator that depends on the seed only (for choices fixed for life)."""
-        return self._generator(_STATIC, 0)
-
-    def is_active(self, round_number: int) -> bool:
-        """Return whether the fault rewrites the data of ``round_number``.
-
-        Parameters
-        ----------
-        round_number:
-            A round number ``>= 0``.
-
-        Returns
-        -------
-        bool
-            ``round_number >= start_round`` and the round's coin came up heads.
-        """
-        _check_round(round_number)
-        if round_number < self.start_round:
-            return False
-        if self.probability >= 1.0:
-            return True
-        return bool(self._generator(_COIN, round_number).random() < self.probability)
 
     def read(self, round_number: int) -> LocalData:
         """Read the wrapped source and apply the fault if it is active this round.
@@ -129,7 +145,7 @@ class SensorFault(ABC):
         data = self.source.read(round_number)
         if not self.is_active(round_number):
             return data
-        return self._apply(data, round_number, self._generator(_DRAW, round_number))
+        return self._apply(data, round_number, self.schedule.draws(round_number))
 
     def __repr__(self) -> str:
         return (
@@ -139,10 +155,22 @@ class SensorFault(ABC):
         )
 
 
-def _check_round(round_number: int) -> None:
-    if round_number < 0:
-        msg = f"round_number must be >= 0, got {round_number!r}"
-        raise ValueError(msg)
+def _full_signature(cls: type[SensorFault]) -> inspect.Signature:
+    """``cls``'s constructor as callers see it: the shared options written out in full.
+
+    ``(source, *, intensity=<cls default>, <cls's own parameters>, start_round=0,
+    probability=1.0, seed=0)``, whether ``cls`` defines ``__init__`` (taking the shared
+    options as ``**options``) or inherits it.
+    """
+    shared = inspect.signature(SensorFault.__init__).parameters
+    own = [
+        parameter
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if name not in shared and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    intensity = shared["intensity"].replace(default=cls.default_intensity, annotation="float")
+    schedule = [shared[name] for name in ("start_round", "probability", "seed")]
+    return inspect.Signature([shared["source"], intensity, *own, *schedule])
 
 
 def as_features(values: NDArray[np.floating]) -> NDArray[np.float32]:

@@ -6,14 +6,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_agent.seams import LocalData, SensorSource
+from edge_agent.seams import LocalData
 from faults._validate import check_fraction
 from faults.sensors.base import SensorFault
 
 __all__ = ["BitFlip"]
 
 
-class BitFlip(SensorFault):
+class BitFlip(SensorFault, intensity=0.01, check=check_fraction):
     """Flip one random bit of a fraction ``intensity`` of the float32 readings.
 
     Each value is hit independently with probability ``intensity``; a hit value has one of
@@ -39,27 +39,6 @@ class BitFlip(SensorFault):
     """
 
     name: ClassVar[str] = "bit-flip"
-
-    def __init__(
-        self,
-        source: SensorSource,
-        *,
-        intensity: float = 0.01,
-        start_round: int = 0,
-        probability: float = 1.0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            source,
-            intensity=intensity,
-            start_round=start_round,
-            probability=probability,
-            seed=seed,
-        )
-
-    @staticmethod
-    def _check_intensity(intensity: object) -> float:
-        return check_fraction("intensity", intensity)
 
     def _apply(self, data: LocalData, round_number: int, rng: np.random.Generator) -> LocalData:
         features = np.array(data.features, dtype=np.float32, copy=True)

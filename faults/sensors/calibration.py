@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 import numpy as np
 
 from edge_agent.seams import LocalData, SensorSource
 from faults._validate import check_finite
-from faults.sensors.base import SensorFault, as_features
+from faults.sensors.base import SensorFault, SensorOptions, as_features
 
 __all__ = ["CalibrationOffset"]
 
 
-class CalibrationOffset(SensorFault):
+class CalibrationOffset(SensorFault, intensity=0.1, check=check_finite):
     """Mis-calibration: ``x' = clip(gain * x + intensity, 0, 1)``.
 
     Parameters
@@ -39,24 +39,11 @@ class CalibrationOffset(SensorFault):
         self,
         source: SensorSource,
         *,
-        intensity: float = 0.1,
         gain: float = 1.0,
-        start_round: int = 0,
-        probability: float = 1.0,
-        seed: int = 0,
+        **options: Unpack[SensorOptions],
     ) -> None:
         self.gain = check_finite("gain", gain)
-        super().__init__(
-            source,
-            intensity=intensity,
-            start_round=start_round,
-            probability=probability,
-            seed=seed,
-        )
-
-    @staticmethod
-    def _check_intensity(intensity: object) -> float:
-        return check_finite("intensity", intensity)
+        super().__init__(source, **options)
 
     def _apply(self, data: LocalData, round_number: int, rng: np.random.Generator) -> LocalData:
         calibrated = data.features * np.float32(self.gain) + np.float32(self.intensity)

@@ -6,14 +6,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_agent.seams import LocalData, SensorSource
+from edge_agent.seams import LocalData
 from faults._validate import check_finite
 from faults.sensors.base import SensorFault, as_features
 
 __all__ = ["Drift"]
 
 
-class Drift(SensorFault):
+class Drift(SensorFault, intensity=0.01, check=check_finite):
     """Add a growing offset: ``x' = clip(x + intensity * (k - start_round + 1), 0, 1)``.
 
     Parameters
@@ -33,27 +33,6 @@ class Drift(SensorFault):
     """
 
     name: ClassVar[str] = "drift"
-
-    def __init__(
-        self,
-        source: SensorSource,
-        *,
-        intensity: float = 0.01,
-        start_round: int = 0,
-        probability: float = 1.0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            source,
-            intensity=intensity,
-            start_round=start_round,
-            probability=probability,
-            seed=seed,
-        )
-
-    @staticmethod
-    def _check_intensity(intensity: object) -> float:
-        return check_finite("intensity", intensity)
 
     def offset(self, round_number: int) -> float:
         """Return the offset applied in an active round ``round_number``."""

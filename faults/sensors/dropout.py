@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Unpack
 
 import numpy as np
 
 from edge_agent.seams import LocalData, SensorSource
 from faults._validate import check_fraction
 from faults.errors import FaultConfigError
-from faults.sensors.base import SensorFault
+from faults.sensors.base import SensorFault, SensorOptions
 
 __all__ = ["Dropout"]
 
@@ -17,7 +17,7 @@ DropoutUnit = Literal["row", "value"]
 _UNITS: tuple[DropoutUnit, ...] = ("row", "value")
 
 
-class Dropout(SensorFault):
+class Dropout(SensorFault, intensity=0.1, check=check_fraction):
     """Replace a fraction ``intensity`` of the readings by NaN.
 
     Parameters
@@ -48,12 +48,9 @@ class Dropout(SensorFault):
         self,
         source: SensorSource,
         *,
-        intensity: float = 0.1,
         unit: DropoutUnit = "row",
         missing: bool = False,
-        start_round: int = 0,
-        probability: float = 1.0,
-        seed: int = 0,
+        **options: Unpack[SensorOptions],
     ) -> None:
         if unit not in _UNITS:
             msg = f"unit must be one of {', '.join(_UNITS)}, got {unit!r}"
@@ -66,17 +63,7 @@ class Dropout(SensorFault):
             msg = f"missing=True needs unit='row', got unit={unit!r}"
             raise FaultConfigError(msg)
         self.missing = missing
-        super().__init__(
-            source,
-            intensity=intensity,
-            start_round=start_round,
-            probability=probability,
-            seed=seed,
-        )
-
-    @staticmethod
-    def _check_intensity(intensity: object) -> float:
-        return check_fraction("intensity", intensity)
+        super().__init__(source, **options)
 
     def _apply(self, data: LocalData, round_number: int, rng: np.random.Generator) -> LocalData:
         features = np.array(data.features, dtype=np.float32, copy=True)

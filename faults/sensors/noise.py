@@ -6,14 +6,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_agent.seams import LocalData, SensorSource
+from edge_agent.seams import LocalData
 from faults._validate import check_non_negative
 from faults.sensors.base import SensorFault, as_features
 
 __all__ = ["SensorNoise"]
 
 
-class SensorNoise(SensorFault):
+class SensorNoise(SensorFault, intensity=0.1, check=check_non_negative):
     """Add i.i.d. Gaussian noise to every reading: ``x' = clip(x + N(0, intensity^2), 0, 1)``.
 
     Parameters
@@ -33,27 +33,6 @@ class SensorNoise(SensorFault):
     """
 
     name: ClassVar[str] = "sensor-noise"
-
-    def __init__(
-        self,
-        source: SensorSource,
-        *,
-        intensity: float = 0.1,
-        start_round: int = 0,
-        probability: float = 1.0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            source,
-            intensity=intensity,
-            start_round=start_round,
-            probability=probability,
-            seed=seed,
-        )
-
-    @staticmethod
-    def _check_intensity(intensity: object) -> float:
-        return check_non_negative("intensity", intensity)
 
     def _apply(self, data: LocalData, round_number: int, rng: np.random.Generator) -> LocalData:
         noise = rng.normal(0.0, self.intensity, size=data.features.shape)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 import numpy as np
 
 from edge_agent.seams import LocalData, SensorSource
 from faults._validate import check_fraction, check_positive
-from faults.sensors.base import SensorFault, as_features
+from faults.sensors.base import SensorFault, SensorOptions, as_features
 
 __all__ = ["Spikes"]
 
 
-class Spikes(SensorFault):
+class Spikes(SensorFault, intensity=0.05, check=check_fraction):
     """Impulse noise: ``x' = clip(x + s * magnitude, 0, 1)`` on a fraction ``intensity`` of values.
 
     Each reading is hit independently with probability ``intensity``; a hit reading gets a
@@ -44,24 +44,11 @@ class Spikes(SensorFault):
         self,
         source: SensorSource,
         *,
-        intensity: float = 0.05,
         magnitude: float = 1.0,
-        start_round: int = 0,
-        probability: float = 1.0,
-        seed: int = 0,
+        **options: Unpack[SensorOptions],
     ) -> None:
         self.magnitude = check_positive("magnitude", magnitude)
-        super().__init__(
-            source,
-            intensity=intensity,
-            start_round=start_round,
-            probability=probability,
-            seed=seed,
-        )
-
-    @staticmethod
-    def _check_intensity(intensity: object) -> float:
-        return check_fraction("intensity", intensity)
+        super().__init__(source, **options)
 
     def _apply(self, data: LocalData, round_number: int, rng: np.random.Generator) -> LocalData:
         shape = data.features.shape

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.seams import LocalData, SensorSource
 from faults._validate import check_fraction
-from faults.sensors.base import SensorFault
+from faults.sensors.base import SensorFault, SensorOptions
 
 __all__ = ["StuckAt"]
 
 
-class StuckAt(SensorFault):
+class StuckAt(SensorFault, intensity=1.0, check=check_fraction):
     """Freeze a fraction ``intensity`` of the channels at old values or at ``value``.
 
     Parameters
@@ -49,30 +49,17 @@ class StuckAt(SensorFault):
         self,
         source: SensorSource,
         *,
-        intensity: float = 1.0,
         value: float | None = None,
-        start_round: int = 0,
-        probability: float = 1.0,
-        seed: int = 0,
+        **options: Unpack[SensorOptions],
     ) -> None:
         self.value = None if value is None else check_fraction("value", value)
-        super().__init__(
-            source,
-            intensity=intensity,
-            start_round=start_round,
-            probability=probability,
-            seed=seed,
-        )
+        super().__init__(source, **options)
         self._frozen: NDArray[np.float32] | None = None
-
-    @staticmethod
-    def _check_intensity(intensity: object) -> float:
-        return check_fraction("intensity", intensity)
 
     def stuck_columns(self, num_columns: int) -> NDArray[np.intp]:
         """Return the sorted indices of the stuck channels among ``num_columns``."""
         count = math.floor(self.intensity * num_columns + 0.5)
-        chosen = self._static_generator().permutation(num_columns)[:count]
+        chosen = self.schedule.fixed_draws().permutation(num_columns)[:count]
         return np.sort(chosen)
 
     def first_active_round(self, up_to: int) -> int | None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edge_agent.seams import LocalData, RoundContext
-from faults import FaultConfigError, FaultInjector, FaultSpec
+from faults import FaultConfigError, FaultInjector, FaultSpec, check_fault_name
 
 
 class FixedSource:
@@ -120,6 +120,21 @@ def test_same_injector_seed_gives_the_same_faulty_data() -> None:
 def test_unknown_fault_name_lists_known_names() -> None:
     with pytest.raises(ValueError, match=r"known: .*sign-flip"):
         FaultInjector([{"name": "teleport"}])
+
+
+@pytest.mark.parametrize("name", ["drift", "sign-flip", "alie", "mypkg.attacks:my_attack"])
+def test_check_fault_name_takes_every_kind_of_fault(name: str) -> None:
+    assert check_fault_name(name) == name
+
+
+def test_check_fault_name_names_the_kind_and_every_form_it_takes() -> None:
+    with pytest.raises(FaultConfigError) as caught:
+        check_fault_name("teleport", "attack")
+
+    message = str(caught.value)
+    assert message.startswith("unknown attack 'teleport'; known: ")
+    assert message.endswith(", module:function")
+    assert all(name in message for name in ("drift", "sign-flip", "alie"))
 
 
 def test_from_names_refuses_a_sensor_fault_given_as_attack() -> None:

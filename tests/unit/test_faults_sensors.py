@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from edge_agent.seams import LocalData, SensorSource
-from faults import Drift, Dropout, SensorNoise, StuckAt
+from faults import SENSOR_FAULTS, Drift, Dropout, SensorFault, SensorNoise, SignFlip, StuckAt
 
 
 class RoundSource:
@@ -222,3 +224,41 @@ def test_bad_sensor_fault_parameter_raises_value_error_naming_it(
 def test_negative_round_is_refused() -> None:
     with pytest.raises(ValueError, match="round_number"):
         Drift(RoundSource()).read(-1)
+
+
+def test_every_sensor_faults_signature_lists_its_defaults_in_full() -> None:
+    signatures = {
+        name: str(inspect.signature(cls)).replace("'", "") for name, cls in SENSOR_FAULTS.items()
+    }
+    schedule = "start_round: int = 0, probability: float = 1.0, seed: int = 0"
+
+    assert signatures["drift"] == f"(source: SensorSource, *, intensity: float = 0.01, {schedule})"
+    assert signatures["spikes"] == (
+        f"(source: SensorSource, *, intensity: float = 0.05, magnitude: float = 1.0, {schedule})"
+    )
+
+
+def test_no_intensity_means_the_faults_own_default() -> None:
+    assert Drift(RoundSource()).intensity == 0.01
+    assert Drift(RoundSource(), intensity=None).intensity == 0.01
+    assert StuckAt(RoundSource(), value=0.5).intensity == 1.0
+
+
+def test_sensor_faults_and_attacks_share_one_schedule() -> None:
+    fault = Drift(RoundSource(), start_round=2, probability=0.5, seed=7)
+    attack = SignFlip(start_round=2, probability=0.5, seed=7)
+
+    assert type(fault.schedule) is type(attack.schedule)
+    assert (fault.start_round, fault.probability, fault.seed) == (2, 0.5, 7)
+
+
+def test_a_sensor_fault_class_must_state_its_intensity_default_and_check() -> None:
+    with pytest.raises(TypeError, match="intensity= and check="):
+
+        class Vague(SensorFault):  # the class statement itself is refused
+            name: ClassVar[str] = "vague"
+
+            def _apply(
+                self, data: LocalData, round_number: int, rng: np.random.Generator
+            ) -> LocalData:
+                return data

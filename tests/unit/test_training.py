@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edge_agent.seams import LocalData
-from edge_agent.training import TrainingConfig, train_local
+from edge_agent.training import TrainingConfig, shuffled_batches, train_local, usable_rows
 from models import (
     DigitsSplit,
     ModelSpec,
@@ -79,6 +79,36 @@ def test_rows_with_nan_features_are_ignored(mlp: ModelSpec, digits: DigitsSplit)
         train_local(mlp, init, dirty, config, seed=4),
         train_local(mlp, init, clean, config, seed=4),
     )
+
+
+def test_usable_rows_keeps_finite_rows_with_a_known_label(mlp: ModelSpec) -> None:
+    features = np.full((5, 64), 0.5, dtype=np.float32)
+    features[1, 3] = np.nan
+    features[2, 0] = -np.inf
+    labels = np.array([0, 1, 2, 10, 9])
+
+    kept_x, kept_y = usable_rows(mlp, LocalData(features, labels))
+
+    np.testing.assert_array_equal(kept_y, [0, 9])
+    assert kept_x.shape == (2, 64)
+    assert kept_x.dtype == np.float32
+    assert kept_y.dtype == np.int64
+
+
+def test_usable_rows_rejects_labels_that_do_not_match_the_rows(mlp: ModelSpec) -> None:
+    data = LocalData(np.zeros((4, 64), dtype=np.float32), np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="labels"):
+        usable_rows(mlp, data)
+
+
+def test_shuffled_batches_visit_every_row_once_per_epoch_in_batches() -> None:
+    batches = shuffled_batches(10, TrainingConfig(epochs=2, batch_size=4), seed=3)
+
+    assert [len(batch) for batch in batches] == [4, 4, 2, 4, 4, 2]
+    for epoch in (batches[:3], batches[3:]):
+        assert sorted(int(i) for batch in epoch for i in batch) == list(range(10))
+    again = shuffled_batches(10, TrainingConfig(epochs=2, batch_size=4), seed=3)
+    assert all(a.equal(b) for a, b in zip(batches, again, strict=True))
 
 
 def test_no_usable_rows_gives_a_zero_delta(mlp: ModelSpec) -> None:
