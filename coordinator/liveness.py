@@ -2,12 +2,13 @@
 
 Every agent keeps a retained JSON status on ``byzedge/{fleet}/status/{device_id}``:
 ``online`` when it connects, ``training`` / ``busy`` / ``refused`` (the broker refused its
-update) with the round it concerns, and ``offline`` as its last will (the broker publishes
-it the moment the agent's connection dies; ``reference/mqtt-client.md`` section 4). The
-coordinator reads them so that a round closes as soon as every device asked has either
-answered or cannot: it is offline, it said it is too busy (hot, loaded, low on memory) to
-train this round, or the broker refused its update for this round (its certificate or the
-ACL is wrong: waiting longer would not help).
+update) / ``skipped`` (its training failed) with the round it concerns, and ``offline`` as
+its last will (the broker publishes it the moment the agent's connection dies;
+``reference/mqtt-client.md`` section 4). The coordinator reads them so that a round closes
+as soon as every device asked has either answered or cannot: it is offline, it said it is
+too busy (hot, loaded, low on memory) to train this round, its training failed, or the
+broker refused its update for this round (its certificate or the ACL is wrong: waiting
+longer would not help).
 
 A status that reaches the coordinator as it (re)connects may be stale: the broker hands
 over its retained store at subscription, and the messages it queued for the coordinator's
@@ -43,7 +44,7 @@ __all__ = ["DeviceStatus", "FleetLiveness"]
 _LOGGER = logging.getLogger(__name__)
 _UNAVAILABLE_STATES = frozenset({"offline"})
 # States that concern one round only: the device will not answer that round.
-_SKIPPED_ROUND_STATES = frozenset({"busy", "refused"})
+_SKIPPED_ROUND_STATES = frozenset({"busy", "refused", "skipped"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,14 @@ class TrainingSettings(_Strict):
     learning_rate: float = Field(0.1, gt=0, description="Local SGD step size.")
     batch_size: int = Field(16, ge=1, description="Local mini-batch size.")
     momentum: float = Field(0.0, ge=0, lt=1, description="Local SGD momentum.")
+    isolation: Literal["process", "in-process"] = Field(
+        "process",
+        description=(
+            "'process': train in a worker process that exits after the round, so the idle "
+            "agent never holds torch's memory (edge_agent/worker.py); 'in-process': train in "
+            "the agent itself (no per-round start-up; simulations and many agents per host)."
+        ),
+    )
 
 
 class EligibilityConfig(_Strict):

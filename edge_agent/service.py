@@ -41,6 +41,7 @@ from edge_agent.model_store import ModelInfo, ModelStore
 from edge_agent.pipeline import UpdatePipeline
 from edge_agent.seams import RoundContext, SensorSource, UpdateStage, WireStage
 from edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
+from edge_agent.worker import TrainingWorkerError
 from models import get_model_spec
 from protocol import topics
 from protocol.errors import ProtocolError
@@ -360,7 +361,14 @@ class Agent:
         self._publish_status("training", snapshot, round_number=model.round)
         # One seed per (fleet seed, device, round): training and attack stages repeat exactly.
         seed_seq = np.random.SeedSequence([self.config.seed, self._device_salt, model.round])
-        delta = self._train(model, seed=int(seed_seq.generate_state(1)[0]))
+        try:
+            delta = self._train(model, seed=int(seed_seq.generate_state(1)[0]))
+        except (ValueError, TrainingWorkerError) as exc:
+            # Bad local data (wrong shape, nothing usable) or a worker killed for memory:
+            # this round is skipped and said so; the agent keeps serving rounds.
+            _LOGGER.error("device %s round %d: training failed: %s", device, model.round, exc)
+            self._publish_status("skipped", snapshot, reason=str(exc), round_number=model.round)
+            return
         counter = max(self._state["update_counter"] + 1, time.time_ns() // 1000)
         self._state["update_counter"] = counter
         context = RoundContext(
@@ -395,23 +403,17 @@ class Agent:
         self._publish_status("online", snapshot, round_number=model.round)
 
     def _train(self, model: GlobalModel, seed: int) -> NDArray[np.float32]:
+        settings = self.config.training
+        data = self._source.read(model.round)
+        if settings.isolation == "process":
+            from edge_agent.worker import train_in_worker  # noqa: PLC0415
+
+            return train_in_worker(self.config.model, model.params, data, settings, seed)
         # torch is imported here, on first training, never by inference-only use.
         from edge_agent.training import TrainingConfig, train_local  # noqa: PLC0415
 
-        settings = self.config.training
-        data = self._source.read(model.round)
-        return train_local(
-            self._spec,
-            model.params,
-            data,
-            TrainingConfig(
-                epochs=settings.epochs,
-                learning_rate=settings.learning_rate,
-                batch_size=settings.batch_size,
-                momentum=settings.momentum,
-            ),
-            seed=seed,
-        )
+        config = TrainingConfig.from_settings(settings)
+        return train_local(self._spec, model.params, data, config, seed=seed)
 
     # -- status ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional
 
+from edge_agent.config import TrainingSettings
 from edge_agent.seams import LocalData
 from models.params import load_vector_into, module_to_vector
 from models.spec import ModelSpec
@@ -62,6 +63,16 @@ class TrainingConfig:
     learning_rate: float = 0.1
     batch_size: int = 16
     momentum: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: TrainingSettings) -> TrainingConfig:
+        """The hyperparameters of an agent's ``[training]`` table."""
+        return cls(
+            epochs=settings.epochs,
+            learning_rate=settings.learning_rate,
+            batch_size=settings.batch_size,
+            momentum=settings.momentum,
+        )
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

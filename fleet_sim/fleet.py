@@ -150,6 +150,8 @@ class InProcessFleet:
                     "epochs": spec.epochs,
                     "learning_rate": spec.learning_rate,
                     "batch_size": spec.batch_size,
+                    # Many agents share this process and its torch: no worker per round.
+                    "isolation": "in-process",
                 },
                 compression=spec.compression,
                 sparsity=spec.sparsity,
