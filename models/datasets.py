@@ -1,16 +1,32 @@
 """Datasets for the demo and simulator; currently scikit-learn's bundled 8x8 digits.
 
-The digits set ships inside scikit-learn (no download), so the demo works offline.
+The digits set ships inside scikit-learn's wheel (``sklearn/datasets/data/digits.csv.gz``,
+no download), so the demo works offline. It is read from that file directly and split here,
+without importing scikit-learn: importing it (and SciPy with it) costs an agent about
+80 MB of resident memory for the rest of its life (benchmarks/results/agent.md). The split
+is the stratified shuffle split scikit-learn's ``train_test_split(..., stratify=y)`` makes,
+draw for draw, so results do not depend on which of the two produced it
+(tests/unit/test_models_datasets.py compares them).
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["DIGITS_NUM_CLASSES", "DigitsSplit", "load_digits_split"]
+__all__ = [
+    "DIGITS_NUM_CLASSES",
+    "DigitsSplit",
+    "digits_file",
+    "load_digits_split",
+    "stratified_split",
+]
 
 DIGITS_NUM_CLASSES = 10
 # Pixel intensities in sklearn's digits are integers 0..16.
@@ -52,19 +68,87 @@ def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    # Imported here: the coordinator and devices need scikit-learn only for the demo data.
-    from sklearn.datasets import load_digits  # noqa: PLC0415
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
-
-    bunch = load_digits()
-    x = (np.asarray(bunch.data, dtype=np.float64) / _DIGITS_MAX_VALUE).astype(np.float32)
-    y = np.asarray(bunch.target, dtype=np.int64)
-    train_x, test_x, train_y, test_y = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
+    table = _read_digits_table()  # (1797, 65): 64 pixel values, then the label
+    x = (table[:, :-1] / _DIGITS_MAX_VALUE).astype(np.float32)
+    y = table[:, -1].astype(np.int64)
+    train, test = stratified_split(y, test_fraction, seed)
     return DigitsSplit(
-        train_x=np.ascontiguousarray(train_x, dtype=np.float32),
-        train_y=np.ascontiguousarray(train_y, dtype=np.int64),
-        test_x=np.ascontiguousarray(test_x, dtype=np.float32),
-        test_y=np.ascontiguousarray(test_y, dtype=np.int64),
+        train_x=np.ascontiguousarray(x[train], dtype=np.float32),
+        train_y=np.ascontiguousarray(y[train], dtype=np.int64),
+        test_x=np.ascontiguousarray(x[test], dtype=np.float32),
+        test_y=np.ascontiguousarray(y[test], dtype=np.int64),
     )
+
+
+def digits_file() -> Path:
+    """Where scikit-learn's wheel keeps the digits (found without importing scikit-learn).
+
+    Raises
+    ------
+    FileNotFoundError
+        When scikit-learn is not installed (``pip install 'byzedge[sim]'``).
+    """
+    spec = importlib.util.find_spec("sklearn")  # a top-level spec: nothing is imported
+    if spec is None or not spec.submodule_search_locations:
+        msg = "the digits dataset ships with scikit-learn: pip install 'byzedge[sim]'"
+        raise FileNotFoundError(msg)
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets/data/digits.csv.gz"
+
+
+def _read_digits_table() -> NDArray[np.float64]:
+    with gzip.open(digits_file(), "rt") as handle:
+        return np.loadtxt(handle, delimiter=",", dtype=np.float64, ndmin=2)
+
+
+def stratified_split(
+    labels: NDArray[np.int64], test_fraction: float, seed: int
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Split sample indices into train and test, keeping each label's share in both.
+
+    The procedure of scikit-learn's ``StratifiedShuffleSplit`` (one split), with a
+    ``numpy.random.RandomState(seed)`` drawing in the same order: ``ceil(test_fraction *
+    n)`` test samples; each label's train and then test counts are the largest-remainder
+    rounding of its share, ties broken at random; each label's samples (in index order)
+    are permuted and cut into train and test; both lists are permuted once more.
+
+    Returns
+    -------
+    train, test:
+        Index arrays into ``labels``.
+    """
+    n = labels.shape[0]
+    n_test = math.ceil(test_fraction * n)
+    n_train = n - n_test
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    by_label = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    train_counts = _share_counts(counts, n_train, rng)
+    test_counts = _share_counts(counts - train_counts, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for indices, n_label_train, n_label_test in zip(
+        by_label, train_counts, test_counts, strict=True
+    ):
+        shuffled = indices[rng.permutation(indices.shape[0])]
+        train.extend(shuffled[:n_label_train].tolist())
+        test.extend(shuffled[n_label_train : n_label_train + n_label_test].tolist())
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _share_counts(
+    counts: NDArray[np.int64], draws: int, rng: np.random.RandomState
+) -> NDArray[np.int64]:
+    """Split ``draws`` over the labels in proportion to ``counts`` (largest remainders)."""
+    exact = counts / counts.sum() * draws
+    shares = np.floor(exact)
+    missing = int(draws - shares.sum())
+    remainders = exact - shares
+    for value in np.sort(np.unique(remainders))[::-1]:
+        if missing <= 0:
+            break
+        (tied,) = np.nonzero(remainders == value)
+        chosen = rng.choice(tied, size=min(len(tied), missing), replace=False)
+        shares[chosen] += 1
+        missing -= len(chosen)
+    result: NDArray[np.int64] = shares.astype(np.int64)
+    return result

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -48,3 +51,33 @@ def test_different_seeds_give_different_splits() -> None:
 def test_bad_test_fraction_raises() -> None:
     with pytest.raises(ValueError, match="test_fraction"):
         load_digits_split(test_fraction=1.0)
+
+
+@pytest.mark.parametrize(("test_fraction", "seed"), [(0.2, 0), (0.25, 3), (0.5, 11)])
+def test_the_split_is_scikit_learns_stratified_split_draw_for_draw(
+    test_fraction: float, seed: int
+) -> None:
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
+    bunch = load_digits()
+    x = (np.asarray(bunch.data, dtype=np.float64) / 16.0).astype(np.float32)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    train_x, test_x, train_y, test_y = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
+
+    split = load_digits_split(test_fraction, seed)
+
+    np.testing.assert_array_equal(split.train_x, train_x)
+    np.testing.assert_array_equal(split.test_x, test_x)
+    np.testing.assert_array_equal(split.train_y, train_y)
+    np.testing.assert_array_equal(split.test_y, test_y)
+
+
+def test_loading_the_digits_does_not_import_scikit_learn() -> None:
+    code = (
+        "import sys; from models.datasets import load_digits_split; load_digits_split(); "
+        "assert not any(m.split('.')[0] in ('sklearn', 'scipy') for m in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
