@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,9 +119,9 @@ def spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([BYZEDGE, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def wait_for(predicate: object, timeout_s: float) -> None:
+def wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError("benchmark step timed out")
         time.sleep(0.1)
@@ -153,7 +154,7 @@ def measure(model: str, isolation: str, rounds: int, url: str) -> Row:
                     "coordinator", "run", "--config", str(coordinator_toml), log=folder / "c.log"
                 )
                 coordinator.wait(timeout=600)
-                wait_for(lambda: rounds_log.exists(), 10)
+                wait_for(rounds_log.exists, 10)
             time.sleep(3.0)  # the worker has exited; let the agent settle
             after = memory(psutil.Process(agent.pid))
             infer = subprocess.Popen(
@@ -194,8 +195,9 @@ def render(rows: list[Row], rounds: int, seconds: float) -> str:
         f"Machine: {platform.platform()}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB.",
         "",
-        "| model | training | idle RSS / PSS | training: agent RSS peak | training: worker RSS peak "
-        "| idle after training RSS / PSS | `agent infer` peak RSS | idle target | infer target |",
+        "| model | training | idle RSS / PSS | training: agent RSS peak "
+        "| training: worker RSS peak | idle after training RSS / PSS "
+        "| `agent infer` peak RSS | idle target | infer target |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
