@@ -41,6 +41,9 @@ from fleet_sim.brokers import start_mosquitto
 
 BYZEDGE = str(Path(sys.executable).with_name("byzedge"))
 TARGET_MB = 100.0
+# The worker's linger after a round ([training] worker_linger_s, 60 s by default), short
+# here so that "idle after training" is read once the worker has gone.
+LINGER_S = 2.0
 MB = 1024 * 1024
 
 
@@ -107,7 +110,8 @@ def write_fleet(
     agent.write_text(
         f'fleet = "mem"\ndevice_id = "dev-000"\nsigning_key = "keys/dev-000.key"\n'
         f'coordinator_key = "keys/coordinator.pub"\nstate_dir = "state/dev-000"\n'
-        f'model = "{model}"\n[training]\nisolation = "{isolation}"\n[data]\nnum_partitions = 4\n'
+        f'model = "{model}"\n[training]\nisolation = "{isolation}"\nworker_linger_s = {LINGER_S}\n'
+        "[data]\nnum_partitions = 4\n"
         f'[mqtt]\nurl = "{url}"\n'
     )
     return coordinator, agent
@@ -155,7 +159,7 @@ def measure(model: str, isolation: str, rounds: int, url: str) -> Row:
                 )
                 coordinator.wait(timeout=600)
                 wait_for(rounds_log.exists, 10)
-            time.sleep(3.0)  # the worker has exited; let the agent settle
+            time.sleep(LINGER_S + 3.0)  # the worker has lingered and gone; the agent settles
             after = memory(psutil.Process(agent.pid))
             infer = subprocess.Popen(
                 [BYZEDGE, "agent", "infer", "--config", str(agent_toml)],

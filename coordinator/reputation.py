@@ -81,6 +81,16 @@ class ReputationBook:
         """Return the reputations of ``device_ids``, in order, as float64 ``(n,)``."""
         return np.array([self.weight(device_id) for device_id in device_ids], dtype=np.float64)
 
+    def reset(self, device_id: str) -> float:
+        """Set the reputation of ``device_id`` back to ``initial`` and return it.
+
+        For an operator who has checked a flagged device (``byzedge coordinator reputation
+        reset DEVICE``); the device's record is kept (it stays listed), unlike
+        :meth:`forget`. Works for a device with no record too.
+        """
+        self._reputations[device_id] = self.initial
+        return self.initial
+
     def forget(self, device_id: str) -> None:
         """Drop the record of ``device_id`` (e.g. when it is unenrolled); no-op if absent."""
         self._reputations.pop(device_id, None)

@@ -3,7 +3,8 @@
 Given the updates a round accepted, :func:`server_step` runs DESIGN.md's data-flow step 4::
 
     devices rejected for attributable reasons lose reputation
-    -> anomaly scores (robust z of norm and distance to the median; >= 3 updates)
+    -> anomaly scores (coordinator.anomaly: each device against the fleet and its own
+       history; >= 3 updates), every flag with a score and a reason
     -> reputation: flagged devices lose it, the others gain it
     -> weights from reputation (when ``device_reputation``)
     -> robust aggregation (the fallback rule when the configured one breaks down)
@@ -15,8 +16,10 @@ rule, then ``fallback_defense``, then the coordinate-wise median); it does no I/
 The coordinator's streaming path (rows fed one at a time to rules that support it when
 anomaly scoring is off) is a memory optimisation with the same result, so it stays in the
 daemon: this step always aggregates the stacked matrix. The
-:class:`~coordinator.reputation.ReputationBook` and a stateful aggregator are updated in
-place, exactly as the coordinator's would be.
+:class:`~coordinator.reputation.ReputationBook`, the
+:class:`~coordinator.anomaly.AnomalyDetector` and a stateful aggregator are updated in
+place, exactly as the coordinator's would be; callers keep one detector across rounds (its
+per-device history is part of the score) and persist its ``state_dict()``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from numpy.typing import NDArray
 from coordinator.aggregation import BreakdownError, build
 from coordinator.aggregation.base import Aggregator
 from coordinator.aggregation.clipping_vr import ClippingVR
-from coordinator.anomaly import MIN_UPDATES, AnomalyScores, score_updates
+from coordinator.anomaly import MIN_UPDATES, AnomalyDetector, AnomalyFlag, AnomalyScores
 from coordinator.reputation import ReputationBook
 
 __all__ = ["DEFAULT_FALLBACK", "RoundSettings", "ServerStepResult", "server_step"]
@@ -52,7 +55,8 @@ class RoundSettings:
     anomaly_detection:
         Score updates and flag outliers (needs at least 3 updates).
     anomaly_threshold:
-        Robust z-score above which an update is flagged (3.0).
+        Standard deviations of the anomaly statistic above which an update is flagged
+        (3.0; see :mod:`coordinator.anomaly`).
     device_reputation:
         Weight updates by their device's reputation.
     server_learning_rate:
@@ -108,6 +112,9 @@ class ServerStepResult:
         Name of the fallback rule when the configured one broke down, else ``None``.
     skipped:
         Whether the round had fewer than ``min_updates`` updates (no model step).
+    flags:
+        One :class:`~coordinator.anomaly.AnomalyFlag` (device, score, reason) per flagged
+        device, in row order: what alerts carry.
     """
 
     params: NDArray[np.float32]
@@ -118,6 +125,7 @@ class ServerStepResult:
     weights: NDArray[np.float64] | None
     fallback: str | None
     skipped: bool
+    flags: tuple[AnomalyFlag, ...] = ()
 
     @property
     def model_changed(self) -> bool:
@@ -193,6 +201,7 @@ def server_step(
     aggregator: Aggregator,
     fallback: Aggregator | None = None,
     misbehaving: Iterable[str] = (),
+    detector: AnomalyDetector | None = None,
 ) -> ServerStepResult:
     """Run one round's server step.
 
@@ -218,6 +227,11 @@ def server_step(
     misbehaving:
         Devices whose messages were rejected this round for a reason only the key holder
         can cause.
+    detector:
+        The anomaly detector, kept across rounds (updated in place; scored with
+        ``settings.anomaly_threshold``). ``None`` scores with a fresh one, i.e. without any
+        device history: every device is then judged as new (backward compatible, but
+        persistent deviations go unnoticed).
 
     Returns
     -------
@@ -234,10 +248,14 @@ def server_step(
     if matrix.shape[0] != len(ids):
         raise ValueError(f"{len(ids)} device ids for {matrix.shape[0]} updates")
     flagged: tuple[str, ...] = ()
+    flags: tuple[AnomalyFlag, ...] = ()
     scores: AnomalyScores | None = None
     if settings.anomaly_detection and len(ids) >= MIN_UPDATES:
-        scores = score_updates(matrix, threshold=settings.anomaly_threshold)
-        flagged = tuple(ids[i] for i in scores.flagged_indices)
+        scorer = detector if detector is not None else AnomalyDetector(settings.anomaly_threshold)
+        scores = scorer.score(ids, matrix, threshold=settings.anomaly_threshold)
+        if scores is not None:
+            flagged = scores.flagged_ids
+            flags = scores.flags
     flagged_set = set(flagged)
     for device in ids:
         reputation.record(device, good=device not in flagged_set)
@@ -251,4 +269,6 @@ def server_step(
         fallback_defense=settings.fallback_defense,
     )
     new_params = (params + settings.server_learning_rate * aggregate).astype(np.float32)
-    return ServerStepResult(new_params, aggregate, ids, flagged, scores, weights, used, False)
+    return ServerStepResult(
+        new_params, aggregate, ids, flagged, scores, weights, used, False, flags
+    )

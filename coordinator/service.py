@@ -57,6 +57,7 @@ from coordinator.aggregation import (
     supports_streaming,
 )
 from coordinator.aggregation.base import Aggregator, StreamingAggregator
+from coordinator.anomaly import AnomalyDetector
 from coordinator.audit import AuditLog, RecordBudget
 from coordinator.config import CoordinatorConfig, rule_parameters
 from coordinator.devices import DeviceRegistry
@@ -221,6 +222,8 @@ class Coordinator:
         # A stale "offline" waits as long as an agent's reconnect backoff can last.
         self._liveness = FleetLiveness(config.fleet, grace_s=max(30.0, config.mqtt.reconnect_max_s))
         self._reputation = ReputationBook(decay=config.reputation_decay)
+        # Per-device history of the anomaly scores (coordinator.anomaly), kept with the state.
+        self._detector = AnomalyDetector(threshold=config.anomaly_threshold)
         self._aggregator = self._build_rule(config.byzantine_defense)
         self._fallback = self._build_rule(config.fallback_defense)
         self._settings = RoundSettings.from_config(config)
@@ -298,6 +301,13 @@ class Coordinator:
                 params=params,
             )
         self._reputation.load_state_dict(state.reputation)
+        if state.anomaly:
+            try:
+                self._detector.load_state_dict(state.anomaly)
+            except ValueError as exc:  # the scores restart without history, nothing else
+                _LOGGER.warning(
+                    "fleet %s: anomaly history not restored: %s", self.config.fleet, exc
+                )
         self._ingest.load_state_dict(state.ingest)
         if state.aggregator is not None and hasattr(self._aggregator, "load_state_dict"):
             self._aggregator.load_state_dict(state.aggregator)
@@ -419,6 +429,8 @@ class Coordinator:
         added, removed = sorted(after - before), sorted(before - after)
         self._devices = registry
         self._ingest.devices = registry
+        for device in removed:
+            self._detector.forget(device)
         _LOGGER.info(
             "fleet %s: enrolment reloaded: %d device(s), added %s, removed %s",
             self.config.fleet,
@@ -433,7 +445,10 @@ class Coordinator:
         for device in take_reputation_resets(self.config.state_dir):
             before = self._reputation.weight(device)
             self._reputation.reset(device)
+            # Its next update becomes its new baseline: the history that flagged it goes.
+            self._detector.reset(device)
             self.state.reputation = self._reputation.state_dict()
+            self.state.anomaly = self._detector.state_dict()
             _LOGGER.info(
                 "fleet %s: reputation of %s reset (was %.3f) by the operator",
                 self.config.fleet,
@@ -666,6 +681,7 @@ class Coordinator:
                 aggregator=self._aggregator,
                 fallback=self._fallback,
                 misbehaving=intake.misbehaving,
+                detector=self._detector,
             )
         if not step.skipped:
             self.metrics.aggregation_time(time.perf_counter() - started)
@@ -673,13 +689,15 @@ class Coordinator:
             state.model_version += 1
         state.completed_round = intake.round
         state.reputation = self._reputation.state_dict()
+        state.anomaly = self._detector.state_dict()
         state.ingest = self._ingest.state_dict()
         if hasattr(self._aggregator, "state_dict"):
             state.aggregator = self._aggregator.state_dict()
         self._store.save(state)
         # Saved: the round's updates are in the model now, the journal has done its job.
         self._journal.clear()
-        scores, reasons = _flag_details(step)
+        scores = {flag.device_id: round(flag.score, 3) for flag in step.flags}
+        reasons = {flag.device_id: flag.reason for flag in step.flags}
         summary = RoundSummary(
             round=intake.round,
             model_version=state.model_version,
@@ -804,8 +822,9 @@ class Coordinator:
         )
         if self.config.suspicious_device_alerts:
             for device in summary.flagged:
-                reason = summary.flag_reasons.get(device, "anomalous-update")
-                self._alert(summary.round, device, reason, summary.scores.get(device))
+                # "anomalous-norm", "anomalous-direction", "anomalous-persistent", ...
+                why = summary.flag_reasons.get(device, "update")
+                self._alert(summary.round, device, f"anomalous-{why}", summary.scores.get(device))
 
     def _checkpoint(self, round_number: int | None = None) -> dict[str, Any] | None:
         """Sign the audit log's head (fsyncs the log); return it for the summary."""
@@ -825,17 +844,3 @@ class Coordinator:
     def _audit_event(self, event: str, **data: Any) -> None:
         if self._audit is not None:
             self._audit.append(event, **data)
-
-
-def _flag_details(step: ServerStepResult) -> tuple[dict[str, float], dict[str, str]]:
-    """Each flagged device's anomaly score and the reason it was flagged."""
-    if step.scores is None:
-        return {}, {}
-    index = {device: i for i, device in enumerate(step.device_ids)}
-    scores = {d: round(float(step.scores.score[index[d]]), 3) for d in step.flagged}
-    reasons = {}
-    for device in step.flagged:
-        i = index[device]
-        norm_z, distance_z = float(step.scores.norm_z[i]), float(step.scores.distance_z[i])
-        reasons[device] = "anomalous-norm" if norm_z >= distance_z else "anomalous-direction"
-    return scores, reasons

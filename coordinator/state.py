@@ -34,6 +34,8 @@ class CoordinatorState:
     reputation: dict[str, float] = field(default_factory=dict)
     ingest: dict[str, Any] = field(default_factory=dict)
     rejected_total: dict[str, int] = field(default_factory=dict)
+    anomaly: dict[str, Any] = field(default_factory=dict)
+    """``AnomalyDetector.state_dict()``; empty before the first save (and in old files)."""
 
     def to_document(self) -> dict[str, Any]:
         """Return the msgpack-friendly document that is stored."""
@@ -48,6 +50,7 @@ class CoordinatorState:
             "reputation": dict(self.reputation),
             "ingest": self.ingest,
             "rejected_total": dict(self.rejected_total),
+            "anomaly": self.anomaly,
         }
 
     @classmethod
@@ -65,6 +68,7 @@ class CoordinatorState:
                 reputation={str(k): float(v) for k, v in document["reputation"].items()},
                 ingest=dict(document.get("ingest", {})),
                 rejected_total={str(k): int(v) for k, v in document["rejected_total"].items()},
+                anomaly=dict(document.get("anomaly") or {}),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             msg = f"coordinator state is missing or mistypes a field: {exc}"

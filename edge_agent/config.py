@@ -81,9 +81,17 @@ class TrainingSettings(_Strict):
     isolation: Literal["process", "in-process"] = Field(
         "process",
         description=(
-            "'process': train in a worker process that exits after the round, so the idle "
-            "agent never holds torch's memory (edge_agent/worker.py); 'in-process': train in "
-            "the agent itself (no per-round start-up; simulations and many agents per host)."
+            "'process': train in a worker process that exits once training stops, so the "
+            "idle agent never holds torch's memory (edge_agent/worker.py); 'in-process': "
+            "train in the agent itself (simulations, many agents in one process)."
+        ),
+    )
+    worker_linger_s: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "isolation = 'process': how long the worker stays after a round for the next "
+            "one (rounds back to back reuse it); 0 ends it after every round."
         ),
     )
 

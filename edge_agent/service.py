@@ -41,7 +41,7 @@ from edge_agent.model_store import ModelInfo, ModelStore
 from edge_agent.pipeline import UpdatePipeline
 from edge_agent.seams import RoundContext, SensorSource, UpdateStage, WireStage
 from edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
-from edge_agent.worker import TrainingWorkerError
+from edge_agent.worker import TrainingWorker, TrainingWorkerError
 from models import get_model_spec
 from protocol import topics
 from protocol.errors import ProtocolError
@@ -152,6 +152,7 @@ class Agent:
         self.updates_refused = 0
         self.last_refusal: dict[str, Any] | None = None
         self._deliveries: list[tuple[int, Delivery]] = []
+        self._worker = TrainingWorker(config.training.worker_linger_s)
         self.last_status: dict[str, Any] = {}
         self._status_topic = topics.device_status_topic(config.fleet, config.device_id)
         connect = transport if transport is not None else mqtt_transport(config.mqtt)
@@ -208,11 +209,14 @@ class Agent:
                 if payload is not None:
                     self._handle_model(self._newest(payload))
                 self._check_deliveries()
+                if self._worker.release_if_idle():
+                    _LOGGER.info("device %s: training worker released", self.config.device_id)
                 if time.monotonic() >= next_status:
                     self._publish_status("online")
                     next_status = time.monotonic() + self.config.status_interval_s
         finally:
             systemd.notify_stopping()
+            self._worker.close()
             self._publish_status("offline")
             self._client.stop()
         return 0
@@ -406,9 +410,7 @@ class Agent:
         settings = self.config.training
         data = self._source.read(model.round)
         if settings.isolation == "process":
-            from edge_agent.worker import train_in_worker  # noqa: PLC0415
-
-            return train_in_worker(self.config.model, model.params, data, settings, seed)
+            return self._worker.train(self.config.model, model.params, data, settings, seed)
         # torch is imported here, on first training, never by inference-only use.
         from edge_agent.training import TrainingConfig, train_local  # noqa: PLC0415
 

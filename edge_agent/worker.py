@@ -1,24 +1,30 @@
-"""Local training in a worker process that exits after the round.
+"""Local training in a worker process that goes away when training stops.
 
 Why: importing torch costs a Raspberry-Pi-class device about 200 MB of resident memory
 that no ``del`` gives back. Trained in the agent's own process, the agent would keep that
-for weeks between rounds; trained in a short-lived worker, the agent stays small (the
-idle figure in benchmarks/results/agent.md) and the memory is the operating system's
-again when the round's training is done. The price is starting the worker and importing
-torch once per round (about 1-2 s here), small beside a round's minutes on a real fleet.
+for weeks between rounds; trained in a worker process, the memory is the operating
+system's again once the worker exits, and the agent itself stays small (the idle figures in
+benchmarks/results/agent.md).
+
+The worker stays for ``worker_linger_s`` after a round (``[training]`` table), so a fleet
+running rounds back to back does not pay a new interpreter and torch import every round;
+the agent's main loop calls :meth:`TrainingWorker.release_if_idle` and the worker exits
+once no round came for that long (0: after every round).
 
 The worker is started with ``spawn`` (a fresh interpreter, never a fork of the agent with
 its broker connection and threads). It receives the model's registry name, the global
 parameters, the round's local data (read by the agent through its possibly fault-wrapped
 sensor source), the hyperparameters and the seed, and returns the parameter delta: the
-same :func:`edge_agent.training.train_local` as in-process training, so both give the
-same delta for the same inputs. Arguments travel over multiprocessing's local pipe between
-two processes of the same user; nothing from the network is unpickled.
+same :func:`edge_agent.training.train_local` as in-process training, so both give the same
+delta for the same inputs (up to float32 rounding where torch's thread counts differ). Arguments travel over multiprocessing's local pipe between two
+processes of the same user; nothing from the network is unpickled.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -28,11 +34,81 @@ from numpy.typing import NDArray
 from edge_agent.config import TrainingSettings
 from edge_agent.seams import LocalData
 
-__all__ = ["TrainingWorkerError", "train_in_worker"]
+__all__ = ["TrainingWorker", "TrainingWorkerError", "train_in_worker"]
 
 
 class TrainingWorkerError(RuntimeError):
     """The training worker died (killed for memory, crashed) before returning a delta."""
+
+
+class TrainingWorker:
+    """A training process kept between rounds that follow closely, released when idle.
+
+    Parameters
+    ----------
+    linger_s:
+        How long the worker stays after a round; 0 ends it after every round.
+    clock:
+        Monotonic clock (tests inject one).
+
+    Not thread-safe: the agent's main loop owns it.
+    """
+
+    def __init__(self, linger_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.linger_s = linger_s
+        self._clock = clock
+        self._pool: ProcessPoolExecutor | None = None
+        self._last_used = 0.0
+
+    @property
+    def running(self) -> bool:
+        """Whether a worker process is up."""
+        return self._pool is not None
+
+    def train(
+        self,
+        model: str,
+        global_params: NDArray[np.float32],
+        data: LocalData,
+        settings: TrainingSettings,
+        seed: int,
+    ) -> NDArray[np.float32]:
+        """Train ``model`` in the worker (started if needed); return the delta.
+
+        Raises
+        ------
+        TrainingWorkerError
+            If the worker process died; the next round starts a new one.
+        ValueError
+            As :func:`edge_agent.training.train_local` raises it (bad data, bad config).
+        """
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        try:
+            future = self._pool.submit(_train, model, global_params, data, settings, seed)
+            return future.result()
+        except BrokenProcessPool as exc:
+            self.close()
+            msg = f"the training worker died before returning ({exc})"
+            raise TrainingWorkerError(msg) from exc
+        finally:
+            self._last_used = self._clock()
+            if self.linger_s <= 0:
+                self.close()
+
+    def release_if_idle(self) -> bool:
+        """End the worker if no round used it for ``linger_s``; ``True`` if it ended."""
+        if self._pool is None or self._clock() - self._last_used < self.linger_s:
+            return False
+        self.close()
+        return True
+
+    def close(self) -> None:
+        """End the worker now (it is started again by the next :meth:`train`)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def train_in_worker(
@@ -42,23 +118,8 @@ def train_in_worker(
     settings: TrainingSettings,
     seed: int,
 ) -> NDArray[np.float32]:
-    """Train ``model`` in a fresh worker process; return the delta (see the module docstring).
-
-    Raises
-    ------
-    TrainingWorkerError
-        If the worker process died.
-    ValueError
-        As :func:`edge_agent.training.train_local` raises it (bad data, bad config).
-    """
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        future = pool.submit(_train, model, global_params, data, settings, seed)
-        try:
-            return future.result()
-        except BrokenProcessPool as exc:
-            msg = f"the training worker died before returning ({exc})"
-            raise TrainingWorkerError(msg) from exc
+    """Train once in a worker that exits right after (see :class:`TrainingWorker`)."""
+    return TrainingWorker(linger_s=0).train(model, global_params, data, settings, seed)
 
 
 def _train(

@@ -13,7 +13,9 @@ function call:
   attack vectors through their own pipelines, signed with their own keys;
 * the coordinator's real :class:`~coordinator.ingest.Ingest` verifies every message's bytes
   (so protocol-level abuse is rejected exactly as over MQTT), then
-  :func:`coordinator.round_engine.server_step` scores, updates reputation and aggregates.
+  :func:`coordinator.round_engine.server_step` scores (with one
+  :class:`~coordinator.anomaly.AnomalyDetector` kept for the whole run), updates
+  reputation and aggregates.
 
 Worker momentum (``momentum1 = β``) follows the papers' EMA form (Karimireddy, He, Jaggi,
 ICML 2021, and the ``mom_sgd`` base method of Byz-VR-MARINA-PP, algorithms.md §2.3, §6.1):
@@ -48,6 +50,7 @@ from numpy.typing import NDArray
 from coordinator.aggregation import BreakdownError, build, parameters
 from coordinator.aggregation.base import Aggregator
 from coordinator.aggregation.clipping_vr import automatic_radius
+from coordinator.anomaly import AnomalyDetector
 from coordinator.devices import DeviceRegistry
 from coordinator.ingest import Accepted, Ingest, Rejected, RoundWindow
 from coordinator.reputation import ReputationBook
@@ -64,7 +67,6 @@ from faults.omniscient import (
     OMNISCIENT_ATTACKS,
     ColludingAttack,
     CollusionContext,
-    is_colluding_name,
 )
 from faults.plan import read_fault_plan
 from fleet_sim.scenario import Scenario
@@ -307,11 +309,7 @@ class Simulator:
             learning_rate=scenario.learning_rate,
             batch_size=scenario.batch_size,
         )
-        attack = scenario.attack
-        known = set(ATTACKS) | set(SENSOR_FAULTS) | set(OMNISCIENT_ATTACKS)
-        if attack is not None and attack not in known and not is_colluding_name(attack):
-            raise ValueError(f"unknown attack {attack!r}; known: {', '.join(sorted(known))}")
-        self.attack_name = attack
+        self.attack_name = scenario.attack  # checked by Scenario (faults.check_fault_name)
         self._colluding_attack: ColludingAttack | None = None
         self.ids = device_ids(scenario.devices)
         self.compromised = self._choose_compromised()
@@ -324,6 +322,9 @@ class Simulator:
             max_update_bytes=_MAX_MESSAGE_BYTES,
         )
         self.reputation = ReputationBook(decay=scenario.reputation_decay)
+        # One detector for the whole run, as the coordinator keeps one: its per-device
+        # history is part of the score.
+        self.detector = AnomalyDetector(scenario.anomaly_threshold)
         self.aggregator = _build_defense(scenario)
         self.fallback = build(DEFAULT_FALLBACK)
         self.settings = RoundSettings(
@@ -518,6 +519,7 @@ class Simulator:
             aggregator=self.aggregator,
             fallback=self.fallback,
             misbehaving=misbehaving,
+            detector=self.detector,
         )
         if outcome_step.model_changed:
             self.params = outcome_step.params

@@ -62,7 +62,8 @@ AuditStatus = Literal["verified", "unverified", "unchecked", "absent"]
 
 _MAX_TEXT = 80  # characters kept of any string received (reasons, states, names)
 _MAX_TELEMETRY_KEYS = 16
-_FLAG_REASON = "anomalous-update"  # the coordinator's alert reason for a flagged update
+# A flagged update's alert reason: "anomalous-" and why (norm, direction, persistent, ...).
+_FLAG_PREFIX = "anomalous-"
 
 
 # -- the signed audit head --------------------------------------------------------------
@@ -333,7 +334,7 @@ class FleetView:
         self.alerts.append(alert)
         if device_id is not None:
             device = self._device(device_id)
-            if alert.reason == _FLAG_REASON:
+            if alert.reason.startswith(_FLAG_PREFIX):
                 device.flagged_round = alert.round
                 if alert.score is not None:
                     device.score = alert.score

@@ -105,3 +105,19 @@ def test_decay_outside_the_open_unit_interval_is_rejected(decay: object) -> None
 def test_initial_outside_the_unit_interval_is_rejected(initial: float) -> None:
     with pytest.raises(ValueError, match="initial"):
         ReputationBook(initial=initial)
+
+
+def test_reset_puts_a_device_back_to_the_initial_reputation() -> None:
+    book = ReputationBook(decay=0.5, initial=0.8)
+    for _ in range(5):
+        book.record("pi-01", good=False)
+    assert book.reset("pi-01") == 0.8
+    assert book.weight("pi-01") == 0.8
+    assert "pi-01" in book
+    assert book.record("pi-01", good=False) == pytest.approx(0.4)
+
+
+def test_reset_of_an_unknown_device_records_the_initial_reputation() -> None:
+    book = ReputationBook(initial=0.9)
+    book.reset("new")
+    assert book.snapshot() == {"new": 0.9}

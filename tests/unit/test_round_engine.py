@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from coordinator.aggregation import build
+from coordinator.anomaly import REASON_NORM, REASON_PERSISTENT, AnomalyDetector, AnomalyFlag
 from coordinator.reputation import ReputationBook
 from coordinator.round_engine import RoundSettings, server_step
 
@@ -107,3 +108,105 @@ def test_mismatched_ids_and_rows_are_a_programming_error() -> None:
             reputation=ReputationBook(),
             aggregator=build("mean"),
         )
+
+
+def _offset_round(rng: np.random.Generator, factor: float) -> np.ndarray:
+    updates = (1.0 + 0.01 * rng.standard_normal((6, 4))).astype(np.float32)
+    updates[5] *= factor
+    return updates
+
+
+def test_each_flag_carries_the_devices_score_and_reason() -> None:
+    updates = _offset_round(np.random.default_rng(0), 10.0)  # "evil" sends 10x the norm
+    result = server_step(
+        np.zeros(4, np.float32),
+        IDS,
+        updates,
+        settings=RoundSettings(),
+        reputation=ReputationBook(),
+        aggregator=build("coordinate-median"),
+    )
+    assert result.scores is not None
+    (flag,) = result.flags
+    assert isinstance(flag, AnomalyFlag)
+    assert flag.device_id == "evil"
+    assert flag.reason == REASON_NORM
+    assert flag.score == pytest.approx(result.scores.score[IDS.index("evil")])
+    assert flag.score > 3.0
+
+
+def test_a_kept_detector_remembers_devices_across_rounds() -> None:
+    rng = np.random.default_rng(1)
+    detector = AnomalyDetector()
+    book = ReputationBook(decay=0.5)
+    results = [
+        server_step(
+            np.zeros(4, np.float32),
+            IDS,
+            _offset_round(rng, factor),
+            settings=RoundSettings(),
+            reputation=book,
+            aggregator=build("coordinate-median"),
+            detector=detector,
+        )
+        for factor in (6.0, 2.0)
+    ]
+    fresh = server_step(
+        np.zeros(4, np.float32),
+        IDS,
+        _offset_round(rng, 2.0),
+        settings=RoundSettings(),
+        reputation=ReputationBook(),
+        aggregator=build("coordinate-median"),
+    )
+    assert results[0].flagged == ("evil",)
+    assert [(f.device_id, f.reason) for f in results[1].flags] == [("evil", REASON_PERSISTENT)]
+    assert book.weight("evil") == 0.25
+    assert "evil" in detector
+    # Without a detector every round starts without history: a moderate offset passes.
+    assert fresh.flagged == ()
+
+
+def test_detector_threshold_comes_from_the_settings() -> None:
+    result = server_step(
+        np.zeros(4, np.float32),
+        IDS,
+        _updates(),
+        settings=RoundSettings(anomaly_threshold=1e6),
+        reputation=ReputationBook(),
+        aggregator=build("mean"),
+        detector=AnomalyDetector(threshold=3.0),
+    )
+    assert result.scores is not None
+    assert result.scores.threshold == 1e6
+    assert result.flagged == ()
+
+
+def test_fewer_than_three_updates_are_not_scored() -> None:
+    detector = AnomalyDetector()
+    result = server_step(
+        np.zeros(2, np.float32),
+        ["a", "b"],
+        np.array([[1.0, 2.0], [300.0, 400.0]], dtype=np.float32),
+        settings=RoundSettings(),
+        reputation=ReputationBook(),
+        aggregator=build("mean"),
+        detector=detector,
+    )
+    assert result.scores is None
+    assert result.flags == ()
+    assert len(detector) == 0
+
+
+def test_scoring_off_leaves_the_detector_untouched() -> None:
+    detector = AnomalyDetector()
+    server_step(
+        np.zeros(4, np.float32),
+        IDS,
+        _updates(),
+        settings=RoundSettings(anomaly_detection=False),
+        reputation=ReputationBook(),
+        aggregator=build("mean"),
+        detector=detector,
+    )
+    assert detector.rounds == 0
