@@ -16,8 +16,9 @@ its broker connection and threads). It receives the model's registry name, the g
 parameters, the round's local data (read by the agent through its possibly fault-wrapped
 sensor source), the hyperparameters and the seed, and returns the parameter delta: the
 same :func:`edge_agent.training.train_local` as in-process training, so both give the same
-delta for the same inputs (up to float32 rounding where torch's thread counts differ). Arguments travel over multiprocessing's local pipe between two
-processes of the same user; nothing from the network is unpickled.
+delta for the same inputs (up to float32 rounding where torch's thread counts differ).
+Arguments travel over multiprocessing's local pipe between two processes of the same user;
+nothing from the network is unpickled.
 """
 
 from __future__ import annotations
