@@ -37,7 +37,7 @@ from pathlib import Path
 import psutil
 
 from byzedge.cli import main as byzedge_main
-from fleet_sim.brokers import start_mosquitto
+from byzedge.fleet_sim.brokers import start_mosquitto
 
 BYZEDGE = str(Path(sys.executable).with_name("byzedge"))
 TARGET_MB = 100.0

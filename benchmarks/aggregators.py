@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as a script, this folder is on sys.path: the peer adapters are a sibling module.
+from peers import byzfl_section
 
-from benchmarks.peers import byzfl_section
 from byzedge.commands.bench import add_aggregator_arguments, run
 
 

@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from fleet_sim.demo import DemoOptions, run_demo
+from byzedge.fleet_sim.demo import DemoOptions, run_demo
 
 SCENARIOS = [
     ("clean", "none", 0.0, ("mean", "clipping-vr"), "dense"),

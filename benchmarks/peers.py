@@ -113,7 +113,7 @@ def peer_pairs(byzfl: types.ModuleType, n: int, f: int) -> dict[str, Pair]:
     ``Average``, ``Median``, ``TrMean``, ``Krum``, ``MultiKrum``, ``GeometricMedian``,
     ``CenteredClipping``, ``Clipping`` and, when present, ``NNM`` and ``ARC``).
     """
-    from coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
+    from byzedge.coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
 
     pairs: dict[str, Pair] = {}
     fraction = f / n
@@ -188,7 +188,7 @@ def measure_peers(
     ``byzfl`` is the module to compare with (default: :func:`load_byzfl`'s); a string is
     returned as it is, as why there is nothing to compare.
     """
-    from coordinator.aggregation import build  # noqa: PLC0415
+    from byzedge.coordinator.aggregation import build  # noqa: PLC0415
 
     peer = load_byzfl() if byzfl is None else byzfl
     if isinstance(peer, str):

@@ -41,12 +41,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from coordinator.anomaly import AnomalyDetector, AnomalyScores
-from fleet_sim.scenario import Scenario
-from fleet_sim.simulator import FlagCounts, RoundRecord, Simulator
-from models.datasets import DigitsSplit, load_digits_split
+from byzedge.coordinator.anomaly import AnomalyDetector, AnomalyScores
+from byzedge.fleet_sim.scenario import Scenario
+from byzedge.fleet_sim.simulator import FlagCounts, RoundRecord, Simulator
+from byzedge.models.datasets import DigitsSplit, load_digits_split
 
 OUT = Path("benchmarks/results/reputation.md")
 ATTACKS = ("sign-flip", "gaussian-noise", "scaled-update", "backdoor")

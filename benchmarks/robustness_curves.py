@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fleet_sim.report import plot_accuracy
+from byzedge.fleet_sim.report import plot_accuracy
 
 
 def main() -> int:

@@ -193,7 +193,7 @@ def machine_description() -> dict[str, str]:
             if pool.get("user_api") == "blas"
         ]
         info["blas"] = "; ".join(pools) or "none found"
-    from coordinator.aggregation import _compiled, _parallel  # noqa: PLC0415
+    from byzedge.coordinator.aggregation import _compiled, _parallel  # noqa: PLC0415
 
     info["compiled kernels"] = (
         f"numba {_compiled.numba.__version__}"
@@ -224,7 +224,7 @@ def make_updates(n: int, d: int, f: int, seed: int = 0) -> NDArray[np.float32]:
 
 def rule_params(name: str, n: int, f: int) -> dict[str, Any]:
     """Return the benchmark's hyperparameters for rule ``name`` (defaults otherwise)."""
-    from coordinator.aggregation import parameters  # noqa: PLC0415
+    from byzedge.coordinator.aggregation import parameters  # noqa: PLC0415
 
     accepted = parameters(name)
     params: dict[str, Any] = {}
@@ -278,7 +278,7 @@ def measure_rules(
     Stateful rules keep one instance across the repeats, as the coordinator keeps one
     across rounds. Ratios are to ``mean``'s median in this same run.
     """
-    from coordinator.aggregation import AGGREGATORS, build  # noqa: PLC0415
+    from byzedge.coordinator.aggregation import AGGREGATORS, build  # noqa: PLC0415
 
     n = len(updates)
     chosen = list(AGGREGATORS) if names is None else list(names)
@@ -327,7 +327,7 @@ def measure_memory(n: int, d: int, seed: int = 0) -> list[MemoryRow] | str:
     Rules with a radius get a fixed one (``clip_norm`` / ``clip_threshold`` = 1), since
     a median radius is known only once the whole round is in.
     """
-    from coordinator.aggregation import AGGREGATORS, build, parameters  # noqa: PLC0415
+    from byzedge.coordinator.aggregation import AGGREGATORS, build, parameters  # noqa: PLC0415
 
     streaming = [
         name

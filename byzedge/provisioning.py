@@ -1,7 +1,7 @@
 """Fleet provisioning behind ``byzedge init``: CA, certificates, keys, broker and daemon configs.
 
-A fleet folder (``DIR``) holds everything a fleet needs, written with :mod:`daemon.pki`
-(TLS, ECDSA P-256) and :mod:`protocol.signing` (Ed25519 update/model signatures)::
+A fleet folder (``DIR``) holds everything a fleet needs, written with :mod:`byzedge.daemon.pki`
+(TLS, ECDSA P-256) and :mod:`byzedge.protocol.signing` (Ed25519 update/model signatures)::
 
     DIR/fleet.toml                     what init was asked (fleet, host, port...): read back
                                        by add-device and revoke-device
@@ -45,10 +45,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon import pki
-from protocol.errors import TopicError
-from protocol.signing import SigningKey
-from protocol.topics import validate_device_id, validate_identifier
+from byzedge.daemon import pki
+from byzedge.protocol.errors import TopicError
+from byzedge.protocol.signing import SigningKey
+from byzedge.protocol.topics import validate_device_id, validate_identifier
 
 __all__ = [
     "ACL",
@@ -253,8 +253,8 @@ def _validate_spec(spec: FleetSpec, devices: int) -> None:
 def _validate_defense(spec: FleetSpec) -> None:
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
-    from coordinator.config import CoordinatorConfig  # noqa: PLC0415
+    from byzedge.coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
+    from byzedge.coordinator.config import CoordinatorConfig  # noqa: PLC0415
 
     if spec.byzantine_defense not in AGGREGATORS:
         known = ", ".join(sorted(AGGREGATORS))

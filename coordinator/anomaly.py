@@ -121,7 +121,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation.base import row_norms, validate_positive, validate_updates
+from byzedge.coordinator.aggregation.base import row_norms, validate_positive, validate_updates
 
 __all__ = [
     "BASELINE_RATE",

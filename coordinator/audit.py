@@ -94,15 +94,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.rotating import (
+from byzedge.daemon.rotating import (
     DEFAULT_KEEP,
     DEFAULT_MAX_BYTES,
     RotatingJsonl,
     list_segments,
     write_atomically,
 )
-from protocol.errors import SignatureError
-from protocol.signing import SigningKey, VerifyKey
+from byzedge.protocol.errors import SignatureError
+from byzedge.protocol.signing import SigningKey, VerifyKey
 
 __all__ = [
     "CHECKPOINT_EVENT",

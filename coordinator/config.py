@@ -19,15 +19,15 @@ from pydantic import (
     model_validator,
 )
 
-from coordinator.aggregation import (
+from byzedge.coordinator.aggregation import (
     AGGREGATORS,
     PRE_AGGREGATORS,
     STATELESS,
     build,
     parameters,
 )
-from coordinator.aggregation.clipping_vr import automatic_radius
-from daemon.config import (
+from byzedge.coordinator.aggregation.clipping_vr import automatic_radius
+from byzedge.daemon.config import (
     ConfigError,
     StrictModel,
     checked_identifier,
@@ -36,7 +36,7 @@ from daemon.config import (
     resolve_mqtt_paths,
     resolve_paths,
 )
-from daemon.mqtt import MqttSettings
+from byzedge.daemon.mqtt import MqttSettings
 
 __all__ = [
     "AggregationConfig",
@@ -294,7 +294,7 @@ class CoordinatorConfig(_Strict):
 
 
 def rule_parameters(config: CoordinatorConfig, name: str) -> dict[str, Any]:
-    """Return the keyword arguments that :func:`coordinator.aggregation.build` needs for ``name``.
+    """Return the keyword arguments :func:`~byzedge.coordinator.aggregation.build` needs.
 
     Every constructor parameter of every rule is a config field of the same name, in the
     ``aggregation_config`` table or at the top level (``clip_threshold``,
@@ -305,7 +305,7 @@ def rule_parameters(config: CoordinatorConfig, name: str) -> dict[str, Any]:
     overridden by ``aggregation_config.inner_params``. An unset clipping-vr ``radius``
     follows the participation: ``"model-step"`` when rounds sample cohorts
     (``devices_per_round`` or ``participation_rate``), else ``"median"``
-    (:func:`~coordinator.aggregation.clipping_vr.automatic_radius`).
+    (:func:`~byzedge.coordinator.aggregation.clipping_vr.automatic_radius`).
 
     Raises
     ------

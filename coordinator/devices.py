@@ -6,9 +6,9 @@ import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from protocol.errors import ProtocolError
-from protocol.signing import VerifyKey
-from protocol.topics import validate_device_id
+from byzedge.protocol.errors import ProtocolError
+from byzedge.protocol.signing import VerifyKey
+from byzedge.protocol.topics import validate_device_id
 
 __all__ = ["DeviceRegistry"]
 

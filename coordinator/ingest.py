@@ -29,12 +29,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.devices import DeviceRegistry
-from protocol.chunking import Reassembler
-from protocol.codecs import CODECS
-from protocol.envelope import Header, open_envelope
-from protocol.errors import ChunkError, CodecError, EnvelopeError, SignatureError, TopicError
-from protocol.topics import parse_device_topic
+from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.protocol.chunking import Reassembler
+from byzedge.protocol.codecs import CODECS
+from byzedge.protocol.envelope import Header, open_envelope
+from byzedge.protocol.errors import (
+    ChunkError,
+    CodecError,
+    EnvelopeError,
+    SignatureError,
+    TopicError,
+)
+from byzedge.protocol.topics import parse_device_topic
 
 __all__ = [
     "Accepted",

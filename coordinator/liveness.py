@@ -36,8 +36,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol.errors import TopicError
-from protocol.topics import parse_device_topic
+from byzedge.protocol.errors import TopicError
+from byzedge.protocol.topics import parse_device_topic
 
 __all__ = ["DeviceStatus", "FleetLiveness"]
 

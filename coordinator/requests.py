@@ -14,8 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from protocol.errors import TopicError
-from protocol.topics import validate_device_id
+from byzedge.protocol.errors import TopicError
+from byzedge.protocol.topics import validate_device_id
 
 __all__ = ["request_reputation_reset", "take_reputation_resets"]
 

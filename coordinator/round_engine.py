@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.aggregation import BreakdownError, build
-from coordinator.aggregation.base import Aggregator
-from coordinator.aggregation.clipping_vr import ClippingVR
-from coordinator.anomaly import MIN_UPDATES, AnomalyDetector, AnomalyFlag, AnomalyScores
-from coordinator.reputation import ReputationBook
+from byzedge.coordinator.aggregation import BreakdownError, build
+from byzedge.coordinator.aggregation.base import Aggregator
+from byzedge.coordinator.aggregation.clipping_vr import ClippingVR
+from byzedge.coordinator.anomaly import MIN_UPDATES, AnomalyDetector, AnomalyFlag, AnomalyScores
+from byzedge.coordinator.reputation import ReputationBook
 
 __all__ = ["DEFAULT_FALLBACK", "RoundSettings", "ServerStepResult", "server_step"]
 
@@ -56,7 +56,7 @@ class RoundSettings:
         Score updates and flag outliers (needs at least 3 updates).
     anomaly_threshold:
         Standard deviations of the anomaly statistic above which an update is flagged
-        (3.0; see :mod:`coordinator.anomaly`).
+        (3.0; see :mod:`byzedge.coordinator.anomaly`).
     device_reputation:
         Weight updates by their device's reputation.
     server_learning_rate:

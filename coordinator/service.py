@@ -16,7 +16,7 @@ Keeping rounds moving:
 
 * A round closes as soon as every device asked has answered, been rejected for something
   only it could have done, or is known not to answer: its retained status says
-  ``offline`` (its last will) or ``busy`` for this round (:mod:`coordinator.liveness`).
+  ``offline`` (its last will) or ``busy`` for this round (:mod:`byzedge.coordinator.liveness`).
   ``round_timeout_s`` stays the upper bound; ``round_interval_s`` separates rounds.
 * Every accepted update is journaled before it counts (:mod:`coordinator.journal`): a
   coordinator killed mid-round re-opens the same round at restart and re-ingests them.
@@ -28,7 +28,7 @@ Keeping rounds moving:
 Aggregation: when ``byzantine_defense`` breaks down for a round's number of updates
 (:class:`~coordinator.aggregation.BreakdownError`), ``fallback_defense`` aggregates that
 round and the round summary names it in ``fallback``. Rules that stream (``mean``,
-``norm-clipping``, ``clipping-vr``; :func:`~coordinator.aggregation.supports_streaming`)
+``norm-clipping``, ``clipping-vr``; :func:`~byzedge.coordinator.aggregation.supports_streaming`)
 take the accepted updates one at a time when anomaly detection is off, so no ``(n, d)``
 matrix is stacked; anomaly scoring needs the matrix, so with it on every rule runs in
 batch. A rule that cannot stream a particular round (an automatic radius not yet known,
@@ -50,18 +50,18 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.aggregation import (
+from byzedge.coordinator.aggregation import (
     AGGREGATORS,
     StreamingUnavailableError,
     build,
     supports_streaming,
 )
-from coordinator.aggregation.base import Aggregator, StreamingAggregator
-from coordinator.anomaly import AnomalyDetector
-from coordinator.audit import AuditLog, RecordBudget
-from coordinator.config import CoordinatorConfig, rule_parameters
-from coordinator.devices import DeviceRegistry
-from coordinator.ingest import (
+from byzedge.coordinator.aggregation.base import Aggregator, StreamingAggregator
+from byzedge.coordinator.anomaly import AnomalyDetector
+from byzedge.coordinator.audit import AuditLog, RecordBudget
+from byzedge.coordinator.config import CoordinatorConfig, rule_parameters
+from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.ingest import (
     Accepted,
     Ingest,
     IngestOutcome,
@@ -70,23 +70,23 @@ from coordinator.ingest import (
     RejectReason,
     RoundWindow,
 )
-from coordinator.journal import RoundJournal
-from coordinator.liveness import FleetLiveness
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.reputation import ReputationBook
-from coordinator.requests import take_reputation_resets
-from coordinator.round_engine import RoundSettings, ServerStepResult, server_step
-from coordinator.state import CoordinatorState, StateStore
-from daemon import systemd
-from daemon.logging import RateLimitedLog
-from daemon.mqtt import ConnectInfo, Will
-from daemon.rotating import RotatingJsonl
-from daemon.transport import Endpoint, TransportFactory, mqtt_transport
-from models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
-from models.datasets import DigitsSplit, load_digits_split
-from protocol import topics
-from protocol.manifest import seal_global_model
-from protocol.signing import SigningKey
+from byzedge.coordinator.journal import RoundJournal
+from byzedge.coordinator.liveness import FleetLiveness
+from byzedge.coordinator.metrics import CoordinatorMetrics
+from byzedge.coordinator.reputation import ReputationBook
+from byzedge.coordinator.requests import take_reputation_resets
+from byzedge.coordinator.round_engine import RoundSettings, ServerStepResult, server_step
+from byzedge.coordinator.state import CoordinatorState, StateStore
+from byzedge.daemon import systemd
+from byzedge.daemon.logging import RateLimitedLog
+from byzedge.daemon.mqtt import ConnectInfo, Will
+from byzedge.daemon.rotating import RotatingJsonl
+from byzedge.daemon.transport import Endpoint, TransportFactory, mqtt_transport
+from byzedge.models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
+from byzedge.models.datasets import DigitsSplit, load_digits_split
+from byzedge.protocol import topics
+from byzedge.protocol.manifest import seal_global_model
+from byzedge.protocol.signing import SigningKey
 
 __all__ = ["Coordinator", "RoundSummary"]
 

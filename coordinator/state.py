@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from daemon.store import AtomicStore
+from byzedge.daemon.store import AtomicStore
 
 __all__ = ["CoordinatorState", "StateStore"]
 

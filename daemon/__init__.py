@@ -1,18 +1,21 @@
 """Plumbing shared by the agent and the coordinator daemons.
 
 Everything here is small, dependency-light and safe to call outside systemd: sd_notify and
-the watchdog (:mod:`daemon.systemd`), signal handling (:mod:`daemon.signals`), the atomic
-state store (:mod:`daemon.store`), reconnect backoff (:mod:`daemon.backoff`) and logging
-set-up (:mod:`daemon.logging`).
+the watchdog (:mod:`byzedge.daemon.systemd`), signal handling
+(:mod:`byzedge.daemon.signals`), the atomic state store (:mod:`byzedge.daemon.store`),
+reconnect backoff (:mod:`byzedge.daemon.backoff`), logging set-up
+(:mod:`byzedge.daemon.logging`), configuration plumbing (:mod:`byzedge.daemon.config`), the
+MQTT client (:mod:`byzedge.daemon.mqtt`) and the transport seam
+(:mod:`byzedge.daemon.transport`).
 """
 
 from __future__ import annotations
 
-from daemon.backoff import exponential_backoff
-from daemon.logging import configure_logging, running_under_journald
-from daemon.signals import SignalEvents, install_signal_handlers
-from daemon.store import STATE_FORMAT, STATE_VERSION, AtomicStore
-from daemon.systemd import (
+from byzedge.daemon.backoff import exponential_backoff
+from byzedge.daemon.logging import configure_logging, running_under_journald
+from byzedge.daemon.signals import SignalEvents, install_signal_handlers
+from byzedge.daemon.store import STATE_FORMAT, STATE_VERSION, AtomicStore
+from byzedge.daemon.systemd import (
     notify,
     notify_ready,
     notify_reloading,

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from protocol.errors import TopicError
-from protocol.topics import validate_device_id, validate_identifier
+from byzedge.protocol.errors import TopicError
+from byzedge.protocol.topics import validate_device_id, validate_identifier
 
 __all__ = [
     "ConfigError",

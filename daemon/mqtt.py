@@ -54,8 +54,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from daemon.backoff import exponential_backoff
-from protocol.chunking import DEFAULT_MAX_MESSAGE_BYTES, split_payload
+from byzedge.daemon.backoff import exponential_backoff
+from byzedge.protocol.chunking import DEFAULT_MAX_MESSAGE_BYTES, split_payload
 
 __all__ = [
     "ConnectInfo",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from daemon.mqtt import MqttClient, MqttError, MqttSettings
+from byzedge.daemon.mqtt import MqttClient, MqttError, MqttSettings
 
 __all__ = ["PROBE_PAYLOAD", "probe_broker"]
 

@@ -3,7 +3,7 @@
 Key type: **ECDSA P-256** for every TLS key (CA, broker, clients). Mosquitto 2.0 on
 OpenSSL 3, Python's :mod:`ssl`, paho, AWS IoT Core and the secure elements / TPMs a device
 may keep its key in (ATECC608-class parts, TPM 2.0) all do P-256; Ed25519 certificates are
-not accepted by TPMs and several TLS stacks. The Ed25519 keys of :mod:`protocol.signing`
+not accepted by TPMs and several TLS stacks. The Ed25519 keys of :mod:`byzedge.protocol.signing`
 sign updates and models; they are not TLS keys.
 
 Validity: the CA 10 years (:data:`CA_VALID_DAYS`), leaf certificates 2 years
@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from protocol.errors import ProtocolError
-from protocol.signing import SigningKey, VerifyKey
+from byzedge.protocol.errors import ProtocolError
+from byzedge.protocol.signing import SigningKey, VerifyKey
 
 __all__ = [
     "CA_VALID_DAYS",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from daemon.mqtt import (
+from byzedge.daemon.mqtt import (
     ConnectInfo,
     Delivery,
     MessageHandler,

@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from daemon.config import (
+from byzedge.daemon.config import (
     ConfigError,
     StrictModel,
     checked_device_id,
@@ -27,8 +27,8 @@ from daemon.config import (
     resolve_mqtt_paths,
     resolve_paths,
 )
-from daemon.mqtt import MqttSettings
-from protocol.codecs import CODECS
+from byzedge.daemon.mqtt import MqttSettings
+from byzedge.protocol.codecs import CODECS
 
 __all__ = [
     "AgentConfig",
@@ -53,7 +53,7 @@ class DataConfig(_Strict):
     )
     path: Path | None = Field(None, description="The .npz file, for source = 'npz'.")
     partition: Literal["iid", "dirichlet", "label-sorted"] = Field(
-        "iid", description="How digits are dealt (a `models.partition` registry name)."
+        "iid", description="How digits are dealt (a `byzedge.models.partition` registry name)."
     )
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (partition only).")
     num_partitions: int = Field(20, ge=1, description="Number of shards the digits are cut in.")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from models import OnnxClassifier, export_onnx, get_model_spec
+from byzedge.models import OnnxClassifier, export_onnx, get_model_spec
 
 __all__ = ["ModelInfo", "ModelStore"]
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import OutgoingMessage, RoundContext, UpdateStage, WireStage
-from protocol.codecs import Codec, build_codec
-from protocol.envelope import Header, SealedEnvelope, seal
-from protocol.signing import SigningKey
+from byzedge.edge_agent.seams import OutgoingMessage, RoundContext, UpdateStage, WireStage
+from byzedge.protocol.codecs import Codec, build_codec
+from byzedge.protocol.envelope import Header, SealedEnvelope, seal
+from byzedge.protocol.signing import SigningKey
 
 __all__ = ["PreparedUpdate", "UpdatePipeline"]
 

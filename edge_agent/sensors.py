@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.config import DataConfig
-from edge_agent.seams import LocalData, SensorSource
-from models.datasets import load_digits_split
-from models.partition import get_partitioner
+from byzedge.edge_agent.config import DataConfig
+from byzedge.edge_agent.seams import LocalData, SensorSource
+from byzedge.models.datasets import load_digits_split
+from byzedge.models.partition import get_partitioner
 
 __all__ = ["DigitsShardSource", "NpzSource", "build_source"]
 

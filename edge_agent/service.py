@@ -32,21 +32,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from daemon import systemd
-from daemon.mqtt import ConnectInfo, Delivery, Will
-from daemon.store import AtomicStore
-from daemon.transport import Endpoint, TransportFactory, mqtt_transport
-from edge_agent.config import AgentConfig
-from edge_agent.model_store import ModelInfo, ModelStore
-from edge_agent.pipeline import UpdatePipeline
-from edge_agent.seams import RoundContext, SensorSource, UpdateStage, WireStage
-from edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
-from edge_agent.worker import TrainingWorker, TrainingWorkerError
-from models import get_model_spec
-from protocol import topics
-from protocol.errors import ProtocolError
-from protocol.manifest import GlobalModel, open_global_model
-from protocol.signing import SigningKey, VerifyKey
+from byzedge.daemon import systemd
+from byzedge.daemon.mqtt import ConnectInfo, Delivery, Will
+from byzedge.daemon.store import AtomicStore
+from byzedge.daemon.transport import Endpoint, TransportFactory, mqtt_transport
+from byzedge.edge_agent.config import AgentConfig
+from byzedge.edge_agent.model_store import ModelInfo, ModelStore
+from byzedge.edge_agent.pipeline import UpdatePipeline
+from byzedge.edge_agent.seams import RoundContext, SensorSource, UpdateStage, WireStage
+from byzedge.edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
+from byzedge.edge_agent.worker import TrainingWorker, TrainingWorkerError
+from byzedge.models import get_model_spec
+from byzedge.protocol import topics
+from byzedge.protocol.errors import ProtocolError
+from byzedge.protocol.manifest import GlobalModel, open_global_model
+from byzedge.protocol.signing import SigningKey, VerifyKey
 
 __all__ = ["Agent"]
 
@@ -412,7 +412,7 @@ class Agent:
         if settings.isolation == "process":
             return self._worker.train(self.config.model, model.params, data, settings, seed)
         # torch is imported here, on first training, never by inference-only use.
-        from edge_agent.training import TrainingConfig, train_local  # noqa: PLC0415
+        from byzedge.edge_agent.training import TrainingConfig, train_local  # noqa: PLC0415
 
         config = TrainingConfig.from_settings(settings)
         return train_local(self._spec, model.params, data, config, seed=seed)

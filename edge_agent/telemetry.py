@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
-from edge_agent.config import EligibilityConfig
+from byzedge.edge_agent.config import EligibilityConfig
 
 __all__ = ["Eligibility", "TelemetrySnapshot", "check_eligibility", "read_telemetry"]
 

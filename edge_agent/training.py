@@ -16,11 +16,11 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional
 
-from edge_agent.config import TrainingSettings
-from edge_agent.seams import LocalData
-from models.params import load_vector_into, module_to_vector
-from models.spec import ModelSpec
-from models.torch_modules import build_module
+from byzedge.edge_agent.config import TrainingSettings
+from byzedge.edge_agent.seams import LocalData
+from byzedge.models.params import load_vector_into, module_to_vector
+from byzedge.models.spec import ModelSpec
+from byzedge.models.torch_modules import build_module
 
 __all__ = ["TrainingConfig", "shuffled_batches", "train_local", "usable_rows"]
 

@@ -15,7 +15,7 @@ The worker is started with ``spawn`` (a fresh interpreter, never a fork of the a
 its broker connection and threads). It receives the model's registry name, the global
 parameters, the round's local data (read by the agent through its possibly fault-wrapped
 sensor source), the hyperparameters and the seed, and returns the parameter delta: the
-same :func:`edge_agent.training.train_local` as in-process training, so both give the same
+same :func:`byzedge.edge_agent.training.train_local` as in-process training, so both give the same
 delta for the same inputs (up to float32 rounding where torch's thread counts differ).
 Arguments travel over multiprocessing's local pipe between two processes of the same user;
 nothing from the network is unpickled.
@@ -32,8 +32,8 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.config import TrainingSettings
-from edge_agent.seams import LocalData
+from byzedge.edge_agent.config import TrainingSettings
+from byzedge.edge_agent.seams import LocalData
 
 __all__ = ["TrainingWorker", "TrainingWorkerError", "train_in_worker"]
 
@@ -81,7 +81,7 @@ class TrainingWorker:
         TrainingWorkerError
             If the worker process died; the next round starts a new one.
         ValueError
-            As :func:`edge_agent.training.train_local` raises it (bad data, bad config).
+            As :func:`byzedge.edge_agent.training.train_local` raises it (bad data, bad config).
         """
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
@@ -131,8 +131,8 @@ def _train(
     seed: int,
 ) -> NDArray[np.float32]:
     """The worker's job: the same training as in-process (imports torch, in the worker)."""
-    from edge_agent.training import TrainingConfig, train_local  # noqa: PLC0415 - torch
-    from models import get_model_spec  # noqa: PLC0415
+    from byzedge.edge_agent.training import TrainingConfig, train_local  # noqa: PLC0415 - torch
+    from byzedge.models import get_model_spec  # noqa: PLC0415
 
     config = TrainingConfig.from_settings(settings)
     return train_local(get_model_spec(model), global_params, data, config, seed=seed)

@@ -5,14 +5,14 @@ Sensor faults (:data:`SENSOR_FAULTS`) and data attacks wrap the agent's
 :class:`~edge_agent.seams.UpdateStage` callables appended to its update pipeline; wire
 attacks (protocol-level abuse) are :class:`~edge_agent.seams.WireStage` callables run on
 the sealed message (all in :data:`ATTACKS`). :class:`FaultInjector` builds them from a
-list of :class:`FaultSpec`; :mod:`faults.plan` says which device gets which. Colluding
+list of :class:`FaultSpec`; :mod:`byzedge.faults.plan` says which device gets which. Colluding
 attacks that see every honest update (:data:`OMNISCIENT_ATTACKS`) run only in the
 simulator or coordinator-side in a HIL rig. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-from faults.attacks import (
+from byzedge.faults.attacks import (
     ATTACKS,
     AttackTarget,
     Backdoor,
@@ -32,21 +32,21 @@ from faults.attacks import (
     ZeroUpdate,
     apply_trigger,
 )
-from faults.errors import FaultConfigError, FaultError
-from faults.injector import (
+from byzedge.faults.errors import FaultConfigError, FaultError
+from byzedge.faults.injector import (
     FaultInjector,
     FaultSpec,
     check_fault_name,
     is_fault_name,
     known_fault_names,
 )
-from faults.omniscient import (
+from byzedge.faults.omniscient import (
     OMNISCIENT_ATTACKS,
     CollusionContext,
     OmniscientAttack,
     build_colluding_attack,
 )
-from faults.sensors import (
+from byzedge.faults.sensors import (
     SENSOR_FAULTS,
     BitFlip,
     CalibrationOffset,

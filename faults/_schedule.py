@@ -12,7 +12,7 @@ from typing import ClassVar, Final
 
 import numpy as np
 
-from faults._validate import check_fraction, check_non_negative_int
+from byzedge.faults._validate import check_fraction, check_non_negative_int
 
 __all__ = ["Schedule", "Scheduled"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from faults.errors import FaultConfigError
+from byzedge.faults.errors import FaultConfigError
 
 __all__ = [
     "check_fraction",

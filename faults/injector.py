@@ -5,7 +5,7 @@ The agent calls :meth:`FaultInjector.wrap_source` on its sensor source and gives
 pipeline, once, at start-up. An honest agent gets an empty injector (the source back
 unchanged, no stages); the agent never asks whether it is compromised.
 
-A spec may also name a colluding attack (:mod:`faults.omniscient`, or a user's
+A spec may also name a colluding attack (:mod:`byzedge.faults.omniscient`, or a user's
 ``module:function``). The injector builds it (validating its parameters) and exposes it
 as :attr:`FaultInjector.colluding_attack` for the simulator; it adds nothing to the
 agent's seams, and :meth:`FaultInjector.require_device_local` refuses it on a real agent.
@@ -20,17 +20,17 @@ from typing import Any, Final
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edge_agent.seams import LocalData, SensorSource, UpdateStage, WireStage
-from faults._validate import check_non_negative_int
-from faults.attacks import ATTACKS, DataAttack, UpdateAttack, WireAttack
-from faults.errors import FaultConfigError
-from faults.omniscient import (
+from byzedge.edge_agent.seams import LocalData, SensorSource, UpdateStage, WireStage
+from byzedge.faults._validate import check_non_negative_int
+from byzedge.faults.attacks import ATTACKS, DataAttack, UpdateAttack, WireAttack
+from byzedge.faults.errors import FaultConfigError
+from byzedge.faults.omniscient import (
     OMNISCIENT_ATTACKS,
     ColludingAttack,
     build_colluding_attack,
     is_colluding_name,
 )
-from faults.sensors import SENSOR_FAULTS, SensorFault
+from byzedge.faults.sensors import SENSOR_FAULTS, SensorFault
 
 __all__ = ["FaultInjector", "FaultSpec", "check_fault_name", "is_fault_name", "known_fault_names"]
 

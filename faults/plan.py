@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from faults.errors import FaultConfigError
-from faults.injector import FaultInjector, FaultSpec, _accepted_params, _registry
+from byzedge.faults.errors import FaultConfigError
+from byzedge.faults.injector import FaultInjector, FaultSpec, _accepted_params, _registry
 
 __all__ = [
     "FaultPlan",

@@ -1,14 +1,14 @@
 """Local training of many simulated devices at once, equal to per-device ``train_local``.
 
-:func:`edge_agent.training.train_local` runs one small SGD loop per device; with tens of
+:func:`byzedge.edge_agent.training.train_local` runs one small SGD loop per device; with tens of
 devices of a few dozen samples each, the simulator spends its time in Python and autograd
 overhead rather than arithmetic. :func:`train_many` runs the same loops for ``K`` devices
 in lockstep with :mod:`torch.func` (``vmap`` of ``grad`` of a ``functional_call``) over
 stacked parameters:
 
 * each device's rows and mini-batches are exactly those ``train_local`` uses: the same
-  :func:`~edge_agent.training.usable_rows` and
-  :func:`~edge_agent.training.shuffled_batches` (a ``torch.Generator`` seeded with the
+  :func:`~byzedge.edge_agent.training.usable_rows` and
+  :func:`~byzedge.edge_agent.training.shuffled_batches` (a ``torch.Generator`` seeded with the
   device's seed, one ``randperm`` per epoch, batches cut in order, the last one smaller);
 * the batches are padded to ``batch_size`` with a mask, and the loss of a device is the
   masked sum of per-sample cross-entropies divided by its real batch size, i.e. the same
@@ -31,10 +31,10 @@ from numpy.typing import NDArray
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 
-from edge_agent.seams import LocalData
-from edge_agent.training import TrainingConfig, shuffled_batches, usable_rows
-from models.spec import ModelSpec
-from models.torch_modules import build_module
+from byzedge.edge_agent.seams import LocalData
+from byzedge.edge_agent.training import TrainingConfig, shuffled_batches, usable_rows
+from byzedge.models.spec import ModelSpec
+from byzedge.models.torch_modules import build_module
 
 __all__ = ["train_many"]
 
@@ -51,7 +51,7 @@ def train_many(
     Parameters
     ----------
     spec, global_params, config:
-        As for :func:`edge_agent.training.train_local`; ``config.momentum`` must be 0.
+        As for :func:`byzedge.edge_agent.training.train_local`; ``config.momentum`` must be 0.
     datasets:
         Each device's local data (unusable rows are dropped, as ``train_local`` does).
     seeds:

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.service import RoundSummary
-from fleet_sim.brokers import start_broker
-from fleet_sim.fleet import FleetSpec, InProcessFleet, choose_byzantine
+from byzedge.coordinator.service import RoundSummary
+from byzedge.fleet_sim.brokers import start_broker
+from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet, choose_byzantine
 
 __all__ = ["DemoOptions", "RunResult", "run_demo", "write_outputs"]
 

@@ -17,17 +17,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from coordinator.config import CoordinatorConfig
-from coordinator.devices import DeviceRegistry
-from coordinator.service import Coordinator, RoundSummary
-from daemon.mqtt import MqttSettings
-from daemon.transport import TransportFactory
-from edge_agent.config import AgentConfig
-from edge_agent.sensors import build_source
-from edge_agent.service import Agent
-from edge_agent.telemetry import TelemetrySnapshot
-from faults import FaultInjector
-from protocol.signing import SigningKey, VerifyKey
+from byzedge.coordinator.config import CoordinatorConfig
+from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.service import Coordinator, RoundSummary
+from byzedge.daemon.mqtt import MqttSettings
+from byzedge.daemon.transport import TransportFactory
+from byzedge.edge_agent.config import AgentConfig
+from byzedge.edge_agent.sensors import build_source
+from byzedge.edge_agent.service import Agent
+from byzedge.edge_agent.telemetry import TelemetrySnapshot
+from byzedge.faults import FaultInjector
+from byzedge.protocol.signing import SigningKey, VerifyKey
 
 __all__ = ["FleetSpec", "InProcessFleet", "choose_byzantine"]
 

@@ -28,7 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from fleet_sim.scenario import Scenario
+from byzedge.fleet_sim.scenario import Scenario
 
 __all__ = ["CELL_KEYS", "MatrixSpec", "run_matrix", "worst_case", "write_matrix"]
 
@@ -99,7 +99,7 @@ def _init_worker(log_level: int = logging.ERROR) -> None:
 
 
 def _run_one(payload: dict[str, Any]) -> dict[str, Any]:
-    from fleet_sim.simulator import run_scenario  # noqa: PLC0415 - in the worker only
+    from byzedge.fleet_sim.simulator import run_scenario  # noqa: PLC0415 - in the worker only
 
     scenario = Scenario.model_validate(payload, strict=False)
     result = run_scenario(scenario)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from fleet_sim.simulator import SimulationResult
+from byzedge.fleet_sim.simulator import SimulationResult
 
 __all__ = ["plot_accuracy", "write_run"]
 

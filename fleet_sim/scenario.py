@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from faults import check_fault_name
+from byzedge.faults import check_fault_name
 
 __all__ = ["Scenario", "load_scenario"]
 

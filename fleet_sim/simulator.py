@@ -4,8 +4,8 @@ Everything a device and the coordinator do in production runs here, only the tra
 function call:
 
 * each sampled device reads its shard through its (possibly fault-wrapped) sensor source,
-  trains (``trainer = "per-device"``: :func:`edge_agent.training.train_local`; the default
-  ``"batched"``: :func:`fleet_sim.batched_training.train_many`, the same SGD for all
+  trains (``trainer = "per-device"``: :func:`byzedge.edge_agent.training.train_local`; the default
+  ``"batched"``: :func:`byzedge.fleet_sim.batched_training.train_many`, the same SGD for all
   sampled devices at once, equal within 1e-5), applies worker momentum, and runs the real
   :class:`~edge_agent.pipeline.UpdatePipeline` (attack stages, codec with error feedback,
   Ed25519 seal with its own key, wire stages for protocol-level abuse);
@@ -13,7 +13,7 @@ function call:
   attack vectors through their own pipelines, signed with their own keys;
 * the coordinator's real :class:`~coordinator.ingest.Ingest` verifies every message's bytes
   (so protocol-level abuse is rejected exactly as over MQTT), then
-  :func:`coordinator.round_engine.server_step` scores (with one
+  :func:`byzedge.coordinator.round_engine.server_step` scores (with one
   :class:`~coordinator.anomaly.AnomalyDetector` kept for the whole run), updates
   reputation and aggregates.
 
@@ -47,34 +47,34 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.aggregation import BreakdownError, build, parameters
-from coordinator.aggregation.base import Aggregator
-from coordinator.aggregation.clipping_vr import automatic_radius
-from coordinator.anomaly import AnomalyDetector
-from coordinator.devices import DeviceRegistry
-from coordinator.ingest import Accepted, Ingest, Rejected, RoundWindow
-from coordinator.reputation import ReputationBook
-from coordinator.round_engine import (
+from byzedge.coordinator.aggregation import BreakdownError, build, parameters
+from byzedge.coordinator.aggregation.base import Aggregator
+from byzedge.coordinator.aggregation.clipping_vr import automatic_radius
+from byzedge.coordinator.anomaly import AnomalyDetector
+from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.ingest import Accepted, Ingest, Rejected, RoundWindow
+from byzedge.coordinator.reputation import ReputationBook
+from byzedge.coordinator.round_engine import (
     DEFAULT_FALLBACK,
     RoundSettings,
     server_step,
 )
-from edge_agent.pipeline import UpdatePipeline
-from edge_agent.seams import LocalData, RoundContext, SensorSource
-from edge_agent.training import TrainingConfig, train_local
-from faults import ATTACKS, SENSOR_FAULTS, FaultInjector
-from faults.omniscient import (
+from byzedge.edge_agent.pipeline import UpdatePipeline
+from byzedge.edge_agent.seams import LocalData, RoundContext, SensorSource
+from byzedge.edge_agent.training import TrainingConfig, train_local
+from byzedge.faults import ATTACKS, SENSOR_FAULTS, FaultInjector
+from byzedge.faults.omniscient import (
     OMNISCIENT_ATTACKS,
     ColludingAttack,
     CollusionContext,
 )
-from faults.plan import read_fault_plan
-from fleet_sim.scenario import Scenario
-from models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
-from models.datasets import DigitsSplit, load_digits_split
-from models.partition import get_partitioner
-from protocol import topics
-from protocol.signing import SigningKey
+from byzedge.faults.plan import read_fault_plan
+from byzedge.fleet_sim.scenario import Scenario
+from byzedge.models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
+from byzedge.models.datasets import DigitsSplit, load_digits_split
+from byzedge.models.partition import get_partitioner
+from byzedge.protocol import topics
+from byzedge.protocol.signing import SigningKey
 
 __all__ = [
     "FlagCounts",
@@ -431,7 +431,7 @@ class Simulator:
         if self.attack_name != "backdoor" or not self.compromised:
             return None
         try:
-            module = importlib.import_module("faults.attacks.backdoor")
+            module = importlib.import_module("byzedge.faults.attacks.backdoor")
         except ImportError:
             return None
         trigger = getattr(module, "apply_trigger", None)
@@ -554,7 +554,7 @@ class Simulator:
             for d in trainers
         ]
         if self.scenario.trainer == "batched":
-            from fleet_sim.batched_training import train_many  # noqa: PLC0415 - torch
+            from byzedge.fleet_sim.batched_training import train_many  # noqa: PLC0415 - torch
 
             deltas = list(train_many(self.spec, self.params, datasets, self.training, seeds))
         else:

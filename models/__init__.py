@@ -1,15 +1,15 @@
 """Model definitions, parameter layouts, datasets, partitioners and ONNX export.
 
 Everything re-exported here is torch-free, so the coordinator can import it. The torch side
-lives in :mod:`models.torch_modules` (the modules) and :mod:`models.params` (the one
+lives in :mod:`byzedge.models.torch_modules` (the modules) and :mod:`byzedge.models.params` (the one
 torch <-> numpy seam); import those explicitly where training happens.
 """
 
 from __future__ import annotations
 
-from models.datasets import DIGITS_NUM_CLASSES, DigitsSplit, load_digits_split
-from models.init import fan_in_bounds, initial_parameters
-from models.onnx_export import (
+from byzedge.models.datasets import DIGITS_NUM_CLASSES, DigitsSplit, load_digits_split
+from byzedge.models.init import fan_in_bounds, initial_parameters
+from byzedge.models.onnx_export import (
     INPUT_NAME,
     ONNX_OPSET,
     OUTPUT_NAME,
@@ -17,7 +17,7 @@ from models.onnx_export import (
     check_onnx_parity,
     export_onnx,
 )
-from models.partition import (
+from byzedge.models.partition import (
     MIN_SAMPLES_PER_DEVICE,
     PARTITIONERS,
     DirichletPartitioner,
@@ -27,8 +27,8 @@ from models.partition import (
     partition_dirichlet,
     partition_iid,
 )
-from models.registry import MODELS, get_model_spec
-from models.spec import ModelSpec, ParamSpec
+from byzedge.models.registry import MODELS, get_model_spec
+from byzedge.models.spec import ModelSpec, ParamSpec
 
 __all__ = [
     "DIGITS_NUM_CLASSES",

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from models.spec import ModelSpec, ParamSpec
+from byzedge.models.spec import ModelSpec, ParamSpec
 
 __all__ = ["fan_in_bounds", "initial_parameters"]
 

@@ -18,8 +18,8 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from models.registry import get_model_spec
-from models.spec import ModelSpec
+from byzedge.models.registry import get_model_spec
+from byzedge.models.spec import ModelSpec
 
 __all__ = [
     "INPUT_NAME",
@@ -231,8 +231,8 @@ def check_onnx_parity(spec: ModelSpec, vec: NDArray[np.float32], x: NDArray[np.f
     """
     import torch  # noqa: PLC0415  (torch stays out of coordinator imports)
 
-    from models.params import load_vector_into  # noqa: PLC0415
-    from models.torch_modules import build_module  # noqa: PLC0415
+    from byzedge.models.params import load_vector_into  # noqa: PLC0415
+    from byzedge.models.torch_modules import build_module  # noqa: PLC0415
 
     inputs = np.array(x, dtype=np.float32, copy=True)
     module = build_module(spec)

@@ -11,7 +11,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from models.spec import ParamSpec
+from byzedge.models.spec import ParamSpec
 
 __all__ = ["load_vector_into", "module_layout", "module_to_vector"]
 

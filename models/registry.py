@@ -1,8 +1,8 @@
 """The explicit registry of model architectures, keyed by their permanent names.
 
 Names travel in manifests and config; keep them (and each spec's parameter layout) forever.
-Add a model by adding a spec here, a builder in :mod:`models.torch_modules` and a graph
-builder in :mod:`models.onnx_export`; the conformance tests then cover it.
+Add a model by adding a spec here, a builder in :mod:`byzedge.models.torch_modules` and a graph
+builder in :mod:`byzedge.models.onnx_export`; the conformance tests then cover it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from models.spec import ModelSpec, ParamSpec
+from byzedge.models.spec import ModelSpec, ParamSpec
 
 __all__ = ["MODELS", "get_model_spec"]
 

@@ -14,8 +14,8 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from models.registry import get_model_spec
-from models.spec import ModelSpec
+from byzedge.models.registry import get_model_spec
+from byzedge.models.spec import ModelSpec
 
 __all__ = ["DigitsCNN", "DigitsMLP", "build_module"]
 

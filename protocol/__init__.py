@@ -5,10 +5,15 @@ Depends on numpy, cryptography and msgpack only: no torch, no MQTT client.
 
 from __future__ import annotations
 
-from protocol.chunking import DEFAULT_MAX_MESSAGE_BYTES, Reassembler, is_chunk, split_payload
-from protocol.codecs import CODECS, Codec, build_codec
-from protocol.envelope import Header, SealedEnvelope, open_envelope, seal
-from protocol.errors import (
+from byzedge.protocol.chunking import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Reassembler,
+    is_chunk,
+    split_payload,
+)
+from byzedge.protocol.codecs import CODECS, Codec, build_codec
+from byzedge.protocol.envelope import Header, SealedEnvelope, open_envelope, seal
+from byzedge.protocol.errors import (
     ChunkError,
     CodecError,
     EnvelopeError,
@@ -16,7 +21,7 @@ from protocol.errors import (
     SignatureError,
     TopicError,
 )
-from protocol.signing import SigningKey, VerifyKey, key_id_of
+from byzedge.protocol.signing import SigningKey, VerifyKey, key_id_of
 
 __all__ = [
     "CODECS",

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import msgpack
 
-from protocol.errors import ChunkError
+from byzedge.protocol.errors import ChunkError
 
 __all__ = [
     "CHUNK_MAGIC",

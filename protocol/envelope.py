@@ -25,8 +25,8 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgpack
 
-from protocol.errors import EnvelopeError, SignatureError
-from protocol.signing import ALGORITHM, SigningKey, VerifyKey
+from byzedge.protocol.errors import EnvelopeError, SignatureError
+from byzedge.protocol.signing import ALGORITHM, SigningKey, VerifyKey
 
 __all__ = [
     "ENVELOPE_MAGIC",

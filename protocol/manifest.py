@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol.codecs.base import as_update_vector
-from protocol.codecs.dense import DenseCodec
-from protocol.envelope import Header, SealedEnvelope, open_envelope, seal
-from protocol.errors import CodecError, EnvelopeError
-from protocol.signing import SigningKey, VerifyKey
+from byzedge.protocol.codecs.base import as_update_vector
+from byzedge.protocol.codecs.dense import DenseCodec
+from byzedge.protocol.envelope import Header, SealedEnvelope, open_envelope, seal
+from byzedge.protocol.errors import CodecError, EnvelopeError
+from byzedge.protocol.signing import SigningKey, VerifyKey
 
 __all__ = ["GlobalModel", "open_global_model", "seal_global_model"]
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from protocol.errors import SignatureError
+from byzedge.protocol.errors import SignatureError
 
 __all__ = ["ALGORITHM", "SigningKey", "VerifyKey", "key_id_of"]
 

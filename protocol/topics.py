@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from protocol.errors import TopicError
+from byzedge.protocol.errors import TopicError
 
 __all__ = [
     "PREFIX",

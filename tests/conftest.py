@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from fleet_sim.brokers import BrokerHandle, find_mosquitto, start_embedded, start_mosquitto
+from byzedge.fleet_sim.brokers import BrokerHandle, find_mosquitto, start_embedded, start_mosquitto
 
 # These 2-core machines run brokers, fleets and tests side by side: a per-example time
 # limit would turn load into flaky failures, so examples are bounded by count only.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from daemon.mqtt import MqttSettings
+    from byzedge.daemon.mqtt import MqttSettings
 
 __all__ = [
     "add_runtime_flags",
@@ -97,7 +97,7 @@ def tls_problems(settings: MqttSettings, account: str) -> list[str]:
 
     Without an ``[mqtt.tls]`` table there is nothing to check offline.
     """
-    from daemon import pki  # noqa: PLC0415
+    from byzedge.daemon import pki  # noqa: PLC0415
 
     tls = settings.tls
     if tls is None:
@@ -124,10 +124,10 @@ def probe_problems(
 ) -> list[str]:
     """``check-config --online``: connect as this account and try its topics.
 
-    Returns the problems :func:`daemon.mqtt_probe.probe_broker` found (empty when fine).
+    Returns the problems :func:`byzedge.daemon.mqtt_probe.probe_broker` found (empty when fine).
     """
     try:
-        from daemon.mqtt_probe import probe_broker  # noqa: PLC0415 - only with --online
+        from byzedge.daemon.mqtt_probe import probe_broker  # noqa: PLC0415 - only with --online
     except ImportError as exc:
         return [f"--online is not available in this installation: {exc}"]
     return probe_broker(

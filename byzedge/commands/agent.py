@@ -28,7 +28,7 @@ from byzedge.commands._common import (
 )
 
 if TYPE_CHECKING:
-    from edge_agent.config import AgentConfig
+    from byzedge.edge_agent.config import AgentConfig
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def main(argv: Sequence[str]) -> int:
     problem ``check-config`` finds (offline, or with ``--online``).
     """
     args = build_parser().parse_args(argv)
-    from daemon.config import ConfigError  # noqa: PLC0415
-    from edge_agent.config import load_agent_config  # noqa: PLC0415
+    from byzedge.daemon.config import ConfigError  # noqa: PLC0415
+    from byzedge.edge_agent.config import load_agent_config  # noqa: PLC0415
 
     # A path given on the command line is relative to where the command runs, not to the
     # config file's folder, so it is made absolute before the config loader sees it.
@@ -101,7 +101,7 @@ def main(argv: Sequence[str]) -> int:
     problems = _offline_problems(config, getattr(args, "enrolment", None))
     if problems:
         return report_problems("agent", problems)
-    from protocol.signing import SigningKey, VerifyKey  # noqa: PLC0415
+    from byzedge.protocol.signing import SigningKey, VerifyKey  # noqa: PLC0415
 
     signing_key = SigningKey.load(config.signing_key)
     coordinator_key = VerifyKey.load(config.coordinator_key)
@@ -117,7 +117,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _offline_problems(config: AgentConfig, enrolment: Path | None) -> list[str]:
     """Everything that would stop this agent at run time, one line per problem."""
-    from daemon import pki  # noqa: PLC0415
+    from byzedge.daemon import pki  # noqa: PLC0415
 
     publics: list[tuple[str, Path]] = []
     beside = config.signing_key.with_suffix(".pub")
@@ -141,7 +141,7 @@ def _offline_problems(config: AgentConfig, enrolment: Path | None) -> list[str]:
 
 
 def _online(config: AgentConfig) -> int:
-    from protocol import topics  # noqa: PLC0415
+    from byzedge.protocol import topics  # noqa: PLC0415
 
     problems = probe_problems(
         config.mqtt,
@@ -156,14 +156,14 @@ def _online(config: AgentConfig) -> int:
 
 
 def _run(config: object, signing_key: object, coordinator_key: object, level: str) -> int:
-    from daemon.logging import configure_logging, running_under_journald  # noqa: PLC0415
-    from daemon.signals import install_signal_handlers  # noqa: PLC0415
-    from edge_agent.config import AgentConfig  # noqa: PLC0415
-    from edge_agent.sensors import build_source  # noqa: PLC0415
-    from edge_agent.service import Agent  # noqa: PLC0415
-    from faults import FaultInjector  # noqa: PLC0415
-    from faults.plan import load_fault_plan  # noqa: PLC0415
-    from protocol.signing import SigningKey, VerifyKey  # noqa: PLC0415
+    from byzedge.daemon.logging import configure_logging, running_under_journald  # noqa: PLC0415
+    from byzedge.daemon.signals import install_signal_handlers  # noqa: PLC0415
+    from byzedge.edge_agent.config import AgentConfig  # noqa: PLC0415
+    from byzedge.edge_agent.sensors import build_source  # noqa: PLC0415
+    from byzedge.edge_agent.service import Agent  # noqa: PLC0415
+    from byzedge.faults import FaultInjector  # noqa: PLC0415
+    from byzedge.faults.plan import load_fault_plan  # noqa: PLC0415
+    from byzedge.protocol.signing import SigningKey, VerifyKey  # noqa: PLC0415
 
     assert isinstance(config, AgentConfig)  # noqa: S101 - narrowing for mypy
     assert isinstance(signing_key, SigningKey)  # noqa: S101
@@ -198,14 +198,14 @@ def _run(config: object, signing_key: object, coordinator_key: object, level: st
 def _infer(state_dir: Path, input_path: Path | None) -> int:
     import numpy as np  # noqa: PLC0415
 
-    from edge_agent.model_store import ModelStore  # noqa: PLC0415
+    from byzedge.edge_agent.model_store import ModelStore  # noqa: PLC0415
 
     store = ModelStore(state_dir)
     info = store.info()
     if info is None:
         return fail("agent", f"no global model in {state_dir} yet; run the agent first", 1)
     if input_path is None:
-        from models.datasets import load_digits_split  # noqa: PLC0415
+        from byzedge.models.datasets import load_digits_split  # noqa: PLC0415
 
         split = load_digits_split()
         features, labels = split.test_x, split.test_y

@@ -65,15 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``byzedge audit``; exit 3 when the log was tampered with."""
     args = build_parser().parse_args(argv)
-    from coordinator.audit import (  # noqa: PLC0415
+    from byzedge.coordinator.audit import (  # noqa: PLC0415
         AuditError,
         SignedHead,
         resolve_log_path,
         verify_audit_log,
     )
-    from daemon.rotating import list_segments  # noqa: PLC0415
-    from protocol.errors import SignatureError  # noqa: PLC0415
-    from protocol.signing import VerifyKey  # noqa: PLC0415
+    from byzedge.daemon.rotating import list_segments  # noqa: PLC0415
+    from byzedge.protocol.errors import SignatureError  # noqa: PLC0415
+    from byzedge.protocol.signing import VerifyKey  # noqa: PLC0415
 
     log_path = resolve_log_path(args.path)
     if not log_path.is_file() and not list_segments(log_path):

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, command: str, comparisons: Sequence[Comparison
     if not (args.n >= 1 and args.d >= 1 and 0 <= args.f < args.n and args.repeats >= 1):
         return fail("bench", "need --n >= 1, --d >= 1, 0 <= --f < --n and --repeats >= 1")
     if args.rules:
-        from coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
+        from byzedge.coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
 
         unknown = sorted(set(args.rules) - set(AGGREGATORS))
         if unknown:

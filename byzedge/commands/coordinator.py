@@ -20,7 +20,7 @@ from byzedge.commands._common import (
 )
 
 if TYPE_CHECKING:
-    from coordinator.config import CoordinatorConfig
+    from byzedge.coordinator.config import CoordinatorConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -81,9 +81,9 @@ def main(argv: Sequence[str]) -> int:
     problem ``check-config`` finds (offline, or with ``--online``).
     """
     args = build_parser().parse_args(argv)
-    from coordinator.config import ConfigError, load_coordinator_config  # noqa: PLC0415
-    from coordinator.devices import DeviceRegistry  # noqa: PLC0415
-    from protocol.signing import SigningKey  # noqa: PLC0415
+    from byzedge.coordinator.config import ConfigError, load_coordinator_config  # noqa: PLC0415
+    from byzedge.coordinator.devices import DeviceRegistry  # noqa: PLC0415
+    from byzedge.protocol.signing import SigningKey  # noqa: PLC0415
 
     if args.action == "reputation":
         return _reputation(args)
@@ -111,9 +111,9 @@ def main(argv: Sequence[str]) -> int:
                 return code
         print(f"{args.config}: ok (fleet {config.fleet}, {len(devices)} enrolled devices)")
         return 0
-    from coordinator.service import Coordinator  # noqa: PLC0415
-    from daemon.logging import configure_logging, running_under_journald  # noqa: PLC0415
-    from daemon.signals import install_signal_handlers  # noqa: PLC0415
+    from byzedge.coordinator.service import Coordinator  # noqa: PLC0415
+    from byzedge.daemon.logging import configure_logging, running_under_journald  # noqa: PLC0415
+    from byzedge.daemon.signals import install_signal_handlers  # noqa: PLC0415
 
     configure_logging(args.log_level, journald=running_under_journald())
     try:
@@ -126,7 +126,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _offline_problems(config: CoordinatorConfig) -> list[str]:
     """What would stop the coordinator at run time, one line per problem."""
-    from daemon import pki  # noqa: PLC0415
+    from byzedge.daemon import pki  # noqa: PLC0415
 
     beside = config.signing_key.with_suffix(".pub")
     # init and `keys generate` write it; under systemd the credential comes alone.
@@ -141,9 +141,9 @@ def _offline_problems(config: CoordinatorConfig) -> list[str]:
 
 def _enrolment_problems(devices_dir: Path) -> list[str]:
     """Enrolment files the coordinator would skip (at run time only with a warning)."""
-    from daemon import pki  # noqa: PLC0415
-    from protocol.errors import TopicError  # noqa: PLC0415
-    from protocol.topics import validate_device_id  # noqa: PLC0415
+    from byzedge.daemon import pki  # noqa: PLC0415
+    from byzedge.protocol.errors import TopicError  # noqa: PLC0415
+    from byzedge.protocol.topics import validate_device_id  # noqa: PLC0415
 
     problems: list[str] = []
     for path in sorted(devices_dir.glob("*.pub")):
@@ -157,7 +157,7 @@ def _enrolment_problems(devices_dir: Path) -> list[str]:
 
 
 def _online(config: CoordinatorConfig) -> int:
-    from protocol import topics  # noqa: PLC0415
+    from byzedge.protocol import topics  # noqa: PLC0415
 
     problems = probe_problems(
         config.mqtt,
@@ -177,10 +177,10 @@ def _online(config: CoordinatorConfig) -> int:
 
 def _reputation(args: argparse.Namespace) -> int:
     """``reputation list`` reads the saved state; ``reputation reset`` leaves a request."""
-    from coordinator.config import ConfigError, load_coordinator_config  # noqa: PLC0415
-    from coordinator.requests import request_reputation_reset  # noqa: PLC0415
-    from coordinator.state import StateStore  # noqa: PLC0415
-    from protocol.errors import TopicError  # noqa: PLC0415
+    from byzedge.coordinator.config import ConfigError, load_coordinator_config  # noqa: PLC0415
+    from byzedge.coordinator.requests import request_reputation_reset  # noqa: PLC0415
+    from byzedge.coordinator.state import StateStore  # noqa: PLC0415
+    from byzedge.protocol.errors import TopicError  # noqa: PLC0415
 
     overrides = {"state_dir": str(args.state_dir.resolve())} if args.state_dir else {}
     try:

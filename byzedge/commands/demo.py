@@ -60,10 +60,10 @@ def main(argv: Sequence[str]) -> int:
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from coordinator.aggregation import AGGREGATORS  # noqa: PLC0415 - lazy by design
-    from faults import ATTACKS  # noqa: PLC0415
-    from fleet_sim.demo import DemoOptions, format_table, run_demo, write_outputs  # noqa: PLC0415
-    from protocol.codecs import CODECS  # noqa: PLC0415
+    from byzedge.coordinator.aggregation import AGGREGATORS  # noqa: PLC0415 - lazy by design
+    from byzedge.faults import ATTACKS  # noqa: PLC0415
+    from byzedge.fleet_sim.demo import DemoOptions, format_table, run_demo, write_outputs  # noqa: PLC0415
+    from byzedge.protocol.codecs import CODECS  # noqa: PLC0415
 
     defenses = tuple(name.strip() for name in args.defense.split(",") if name.strip())
     problems = [f"unknown defense {d!r}" for d in defenses if d not in AGGREGATORS]

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from byzedge.commands._common import fail
 
 if TYPE_CHECKING:
-    from faults.injector import FaultSpec
-    from faults.plan import FaultPlan
+    from byzedge.faults.injector import FaultSpec
+    from byzedge.faults.plan import FaultPlan
 
 __all__ = ["build_parser", "main"]
 
@@ -111,8 +111,8 @@ def _describe(path: Path, plan: FaultPlan, fleet: list[str] | None) -> list[str]
 
 
 def _validate(plan_path: Path, devices: int | None) -> int:
-    from faults.errors import FaultConfigError  # noqa: PLC0415
-    from faults.plan import read_fault_plan, simulator_device_ids  # noqa: PLC0415
+    from byzedge.faults.errors import FaultConfigError  # noqa: PLC0415
+    from byzedge.faults.plan import read_fault_plan, simulator_device_ids  # noqa: PLC0415
 
     if devices is not None and devices < 1:
         return fail("faults", f"--devices must be >= 1, got {devices}")
@@ -141,8 +141,8 @@ def _parameters(cls: Callable[..., object]) -> str:
 
 
 def _list() -> int:
-    from faults import ATTACKS, SENSOR_FAULTS  # noqa: PLC0415
-    from faults.omniscient import OMNISCIENT_ATTACKS  # noqa: PLC0415
+    from byzedge.faults import ATTACKS, SENSOR_FAULTS  # noqa: PLC0415
+    from byzedge.faults.omniscient import OMNISCIENT_ATTACKS  # noqa: PLC0415
 
     print("sensor faults (wrap the device's data source):")
     for name, cls in SENSOR_FAULTS.items():

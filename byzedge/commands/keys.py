@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``byzedge keys``."""
     args = build_parser().parse_args(argv)
-    from protocol.errors import TopicError  # noqa: PLC0415
-    from protocol.signing import SigningKey  # noqa: PLC0415
-    from protocol.topics import validate_identifier  # noqa: PLC0415
+    from byzedge.protocol.errors import TopicError  # noqa: PLC0415
+    from byzedge.protocol.signing import SigningKey  # noqa: PLC0415
+    from byzedge.protocol.topics import validate_identifier  # noqa: PLC0415
 
     for name in args.names:
         try:

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, TextIO
 from byzedge.commands._common import fail
 
 if TYPE_CHECKING:
+    from byzedge.daemon.mqtt import MqttClient
     from byzedge.monitor.config import MonitorConfig
     from byzedge.monitor.view import AlertView, FleetView
-    from daemon.mqtt import MqttClient
 
 __all__ = ["MonitorOptions", "build_parser", "main", "run_monitor"]
 
@@ -96,12 +96,12 @@ class MonitorOptions:
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``byzedge monitor``."""
     args = build_parser().parse_args(argv)
+    from byzedge.daemon.config import ConfigError  # noqa: PLC0415
+    from byzedge.daemon.logging import configure_logging  # noqa: PLC0415
     from byzedge.monitor.config import load_monitor_config  # noqa: PLC0415
     from byzedge.monitor.view import FleetView  # noqa: PLC0415
-    from daemon.config import ConfigError  # noqa: PLC0415
-    from daemon.logging import configure_logging  # noqa: PLC0415
-    from protocol.errors import ProtocolError  # noqa: PLC0415
-    from protocol.signing import VerifyKey  # noqa: PLC0415
+    from byzedge.protocol.errors import ProtocolError  # noqa: PLC0415
+    from byzedge.protocol.signing import VerifyKey  # noqa: PLC0415
 
     if args.history < 1 or args.alerts < 1:
         return fail("monitor", "--history and --alerts must be at least 1")
@@ -148,7 +148,7 @@ def run_monitor(
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     stop = threading.Event() if stop is None else stop
-    from daemon.mqtt import MqttError  # noqa: PLC0415
+    from byzedge.daemon.mqtt import MqttError  # noqa: PLC0415
 
     try:
         session = _Session(config, view, options, stop=stop, out=out, err=err)
@@ -206,8 +206,8 @@ class _Inbox:
 
 
 def _client(config: MonitorConfig, inbox: _Inbox) -> MqttClient:
-    from daemon.mqtt import MqttClient  # noqa: PLC0415
-    from protocol import topics  # noqa: PLC0415
+    from byzedge.daemon.mqtt import MqttClient  # noqa: PLC0415
+    from byzedge.protocol import topics  # noqa: PLC0415
 
     fleet = config.fleet
     return MqttClient(
@@ -228,7 +228,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    from daemon.signals import install_signal_handlers  # noqa: PLC0415
+    from byzedge.daemon.signals import install_signal_handlers  # noqa: PLC0415
 
     with install_signal_handlers(on_signal=lambda _signum: stop.set()):
         yield

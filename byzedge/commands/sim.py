@@ -143,7 +143,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fleet_sim.scenario import load_scenario  # noqa: PLC0415 - lazy by design
+    from byzedge.fleet_sim.scenario import load_scenario  # noqa: PLC0415 - lazy by design
 
     try:
         scenario = load_scenario(args.scenario)
@@ -151,8 +151,8 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     from tqdm import tqdm  # noqa: PLC0415
 
-    from fleet_sim.report import write_run  # noqa: PLC0415
-    from fleet_sim.simulator import Simulator  # noqa: PLC0415
+    from byzedge.fleet_sim.report import write_run  # noqa: PLC0415
+    from byzedge.fleet_sim.simulator import Simulator  # noqa: PLC0415
 
     try:
         simulator = Simulator(scenario)
@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _matrix(args: argparse.Namespace) -> int:
-    from fleet_sim.scenario import Scenario, load_scenario  # noqa: PLC0415
+    from byzedge.fleet_sim.scenario import Scenario, load_scenario  # noqa: PLC0415
 
     overrides = {
         "devices": args.devices,
@@ -206,9 +206,9 @@ def _matrix(args: argparse.Namespace) -> int:
         )
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
-    from coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
-    from faults import is_fault_name, known_fault_names  # noqa: PLC0415
-    from fleet_sim.simulator import split_defense  # noqa: PLC0415
+    from byzedge.coordinator.aggregation import AGGREGATORS  # noqa: PLC0415
+    from byzedge.faults import is_fault_name, known_fault_names  # noqa: PLC0415
+    from byzedge.fleet_sim.simulator import split_defense  # noqa: PLC0415
 
     problems = [
         f"unknown defense {d!r}"
@@ -228,7 +228,7 @@ def _matrix(args: argparse.Namespace) -> int:
         )
     from tqdm import tqdm  # noqa: PLC0415
 
-    from fleet_sim.matrix import MatrixSpec, run_matrix, write_matrix  # noqa: PLC0415
+    from byzedge.fleet_sim.matrix import MatrixSpec, run_matrix, write_matrix  # noqa: PLC0415
 
     spec = MatrixSpec(
         base=base,

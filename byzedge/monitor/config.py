@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from daemon.config import (
+from byzedge.daemon.config import (
     ConfigError,
     StrictModel,
     checked_identifier,
@@ -32,7 +32,7 @@ from daemon.config import (
     resolve_mqtt_paths,
     resolve_paths,
 )
-from daemon.mqtt import MqttSettings
+from byzedge.daemon.mqtt import MqttSettings
 
 __all__ = ["MonitorConfig", "load_monitor_config"]
 

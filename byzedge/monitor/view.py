@@ -30,10 +30,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
-from coordinator.audit import AuditError, SignedHead
-from protocol.errors import ProtocolError
-from protocol.signing import VerifyKey
-from protocol.topics import (
+from byzedge.coordinator.audit import AuditError, SignedHead
+from byzedge.protocol.errors import ProtocolError
+from byzedge.protocol.signing import VerifyKey
+from byzedge.protocol.topics import (
     alerts_topic,
     coordinator_status_topic,
     parse_device_topic,

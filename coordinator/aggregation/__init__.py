@@ -46,8 +46,8 @@ from typing import Any, Final, cast
 import numpy as np
 from numpy.typing import ArrayLike
 
-from coordinator.aggregation.arc import AdaptiveRobustClipping
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation.arc import AdaptiveRobustClipping
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationError,
     AggregationResult,
@@ -59,18 +59,18 @@ from coordinator.aggregation.base import (
     UpdateMatrix,
     UpdateVector,
 )
-from coordinator.aggregation.bucketing import Bucketing
-from coordinator.aggregation.bulyan import Bulyan
-from coordinator.aggregation.centered_clipping import CenteredClipping
-from coordinator.aggregation.clipping_vr import ClippingVR
-from coordinator.aggregation.coordinate_median import CoordinateMedian
-from coordinator.aggregation.geometric_median import GeometricMedian
-from coordinator.aggregation.krum import Krum
-from coordinator.aggregation.mean import Mean
-from coordinator.aggregation.multi_krum import MultiKrum
-from coordinator.aggregation.nnm import NearestNeighbourMixing
-from coordinator.aggregation.norm_clipping import NormClipping
-from coordinator.aggregation.trimmed_mean import TrimmedMean
+from byzedge.coordinator.aggregation.bucketing import Bucketing
+from byzedge.coordinator.aggregation.bulyan import Bulyan
+from byzedge.coordinator.aggregation.centered_clipping import CenteredClipping
+from byzedge.coordinator.aggregation.clipping_vr import ClippingVR
+from byzedge.coordinator.aggregation.coordinate_median import CoordinateMedian
+from byzedge.coordinator.aggregation.geometric_median import GeometricMedian
+from byzedge.coordinator.aggregation.krum import Krum
+from byzedge.coordinator.aggregation.mean import Mean
+from byzedge.coordinator.aggregation.multi_krum import MultiKrum
+from byzedge.coordinator.aggregation.nnm import NearestNeighbourMixing
+from byzedge.coordinator.aggregation.norm_clipping import NormClipping
+from byzedge.coordinator.aggregation.trimmed_mean import TrimmedMean
 
 __all__ = [
     "AGGREGATORS",

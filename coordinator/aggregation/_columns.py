@@ -8,10 +8,10 @@ a block is transposed into a contiguous ``(width, n)`` array that stays in cache
 row by row with numpy's vectorised sort, or cast to float64 and multiplied by its own
 transpose. Memory beyond the input is then ``O(n * width + d)``, whatever ``d`` is.
 The Gram kernels split the columns into one range per core
-(:mod:`coordinator.aggregation._parallel`), each range with its own single-threaded BLAS
+(:mod:`byzedge.coordinator.aggregation._parallel`), each range with its own single-threaded BLAS
 calls and partial sums.
 
-Private to :mod:`coordinator.aggregation`; the rules keep their public functions.
+Private to :mod:`byzedge.coordinator.aggregation`; the rules keep their public functions.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.aggregation._parallel import map_column_ranges
+from byzedge.coordinator.aggregation._parallel import map_column_ranges
 
 try:  # installed with the coordinator extra (scikit-learn needs it too)
     from threadpoolctl import ThreadpoolController

@@ -5,13 +5,13 @@ compute the same quantities in one compiled pass over a range of columns, so the
 call them when numba is installed (the coordinator extra installs it) and fall back to
 numpy otherwise. Every kernel works on the columns ``[start, stop)`` of the float32
 ``(n, d)`` update matrix and writes only those columns of its outputs (plus per-thread
-partial sums), so :mod:`coordinator.aggregation._parallel` can run disjoint column ranges
+partial sums), so :mod:`byzedge.coordinator.aggregation._parallel` can run disjoint column ranges
 on several cores at once; the kernels release the GIL.
 
 - The per-coordinate rules (:func:`median_columns`, :func:`trimmed_columns`,
   :func:`window_columns`) copy ``BLOCK`` columns of the chosen rows into a small buffer
   that stays in L1 cache and sort all its columns at once with a sorting network
-  (:mod:`coordinator.aggregation._networks`): each compare-exchange step is a vectorised
+  (:mod:`byzedge.coordinator.aggregation._networks`): each compare-exchange step is a vectorised
   min/max across the buffer's columns, with no data-dependent branch. They also prove the
   values finite on the way (``v - v`` is 0 exactly for finite ``v``), so callers skip a
   separate NaN/Inf pass.
@@ -22,7 +22,7 @@ Columns whose answer depends on how ties are broken (a value equal to a trimming
 window boundary) are flagged, and the caller recomputes just those with the numpy
 reference, which states the tie rule.
 
-Private to :mod:`coordinator.aggregation`.
+Private to :mod:`byzedge.coordinator.aggregation`.
 """
 
 # Kernels take their arrays positionally: numba compiles calls with keyword arguments
@@ -285,7 +285,7 @@ def weighted_median_columns(
     weight reaches ``1/2`` and the upper the first whose cumulative weight exceeds it
     (both within ``1e-12``; the first value where none does), and the output is their
     float64 midpoint as float32, as
-    :func:`~coordinator.aggregation.coordinate_median.coordinate_median` defines it.
+    :func:`~byzedge.coordinator.aggregation.coordinate_median.coordinate_median` defines it.
     Which of several equal values carries which weight does not change the answer. Returns
     whether every value read was finite. ``steps`` must fully sort the rows.
     """

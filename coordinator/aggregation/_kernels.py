@@ -11,10 +11,10 @@ anyway, or make it as cheap as one float32 sum:
   of the rows to that new point, in one pass over cache-sized column blocks.
 
 With numba installed, the last two run as compiled kernels (float64 differences and sums)
-on all cores (:mod:`coordinator.aggregation._compiled`); the numpy code below is the
+on all cores (:mod:`byzedge.coordinator.aggregation._compiled`); the numpy code below is the
 fallback and the reference the tests hold them to.
 
-Private to :mod:`coordinator.aggregation`.
+Private to :mod:`byzedge.coordinator.aggregation`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.aggregation import _compiled
-from coordinator.aggregation._columns import GRAM_COLUMNS, column_blocks, single_threaded_blas
-from coordinator.aggregation._parallel import map_column_ranges
+from byzedge.coordinator.aggregation import _compiled
+from byzedge.coordinator.aggregation._columns import (
+    GRAM_COLUMNS,
+    column_blocks,
+    single_threaded_blas,
+)
+from byzedge.coordinator.aggregation._parallel import map_column_ranges
 
 __all__ = ["all_finite", "clipped_step", "combine_rows", "squared_distances_to"]
 

@@ -14,7 +14,7 @@ be thought of as holding ``+inf``, which no step moves. :func:`selection_network
 keeps only the steps that can affect chosen output wires (the median needs 330 of the
 403 steps for ``n = 50``).
 
-Private to :mod:`coordinator.aggregation`.
+Private to :mod:`byzedge.coordinator.aggregation`.
 """
 
 from __future__ import annotations

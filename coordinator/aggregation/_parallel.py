@@ -1,6 +1,6 @@
 """Run a column kernel over disjoint column ranges on several cores.
 
-The compiled kernels (:mod:`coordinator.aggregation._compiled`) release the GIL and write
+The compiled kernels (:mod:`byzedge.coordinator.aggregation._compiled`) release the GIL and write
 only their own columns, so splitting ``range(d)`` into one contiguous range per worker
 and running the ranges on a small thread pool uses every core the process may use
 without any locking. Plain threads, not numba's own threading layer: its default
@@ -11,7 +11,7 @@ The number of workers is the number of CPUs this process may run on, capped at 8
 ``BYZEDGE_AGGREGATION_THREADS``. Small rounds run on the calling thread: below about a
 quarter of a million columns the hand-off costs more than it saves.
 
-Private to :mod:`coordinator.aggregation`.
+Private to :mod:`byzedge.coordinator.aggregation`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._kernels import squared_distances_to
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._kernels import squared_distances_to
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,
@@ -23,8 +23,8 @@ from coordinator.aggregation.base import (
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.clipping_vr import clip_factors
-from coordinator.aggregation.composition import DEFAULT_INNER, InnerRule
+from byzedge.coordinator.aggregation.clipping_vr import clip_factors
+from byzedge.coordinator.aggregation.composition import DEFAULT_INNER, InnerRule
 
 __all__ = ["AdaptiveRobustClipping", "arc_clip_count", "arc_factors"]
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Protocol, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._kernels import all_finite
+from byzedge.coordinator.aggregation._kernels import all_finite
 
 __all__ = [
     "AggregationDiagnostics",

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     BreakdownError,
@@ -24,8 +24,8 @@ from coordinator.aggregation.base import (
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.composition import DEFAULT_INNER, InnerRule, expand_diagnostics
-from coordinator.aggregation.mean import weighted_mean
+from byzedge.coordinator.aggregation.composition import DEFAULT_INNER, InnerRule, expand_diagnostics
+from byzedge.coordinator.aggregation.mean import weighted_mean
 
 __all__ = ["Bucketing", "bucket_means", "make_generator", "random_buckets"]
 

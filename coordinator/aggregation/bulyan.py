@@ -11,16 +11,16 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation import _compiled
-from coordinator.aggregation._columns import (
+from byzedge.coordinator.aggregation import _compiled
+from byzedge.coordinator.aggregation._columns import (
     SORT_COLUMNS,
     column_blocks,
     median_of_sorted,
     sorted_rows,
 )
-from coordinator.aggregation._networks import sorting_network
-from coordinator.aggregation._parallel import map_column_ranges
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._networks import sorting_network
+from byzedge.coordinator.aggregation._parallel import map_column_ranges
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     BreakdownError,
@@ -33,7 +33,7 @@ from coordinator.aggregation.base import (
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.krum import Distances, krum_scores, krum_select
+from byzedge.coordinator.aggregation.krum import Distances, krum_scores, krum_select
 
 __all__ = ["Bulyan", "closest_to_median_mean"]
 

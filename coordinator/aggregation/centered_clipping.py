@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._kernels import clipped_step, squared_distances_to
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._kernels import clipped_step, squared_distances_to
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,
@@ -27,7 +27,7 @@ from coordinator.aggregation.base import (
     vector_from_state,
     vector_to_state,
 )
-from coordinator.aggregation.clipping_vr import clip_factors
+from byzedge.coordinator.aggregation.clipping_vr import clip_factors
 
 __all__ = ["CenteredClipping"]
 
@@ -151,7 +151,7 @@ def _clipped_steps(
     block ``b`` of the updates and of ``v_t``. So one pass over cache-sized column blocks
     moves block ``b`` to ``v_(t+1)`` and right away accumulates the squared distances to
     ``v_(t+1)`` on it: ``L`` steps read the updates ``L + 1`` times, and no ``(n, d)``
-    temporary is ever made (:func:`~coordinator.aggregation._kernels.clipped_step`). The
+    temporary is ever made (:func:`~byzedge.coordinator.aggregation._kernels.clipped_step`). The
     arithmetic per coordinate is the definition's: float32 differences, squared norms
     summed in float32 within a block and in float64 across blocks, a float32 weighted sum
     of the differences. The first pass also proves the updates finite (``ValueError``

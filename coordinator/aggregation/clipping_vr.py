@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Final, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._kernels import clipped_step, squared_distances_to
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._kernels import clipped_step, squared_distances_to
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     StreamingUnavailableError,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.aggregation.base import AggregationDiagnostics, Aggregator
+from byzedge.coordinator.aggregation.base import AggregationDiagnostics, Aggregator
 
 __all__ = ["DEFAULT_INNER", "InnerRule", "expand_diagnostics"]
 
@@ -43,7 +43,7 @@ class InnerRule:
         The inner rule's registry name; it must be stateless: a pre-aggregator changes the
         rows the inner rule sees every round (fresh buckets, fresh mixtures), and the
         registry declares statefulness per name, so a wrapped reference or centre would
-        silently be lost by :func:`~coordinator.aggregation.aggregate` and the daemon.
+        silently be lost by :func:`~byzedge.coordinator.aggregation.aggregate` and the daemon.
     params:
         The inner rule's hyperparameters (``inner_params``), checked here by building it.
     max_byzantine_fraction:
@@ -64,7 +64,7 @@ class InnerRule:
         max_byzantine_fraction: float,
     ) -> None:
         # The registry imports the pre-aggregators, so it is looked up when one is built.
-        from coordinator.aggregation import (  # noqa: PLC0415
+        from byzedge.coordinator.aggregation import (  # noqa: PLC0415
             AGGREGATORS,
             STATELESS,
             build,

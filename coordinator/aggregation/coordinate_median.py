@@ -11,16 +11,16 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation import _compiled
-from coordinator.aggregation._columns import (
+from byzedge.coordinator.aggregation import _compiled
+from byzedge.coordinator.aggregation._columns import (
     SORT_COLUMNS,
     column_blocks,
     median_of_sorted,
     transposed,
 )
-from coordinator.aggregation._networks import selection_network, sorting_network
-from coordinator.aggregation._parallel import map_column_ranges
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._networks import selection_network, sorting_network
+from byzedge.coordinator.aggregation._parallel import map_column_ranges
+from byzedge.coordinator.aggregation.base import (
     NON_FINITE_MESSAGE,
     AggregationResult,
     UpdateMatrix,
@@ -47,7 +47,7 @@ def coordinate_median(updates: UpdateMatrix, weights: Weights | None = None) -> 
     The columns are processed in cache-sized blocks, which is several times faster than
     ``numpy.median(axis=0)`` and gives the same float32 values bit for bit: unweighted and
     with numba installed, by a compiled sorting network on all cores
-    (:mod:`~coordinator.aggregation._compiled`); otherwise transposed and sorted row by row
+    (:mod:`~byzedge.coordinator.aggregation._compiled`); otherwise transposed and sorted row by row
     with numpy's vectorised sort.
 
     Parameters

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._columns import (
+from byzedge.coordinator.aggregation._columns import (
     GRAM32_RTOL,
     GRAM_COLUMNS,
     centred_gram,
@@ -20,9 +20,9 @@ from coordinator.aggregation._columns import (
     column_blocks,
     single_threaded_blas,
 )
-from coordinator.aggregation._kernels import combine_rows
-from coordinator.aggregation._parallel import map_column_ranges
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._kernels import combine_rows
+from byzedge.coordinator.aggregation._parallel import map_column_ranges
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,

@@ -11,16 +11,16 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation import _compiled
-from coordinator.aggregation._columns import (
+from byzedge.coordinator.aggregation import _compiled
+from byzedge.coordinator.aggregation._columns import (
     GRAM32_RTOL,
     GRAM_COLUMNS,
     centred_gram,
     centred_gram32,
     column_blocks,
 )
-from coordinator.aggregation._parallel import map_column_ranges
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._parallel import map_column_ranges
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     BreakdownError,
@@ -138,7 +138,7 @@ class Distances:
     """Squared pairwise distances of a round, fast where that is safe, exact otherwise.
 
     Large rounds first get their distances from a float32 Gram matrix
-    (:func:`~coordinator.aggregation._columns.centred_gram32`, about twice as fast as
+    (:func:`~byzedge.coordinator.aggregation._columns.centred_gram32`, about twice as fast as
     float64 and reading the updates once) together with a per-entry error bound. A
     selection made on them is kept only if it is *clear*: every chosen score plus its
     bound is below every other score minus its bound, so the float64 scores would

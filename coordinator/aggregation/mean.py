@@ -11,8 +11,8 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._kernels import all_finite, combine_rows
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._kernels import all_finite, combine_rows
+from byzedge.coordinator.aggregation.base import (
     NON_FINITE_MESSAGE,
     AggregationResult,
     StreamSum,
@@ -35,7 +35,7 @@ def weighted_mean(updates: UpdateMatrix, weights: Weights | None = None) -> Upda
 
     Computed as one float32 matrix-vector product with the coefficients ``w_i / sum_j
     w_j`` (``1 / n`` unweighted), which reads the updates once at memory speed, split
-    over the cores (:func:`~coordinator.aggregation._kernels.combine_rows`).
+    over the cores (:func:`~byzedge.coordinator.aggregation._kernels.combine_rows`).
 
     Parameters
     ----------

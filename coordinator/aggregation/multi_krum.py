@@ -11,8 +11,8 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._kernels import combine_rows
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._kernels import combine_rows
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,
@@ -23,8 +23,12 @@ from coordinator.aggregation.base import (
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.krum import Distances, check_krum_condition, krum_select_checked
-from coordinator.aggregation.mean import weighted_mean
+from byzedge.coordinator.aggregation.krum import (
+    Distances,
+    check_krum_condition,
+    krum_select_checked,
+)
+from byzedge.coordinator.aggregation.mean import weighted_mean
 
 __all__ = ["MultiKrum"]
 

@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation._columns import single_threaded_blas
-from coordinator.aggregation._parallel import map_column_ranges
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._columns import single_threaded_blas
+from byzedge.coordinator.aggregation._parallel import map_column_ranges
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     UpdateMatrix,
@@ -24,8 +24,8 @@ from coordinator.aggregation.base import (
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.composition import DEFAULT_INNER, InnerRule
-from coordinator.aggregation.krum import Distances, pairwise_squared_distances
+from byzedge.coordinator.aggregation.composition import DEFAULT_INNER, InnerRule
+from byzedge.coordinator.aggregation.krum import Distances, pairwise_squared_distances
 
 __all__ = ["NearestNeighbourMixing", "nearest_neighbour_mix", "squared_distances"]
 
@@ -36,7 +36,7 @@ def squared_distances(updates: UpdateMatrix) -> NDArray[np.float64]:
     Rows are centred on their mean in float64 first, so that ``||x_i||^2 + ||x_j||^2 -
     2 <x_i, x_j>`` does not cancel for close, large updates; the diagonal is exactly 0.
     The same blocked computation as Krum's
-    (:func:`~coordinator.aggregation.krum.pairwise_squared_distances`): no ``(n, d)``
+    (:func:`~byzedge.coordinator.aggregation.krum.pairwise_squared_distances`): no ``(n, d)``
     float64 copy.
     """
     return pairwise_squared_distances(updates)

@@ -11,8 +11,8 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike
 
-from coordinator.aggregation._kernels import combine_rows, squared_distances_to
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._kernels import combine_rows, squared_distances_to
+from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     StreamingUnavailableError,
@@ -27,7 +27,7 @@ from coordinator.aggregation.base import (
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.clipping_vr import clip_factors
+from byzedge.coordinator.aggregation.clipping_vr import clip_factors
 
 __all__ = ["NormClipping"]
 

@@ -11,17 +11,17 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from coordinator.aggregation import _compiled
-from coordinator.aggregation._columns import (
+from byzedge.coordinator.aggregation import _compiled
+from byzedge.coordinator.aggregation._columns import (
     SORT_COLUMNS,
     column_blocks,
     sorted_rows,
     transposed,
 )
-from coordinator.aggregation._kernels import all_finite
-from coordinator.aggregation._networks import sorting_network
-from coordinator.aggregation._parallel import map_column_ranges
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation._kernels import all_finite
+from byzedge.coordinator.aggregation._networks import sorting_network
+from byzedge.coordinator.aggregation._parallel import map_column_ranges
+from byzedge.coordinator.aggregation.base import (
     NON_FINITE_MESSAGE,
     AggregationDiagnostics,
     AggregationResult,

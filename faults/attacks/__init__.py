@@ -4,25 +4,25 @@
 sensor-source wrapper (built as ``cls(source, **params)``), ``"update"`` for an
 update-pipeline stage and ``"wire"`` for a stage run on the sealed message (both built as
 ``cls(**params)``). A device-local attack sees only its own data, update and the global
-model; the colluding attacks that see the honest updates live in :mod:`faults.omniscient`.
+model; the colluding attacks that see the honest updates live in :mod:`byzedge.faults.omniscient`.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from faults.attacks.backdoor import Backdoor, apply_trigger
-from faults.attacks.bad_signature import BadSignature
-from faults.attacks.base import AttackTarget, DataAttack, UpdateAttack, WireAttack
-from faults.attacks.garbage_payload import GarbagePayload
-from faults.attacks.gaussian_noise import GaussianNoise
-from faults.attacks.label_flip import LabelFlip
-from faults.attacks.random_update import RandomUpdate
-from faults.attacks.scaled_update import ModelReplacement, ScaledUpdate
-from faults.attacks.sign_flip import SignFlip
-from faults.attacks.stale_replay import StaleReplay
-from faults.attacks.sybil import Sybil, sybil_id
-from faults.attacks.zero_update import ZeroUpdate
+from byzedge.faults.attacks.backdoor import Backdoor, apply_trigger
+from byzedge.faults.attacks.bad_signature import BadSignature
+from byzedge.faults.attacks.base import AttackTarget, DataAttack, UpdateAttack, WireAttack
+from byzedge.faults.attacks.garbage_payload import GarbagePayload
+from byzedge.faults.attacks.gaussian_noise import GaussianNoise
+from byzedge.faults.attacks.label_flip import LabelFlip
+from byzedge.faults.attacks.random_update import RandomUpdate
+from byzedge.faults.attacks.scaled_update import ModelReplacement, ScaledUpdate
+from byzedge.faults.attacks.sign_flip import SignFlip
+from byzedge.faults.attacks.stale_replay import StaleReplay
+from byzedge.faults.attacks.sybil import Sybil, sybil_id
+from byzedge.faults.attacks.zero_update import ZeroUpdate
 
 __all__ = [
     "ATTACKS",

@@ -13,10 +13,15 @@ from typing import ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import LocalData, RoundContext, SensorSource, UpdateStage
-from faults._validate import check_finite, check_fraction, check_non_negative_int, check_positive
-from faults.attacks.base import DataAttack
-from faults.errors import FaultConfigError
+from byzedge.edge_agent.seams import LocalData, RoundContext, SensorSource, UpdateStage
+from byzedge.faults._validate import (
+    check_finite,
+    check_fraction,
+    check_non_negative_int,
+    check_positive,
+)
+from byzedge.faults.attacks.base import DataAttack
+from byzedge.faults.errors import FaultConfigError
 
 __all__ = ["Backdoor", "Corner", "apply_trigger"]
 

@@ -19,8 +19,14 @@ from typing import ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import LocalData, OutgoingMessage, RoundContext, SensorSource, UpdateStage
-from faults._schedule import Scheduled
+from byzedge.edge_agent.seams import (
+    LocalData,
+    OutgoingMessage,
+    RoundContext,
+    SensorSource,
+    UpdateStage,
+)
+from byzedge.faults._schedule import Scheduled
 
 __all__ = ["AttackTarget", "DataAttack", "UpdateAttack", "WireAttack"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from edge_agent.seams import OutgoingMessage, RoundContext
-from faults.attacks.base import WireAttack
+from byzedge.edge_agent.seams import OutgoingMessage, RoundContext
+from byzedge.faults.attacks.base import WireAttack
 
 __all__ = ["GarbagePayload"]
 

@@ -7,9 +7,9 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import RoundContext
-from faults._validate import check_finite, check_positive
-from faults.attacks.base import UpdateAttack
+from byzedge.edge_agent.seams import RoundContext
+from byzedge.faults._validate import check_finite, check_positive
+from byzedge.faults.attacks.base import UpdateAttack
 
 __all__ = ["GaussianNoise"]
 

@@ -6,10 +6,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_agent.seams import LocalData, SensorSource
-from faults._validate import check_non_negative_int
-from faults.attacks.base import DataAttack
-from faults.errors import FaultConfigError
+from byzedge.edge_agent.seams import LocalData, SensorSource
+from byzedge.faults._validate import check_non_negative_int
+from byzedge.faults.attacks.base import DataAttack
+from byzedge.faults.errors import FaultConfigError
 
 __all__ = ["LabelFlip"]
 

@@ -7,10 +7,10 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import RoundContext
-from faults._validate import check_non_negative_int, check_positive
-from faults.attacks.base import UpdateAttack
-from faults.errors import FaultConfigError
+from byzedge.edge_agent.seams import RoundContext
+from byzedge.faults._validate import check_non_negative_int, check_positive
+from byzedge.faults.attacks.base import UpdateAttack
+from byzedge.faults.errors import FaultConfigError
 
 __all__ = ["ModelReplacement", "ScaledUpdate"]
 

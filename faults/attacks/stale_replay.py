@@ -7,9 +7,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import RoundContext
-from faults.attacks.base import UpdateAttack
-from faults.errors import FaultConfigError
+from byzedge.edge_agent.seams import RoundContext
+from byzedge.faults.attacks.base import UpdateAttack
+from byzedge.faults.errors import FaultConfigError
 
 __all__ = ["StaleReplay"]
 

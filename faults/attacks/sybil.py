@@ -7,13 +7,13 @@ from typing import ClassVar, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.seams import OutgoingMessage, RoundContext
-from faults._validate import check_non_negative_int
-from faults.attacks.base import WireAttack
-from faults.errors import FaultConfigError
-from protocol.envelope import open_envelope, seal
-from protocol.errors import ProtocolError
-from protocol.signing import SigningKey
+from byzedge.edge_agent.seams import OutgoingMessage, RoundContext
+from byzedge.faults._validate import check_non_negative_int
+from byzedge.faults.attacks.base import WireAttack
+from byzedge.faults.errors import FaultConfigError
+from byzedge.protocol.envelope import open_envelope, seal
+from byzedge.protocol.errors import ProtocolError
+from byzedge.protocol.signing import SigningKey
 
 __all__ = ["Sybil", "sybil_id"]
 

@@ -7,8 +7,8 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import RoundContext
-from faults.attacks.base import UpdateAttack
+from byzedge.edge_agent.seams import RoundContext
+from byzedge.faults.attacks.base import UpdateAttack
 
 __all__ = ["ZeroUpdate"]
 

@@ -3,9 +3,9 @@
 :data:`OMNISCIENT_ATTACKS` maps each permanent name to its class (built as
 ``cls(**params)``); every instance is called as
 ``attack(honest (h, d), num_byzantine, context) -> (num_byzantine, d)`` (see
-:mod:`faults.omniscient.base` for the exact contract and the sign convention).
+:mod:`byzedge.faults.omniscient.base` for the exact contract and the sign convention).
 :func:`build_colluding_attack` also accepts a user's ``"module:function"``
-(:mod:`faults.omniscient.plugin`). Pure numpy: no torch, no scipy.
+(:mod:`byzedge.faults.omniscient.plugin`). Pure numpy: no torch, no scipy.
 """
 
 from __future__ import annotations
@@ -13,22 +13,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from faults.errors import FaultConfigError
-from faults.omniscient.alie import Alie, alie_z
-from faults.omniscient.base import (
+from byzedge.faults.errors import FaultConfigError
+from byzedge.faults.omniscient.alie import Alie, alie_z
+from byzedge.faults.omniscient.base import (
     AggregateFn,
     ColludingAttack,
     CollusionContext,
     OmniscientAttack,
 )
-from faults.omniscient.ipm import Ipm
-from faults.omniscient.mimic import Mimic
-from faults.omniscient.min_max import MinMax
-from faults.omniscient.min_sum import MinSum
-from faults.omniscient.optimal_alie import OptimalAlie
-from faults.omniscient.optimal_ipm import OptimalIpm
-from faults.omniscient.plugin import PluginAttack, is_plugin_name, load_plugin
-from faults.omniscient.shift_back import ShiftBack
+from byzedge.faults.omniscient.ipm import Ipm
+from byzedge.faults.omniscient.mimic import Mimic
+from byzedge.faults.omniscient.min_max import MinMax
+from byzedge.faults.omniscient.min_sum import MinSum
+from byzedge.faults.omniscient.optimal_alie import OptimalAlie
+from byzedge.faults.omniscient.optimal_ipm import OptimalIpm
+from byzedge.faults.omniscient.plugin import PluginAttack, is_plugin_name, load_plugin
+from byzedge.faults.omniscient.shift_back import ShiftBack
 
 __all__ = [
     "OMNISCIENT_ATTACKS",

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from faults._validate import check_non_negative_int, check_positive
-from faults.errors import FaultConfigError
-from faults.omniscient.base import AggregateFn, CollusionContext, tile
+from byzedge.faults._validate import check_non_negative_int, check_positive
+from byzedge.faults.errors import FaultConfigError
+from byzedge.faults.omniscient.base import AggregateFn, CollusionContext, tile
 
 __all__ = ["LineSearchSettings", "damage", "maximise", "require_aggregate"]
 

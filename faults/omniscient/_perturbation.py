@@ -9,9 +9,9 @@ from typing import Final, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from faults._validate import check_positive
-from faults.errors import FaultConfigError
-from faults.omniscient.base import (
+from byzedge.faults._validate import check_positive
+from byzedge.faults.errors import FaultConfigError
+from byzedge.faults.omniscient.base import (
     CollusionContext,
     OmniscientAttack,
     honest_mean,

@@ -9,8 +9,8 @@ from typing import ClassVar, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from faults._validate import check_finite
-from faults.omniscient.base import (
+from byzedge.faults._validate import check_finite
+from byzedge.faults.omniscient.base import (
     CollusionContext,
     OmniscientAttack,
     honest_mean,

@@ -32,7 +32,7 @@ mirrored through the mean (the same distance off it, on the other side), which i
 harmful against rules that treat both sides alike (median, trimmed mean, Krum,
 clipping). Shift-back reads the model itself and states its conversion.
 
-A user's own attack plugs in as ``"module:function"`` (see :mod:`faults.omniscient.plugin`)
+A user's own attack plugs in as ``"module:function"`` (see :mod:`byzedge.faults.omniscient.plugin`)
 with exactly this signature, plus optional keyword-only hyperparameters that a plan's
 ``params`` fill.
 """

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from faults._validate import check_non_negative_int
-from faults.omniscient.base import CollusionContext, OmniscientAttack, honest_mean, tile
+from byzedge.faults._validate import check_non_negative_int
+from byzedge.faults.omniscient.base import CollusionContext, OmniscientAttack, honest_mean, tile
 
 __all__ = ["Mimic"]
 

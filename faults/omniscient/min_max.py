@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from faults.omniscient._perturbation import LambdaSearchAttack
+from byzedge.faults.omniscient._perturbation import LambdaSearchAttack
 
 __all__ = ["MinMax"]
 
@@ -16,7 +16,7 @@ class MinMax(LambdaSearchAttack):
     r"""Min-Max (Shejwalkar & Houmansadr, "Manipulating the Byzantine", NDSS 2021).
 
     Every Byzantine device sends ``mal = mu - lambda * p`` with the largest ``lambda``
-    (found by :func:`~faults.omniscient._perturbation.search_lambda`) such that
+    (found by :func:`~byzedge.faults.omniscient._perturbation.search_lambda`) such that
 
     .. math:: \max_i \|mal - g_i\|^2 \le \max_{i,j} \|g_i - g_j\|^2
 

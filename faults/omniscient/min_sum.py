@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from faults.omniscient._perturbation import LambdaSearchAttack
+from byzedge.faults.omniscient._perturbation import LambdaSearchAttack
 
 __all__ = ["MinSum"]
 

@@ -7,15 +7,15 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from faults._validate import check_finite
-from faults.omniscient._line_search import (
+from byzedge.faults._validate import check_finite
+from byzedge.faults.omniscient._line_search import (
     LineSearchSettings,
     damage,
     maximise,
     require_aggregate,
 )
-from faults.omniscient.alie import alie_z
-from faults.omniscient.base import (
+from byzedge.faults.omniscient.alie import alie_z
+from byzedge.faults.omniscient.base import (
     CollusionContext,
     OmniscientAttack,
     honest_mean,
@@ -34,7 +34,7 @@ class OptimalAlie(OmniscientAttack):
     .. math:: J(\tau) = \| Agg(G \cup f \times (\mu - \tau \sigma)) - \mu \|
 
     against the deployed defense ``Agg = context.aggregate``, found by
-    :func:`~faults.omniscient._line_search.maximise` (expansion then contraction,
+    :func:`~byzedge.faults.omniscient._line_search.maximise` (expansion then contraction,
     ``evals`` evaluations).
 
     Parameters
@@ -43,7 +43,7 @@ class OptimalAlie(OmniscientAttack):
         The line search (defaults 20, 10, 0.8).
     initial_factor:
         Where the search starts. ``None`` (default) starts at the paper's
-        ``z_max(n, f)`` (:func:`~faults.omniscient.alie.alie_z`), so the result hurts the
+        ``z_max(n, f)`` (:func:`~byzedge.faults.omniscient.alie.alie_z`), so the result hurts the
         defense at least as much as plain ``alie``; ByzFL starts at 0.
 
     Notes

@@ -7,14 +7,14 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from faults._validate import check_finite
-from faults.omniscient._line_search import (
+from byzedge.faults._validate import check_finite
+from byzedge.faults.omniscient._line_search import (
     LineSearchSettings,
     damage,
     maximise,
     require_aggregate,
 )
-from faults.omniscient.base import CollusionContext, OmniscientAttack, honest_mean, tile
+from byzedge.faults.omniscient.base import CollusionContext, OmniscientAttack, honest_mean, tile
 
 __all__ = ["OptimalIpm"]
 

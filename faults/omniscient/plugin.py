@@ -1,6 +1,6 @@
 """A user's own colluding attack, named ``"module:function"`` in a fault plan.
 
-The function must have the colluding-attack signature of :mod:`faults.omniscient.base`::
+The function must have the colluding-attack signature of :mod:`byzedge.faults.omniscient.base`::
 
     def my_attack(
         honest: NDArray[np.float32],      # (h, d) honest updates of the cohort
@@ -33,8 +33,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from faults.errors import FaultConfigError
-from faults.omniscient.base import CollusionContext, check_inputs
+from byzedge.faults.errors import FaultConfigError
+from byzedge.faults.omniscient.base import CollusionContext, check_inputs
 
 __all__ = ["PluginAttack", "is_plugin_name", "load_plugin"]
 

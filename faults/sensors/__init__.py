@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from faults.sensors.base import SensorFault
-from faults.sensors.bit_flip import BitFlip
-from faults.sensors.calibration import CalibrationOffset
-from faults.sensors.drift import Drift
-from faults.sensors.dropout import Dropout
-from faults.sensors.noise import SensorNoise
-from faults.sensors.spikes import Spikes
-from faults.sensors.stuck_at import StuckAt
+from byzedge.faults.sensors.base import SensorFault
+from byzedge.faults.sensors.bit_flip import BitFlip
+from byzedge.faults.sensors.calibration import CalibrationOffset
+from byzedge.faults.sensors.drift import Drift
+from byzedge.faults.sensors.dropout import Dropout
+from byzedge.faults.sensors.noise import SensorNoise
+from byzedge.faults.sensors.spikes import Spikes
+from byzedge.faults.sensors.stuck_at import StuckAt
 
 __all__ = [
     "SENSOR_FAULTS",

@@ -41,13 +41,13 @@ from typing import Any, ClassVar, Literal, TypedDict
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import LocalData, SensorSource
-from faults._schedule import Scheduled
+from byzedge.edge_agent.seams import LocalData, SensorSource
+from byzedge.faults._schedule import Scheduled
 
 __all__ = ["IntensityCheck", "SensorFault", "SensorOptions", "as_features"]
 
 IntensityCheck = Callable[[str, object], float]
-"""``check(name, value) -> float``: one of :mod:`faults._validate`'s checks."""
+"""``check(name, value) -> float``: one of :mod:`byzedge.faults._validate`'s checks."""
 
 
 class SensorOptions(TypedDict, total=False):

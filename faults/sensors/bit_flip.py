@@ -6,9 +6,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_agent.seams import LocalData
-from faults._validate import check_fraction
-from faults.sensors.base import SensorFault
+from byzedge.edge_agent.seams import LocalData
+from byzedge.faults._validate import check_fraction
+from byzedge.faults.sensors.base import SensorFault
 
 __all__ = ["BitFlip"]
 

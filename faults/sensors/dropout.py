@@ -6,10 +6,10 @@ from typing import ClassVar, Literal, Unpack
 
 import numpy as np
 
-from edge_agent.seams import LocalData, SensorSource
-from faults._validate import check_fraction
-from faults.errors import FaultConfigError
-from faults.sensors.base import SensorFault, SensorOptions
+from byzedge.edge_agent.seams import LocalData, SensorSource
+from byzedge.faults._validate import check_fraction
+from byzedge.faults.errors import FaultConfigError
+from byzedge.faults.sensors.base import SensorFault, SensorOptions
 
 __all__ = ["Dropout"]
 

@@ -8,9 +8,9 @@ from typing import ClassVar, Unpack
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.seams import LocalData, SensorSource
-from faults._validate import check_fraction
-from faults.sensors.base import SensorFault, SensorOptions
+from byzedge.edge_agent.seams import LocalData, SensorSource
+from byzedge.faults._validate import check_fraction
+from byzedge.faults.sensors.base import SensorFault, SensorOptions
 
 __all__ = ["StuckAt"]
 

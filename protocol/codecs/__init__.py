@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from protocol.codecs.base import Codec, as_update_vector
-from protocol.codecs.dense import DenseCodec
-from protocol.codecs.float16 import Float16Codec
-from protocol.codecs.topk import TopKCodec
+from byzedge.protocol.codecs.base import Codec, as_update_vector
+from byzedge.protocol.codecs.dense import DenseCodec
+from byzedge.protocol.codecs.float16 import Float16Codec
+from byzedge.protocol.codecs.topk import TopKCodec
 
 __all__ = [
     "CODECS",

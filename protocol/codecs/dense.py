@@ -7,8 +7,8 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol.codecs.base import as_update_vector
-from protocol.errors import CodecError
+from byzedge.protocol.codecs.base import as_update_vector
+from byzedge.protocol.errors import CodecError
 
 __all__ = ["DenseCodec"]
 

@@ -11,8 +11,8 @@ from typing import ClassVar, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol.codecs.base import as_update_vector
-from protocol.errors import CodecError
+from byzedge.protocol.codecs.base import as_update_vector
+from byzedge.protocol.errors import CodecError
 
 __all__ = ["FLOAT16_MAX", "Float16Codec", "to_float16"]
 

@@ -25,9 +25,9 @@ from typing import ClassVar, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol.codecs.base import as_update_vector
-from protocol.codecs.float16 import to_float16
-from protocol.errors import CodecError
+from byzedge.protocol.codecs.base import as_update_vector
+from byzedge.protocol.codecs.float16 import to_float16
+from byzedge.protocol.errors import CodecError
 
 __all__ = ["TopKCodec"]
 

@@ -22,14 +22,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation import AGGREGATORS, STATELESS, build, is_stateful, parameters
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation import AGGREGATORS, STATELESS, build, is_stateful, parameters
+from byzedge.coordinator.aggregation.base import (
     AggregationResult,
     Aggregator,
     StatefulAggregator,
     num_byzantine,
 )
-from coordinator.aggregation.bucketing import Bucketing, bucket_means
+from byzedge.coordinator.aggregation.bucketing import Bucketing, bucket_means
 
 NAMES = sorted(AGGREGATORS)
 SIZES = st.sampled_from([3, 7, 11, 15, 19])

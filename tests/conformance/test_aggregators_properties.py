@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 from pydantic import ValidationError
 
-from coordinator.aggregation import (
+from byzedge.coordinator.aggregation import (
     AGGREGATORS,
     PRE_AGGREGATORS,
     STATELESS,
@@ -50,9 +50,9 @@ from coordinator.aggregation import (
     build,
     parameters,
 )
-from coordinator.aggregation.base import StreamingAggregator
-from coordinator.aggregation.clipping_vr import ClippingVR, clipped_difference_mean
-from coordinator.config import AggregationConfig, CoordinatorConfig, rule_parameters
+from byzedge.coordinator.aggregation.base import StreamingAggregator
+from byzedge.coordinator.aggregation.clipping_vr import ClippingVR, clipped_difference_mean
+from byzedge.coordinator.config import AggregationConfig, CoordinatorConfig, rule_parameters
 
 FRACTION = 0.2
 Rows = list[list[float]]

@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 
 from byzedge.cli import main
-from daemon.rotating import iter_lines
-from fleet_sim.brokers import find_mosquitto, free_port
+from byzedge.daemon.rotating import iter_lines
+from byzedge.fleet_sim.brokers import find_mosquitto, free_port
 
 FLEET = "init-it"
 START_TIMEOUT_S = 15.0

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleet_sim.brokers import BrokerHandle
-from fleet_sim.fleet import FleetSpec, InProcessFleet
-from models.datasets import load_digits_split
+from byzedge.fleet_sim.brokers import BrokerHandle
+from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet
+from byzedge.models.datasets import load_digits_split
 
 pytestmark = pytest.mark.broker
 

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet_sim.brokers import (
+from byzedge.fleet_sim.brokers import (
     BrokerError,
     BrokerHandle,
     free_port,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from coordinator.service import RoundSummary
-from fleet_sim.brokers import BrokerHandle
-from fleet_sim.fleet import FleetSpec, InProcessFleet
+from byzedge.coordinator.service import RoundSummary
+from byzedge.fleet_sim.brokers import BrokerHandle
+from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet
 
 pytestmark = pytest.mark.broker
 
@@ -113,7 +113,7 @@ def test_a_reload_without_the_devices_folder_keeps_the_enrolment(
 def test_a_requested_reputation_reset_is_applied_and_audited(
     mosquitto_broker: BrokerHandle, tmp_path: Path
 ) -> None:
-    from coordinator.requests import request_reputation_reset  # noqa: PLC0415
+    from byzedge.coordinator.requests import request_reputation_reset  # noqa: PLC0415
 
     spec = FleetSpec(
         fleet="paths-reset", broker_url=mosquitto_broker.url, devices=3, rounds=2, epochs=1

@@ -29,9 +29,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from byzedge.cli import main as byzedge_main
-from coordinator.state import CoordinatorState, StateStore
-from fleet_sim.brokers import BrokerHandle
-from protocol import topics
+from byzedge.coordinator.state import CoordinatorState, StateStore
+from byzedge.fleet_sim.brokers import BrokerHandle
+from byzedge.protocol import topics
 
 pytestmark = pytest.mark.broker
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.mqtt import MqttClient, MqttSettings
-from fleet_sim.brokers import BrokerHandle
-from fleet_sim.fleet import FleetSpec, InProcessFleet
-from models import get_model_spec, initial_parameters
-from protocol import topics
-from protocol.manifest import seal_global_model
-from protocol.signing import SigningKey
+from byzedge.daemon.mqtt import MqttClient, MqttSettings
+from byzedge.fleet_sim.brokers import BrokerHandle
+from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet
+from byzedge.models import get_model_spec, initial_parameters
+from byzedge.protocol import topics
+from byzedge.protocol.manifest import seal_global_model
+from byzedge.protocol.signing import SigningKey
 
 pytestmark = pytest.mark.broker
 

@@ -28,17 +28,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.service import RoundSummary
-from daemon.mqtt import MqttClient, MqttSettings
-from edge_agent.pipeline import UpdatePipeline
-from edge_agent.seams import RoundContext
-from fleet_sim.brokers import BrokerHandle
-from fleet_sim.fleet import FleetSpec, InProcessFleet
-from protocol import topics
-from protocol.envelope import open_envelope
-from protocol.errors import ProtocolError
-from protocol.manifest import GlobalModel, open_global_model
-from protocol.signing import SigningKey, VerifyKey
+from byzedge.coordinator.service import RoundSummary
+from byzedge.daemon.mqtt import MqttClient, MqttSettings
+from byzedge.edge_agent.pipeline import UpdatePipeline
+from byzedge.edge_agent.seams import RoundContext
+from byzedge.fleet_sim.brokers import BrokerHandle
+from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet
+from byzedge.protocol import topics
+from byzedge.protocol.envelope import open_envelope
+from byzedge.protocol.errors import ProtocolError
+from byzedge.protocol.manifest import GlobalModel, open_global_model
+from byzedge.protocol.signing import SigningKey, VerifyKey
 
 pytestmark = pytest.mark.broker
 

@@ -25,11 +25,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from provisioned import FLEET, Fleet, provisioned_fleet
 
 from byzedge.cli import main
-from fleet_sim.brokers import free_port
-from protocol import topics
-from tests.integration.provisioned import FLEET, Fleet, provisioned_fleet
+from byzedge.fleet_sim.brokers import free_port
+from byzedge.protocol import topics
 
 pytestmark = pytest.mark.broker
 

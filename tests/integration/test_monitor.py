@@ -13,8 +13,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from byzedge.cli import main
-from fleet_sim.brokers import BrokerHandle
-from protocol import topics
+from byzedge.fleet_sim.brokers import BrokerHandle
+from byzedge.protocol import topics
 
 pytestmark = pytest.mark.broker
 

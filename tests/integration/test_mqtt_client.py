@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.mqtt import MqttClient, MqttSettings, Will
-from fleet_sim.brokers import BrokerHandle, start_mosquitto
+from byzedge.daemon.mqtt import MqttClient, MqttSettings, Will
+from byzedge.fleet_sim.brokers import BrokerHandle, start_mosquitto
 
 pytestmark = pytest.mark.broker
 

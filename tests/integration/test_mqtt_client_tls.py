@@ -14,12 +14,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from provisioned import FLEET, Fleet, provisioned_fleet
 
-from daemon.mqtt import MqttClient, MqttConfigError, MqttSettings, TlsSettings, Will
-from daemon.mqtt_probe import probe_broker
-from fleet_sim.brokers import BrokerHandle, free_port
-from protocol import topics
-from tests.integration.provisioned import FLEET, Fleet, provisioned_fleet
+from byzedge.daemon.mqtt import MqttClient, MqttConfigError, MqttSettings, TlsSettings, Will
+from byzedge.daemon.mqtt_probe import probe_broker
+from byzedge.fleet_sim.brokers import BrokerHandle, free_port
+from byzedge.protocol import topics
 
 pytestmark = pytest.mark.broker
 

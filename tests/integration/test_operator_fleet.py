@@ -19,10 +19,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from provisioned import Fleet, provisioned_fleet
 
 from byzedge.cli import main
-from coordinator.journal import read_journal
-from tests.integration.provisioned import Fleet, provisioned_fleet
+from byzedge.coordinator.journal import read_journal
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

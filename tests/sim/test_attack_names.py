@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from byzedge.cli import main
-from faults import ATTACKS, OMNISCIENT_ATTACKS, SENSOR_FAULTS, is_fault_name
-from fleet_sim.scenario import Scenario
+from byzedge.faults import ATTACKS, OMNISCIENT_ATTACKS, SENSOR_FAULTS, is_fault_name
+from byzedge.fleet_sim.scenario import Scenario
 
 PLUGIN = """
 import numpy as np

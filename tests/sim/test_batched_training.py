@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.seams import LocalData
-from edge_agent.training import TrainingConfig, train_local
-from fleet_sim.batched_training import train_many
-from models import get_model_spec, initial_parameters, load_digits_split
+from byzedge.edge_agent.seams import LocalData
+from byzedge.edge_agent.training import TrainingConfig, train_local
+from byzedge.fleet_sim.batched_training import train_many
+from byzedge.models import get_model_spec, initial_parameters, load_digits_split
 
 
 def _datasets() -> list[LocalData]:

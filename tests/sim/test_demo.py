@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from byzedge.cli import main
-from fleet_sim.brokers import BrokerHandle
+from byzedge.fleet_sim.brokers import BrokerHandle
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fleet_sim.scenario import Scenario
-from fleet_sim.simulator import RoundRecord, Simulator
+from byzedge.fleet_sim.scenario import Scenario
+from byzedge.fleet_sim.simulator import RoundRecord, Simulator
 
 ROUNDS = 40
 

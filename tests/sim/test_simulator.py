@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from byzedge.cli import main
-from coordinator.aggregation.clipping_vr import ClippingVR
-from faults import ATTACKS, SENSOR_FAULTS
-from fleet_sim.matrix import CELL_KEYS
-from fleet_sim.scenario import Scenario, load_scenario
-from fleet_sim.simulator import (
+from byzedge.coordinator.aggregation.clipping_vr import ClippingVR
+from byzedge.faults import ATTACKS, SENSOR_FAULTS
+from byzedge.fleet_sim.matrix import CELL_KEYS
+from byzedge.fleet_sim.scenario import Scenario, load_scenario
+from byzedge.fleet_sim.simulator import (
     FlagCounts,
     Simulator,
     _build_defense,

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.service import RoundSummary
-from fleet_sim.brokers import BrokerHandle
-from fleet_sim.fleet import FleetSpec, InProcessFleet, choose_byzantine
-from fleet_sim.scenario import Scenario
-from fleet_sim.simulator import Simulator
+from byzedge.coordinator.service import RoundSummary
+from byzedge.fleet_sim.brokers import BrokerHandle
+from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet, choose_byzantine
+from byzedge.fleet_sim.scenario import Scenario
+from byzedge.fleet_sim.simulator import Simulator
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ConfigError
-from edge_agent.config import load_agent_config
+from byzedge.daemon.config import ConfigError
+from byzedge.edge_agent.config import load_agent_config
 
 REQUIRED = """\
 fleet = "plant-7"

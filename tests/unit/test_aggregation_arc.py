@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coordinator.aggregation import build
-from coordinator.aggregation.arc import AdaptiveRobustClipping, arc_clip_count, arc_factors
+from byzedge.coordinator.aggregation import build
+from byzedge.coordinator.aggregation.arc import AdaptiveRobustClipping, arc_clip_count, arc_factors
 
 
 @pytest.mark.parametrize(("n", "f", "k"), [(10, 2, 3), (10, 0, 0), (7, 1, 1), (20, 4, 6)])

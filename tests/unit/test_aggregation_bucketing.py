@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation import aggregate, build
-from coordinator.aggregation.base import BreakdownError
-from coordinator.aggregation.bucketing import Bucketing, bucket_means, random_buckets
+from byzedge.coordinator.aggregation import aggregate, build
+from byzedge.coordinator.aggregation.base import BreakdownError
+from byzedge.coordinator.aggregation.bucketing import Bucketing, bucket_means, random_buckets
 
 
 def _f32(rows: list[list[float]]) -> np.ndarray:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coordinator.aggregation.base import BreakdownError
-from coordinator.aggregation.bulyan import Bulyan
+from byzedge.coordinator.aggregation.base import BreakdownError
+from byzedge.coordinator.aggregation.bulyan import Bulyan
 
 
 def test_bulyan_needs_n_at_least_4f_plus_3() -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coordinator.aggregation.centered_clipping import CenteredClipping
-from coordinator.aggregation.clipping_vr import ClippingVR
+from byzedge.coordinator.aggregation.centered_clipping import CenteredClipping
+from byzedge.coordinator.aggregation.clipping_vr import ClippingVR
 
 
 def test_each_iteration_takes_one_clipped_step_from_the_centre() -> None:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation.clipping_vr import ClippingVR
+from byzedge.coordinator.aggregation.clipping_vr import ClippingVR
 
 
 def _f32(rows: list[list[float]]) -> np.ndarray:

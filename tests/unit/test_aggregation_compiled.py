@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-import coordinator.aggregation.coordinate_median as median_module
-from coordinator.aggregation import _compiled, _parallel, build
-from coordinator.aggregation._kernels import clipped_step, squared_distances_to
-from coordinator.aggregation._networks import selection_network, sorting_network
-from coordinator.aggregation.bulyan import closest_to_median_mean
-from coordinator.aggregation.coordinate_median import coordinate_median
-from coordinator.aggregation.trimmed_mean import trimmed_mean
+import byzedge.coordinator.aggregation.coordinate_median as median_module
+from byzedge.coordinator.aggregation import _compiled, _parallel, build
+from byzedge.coordinator.aggregation._kernels import clipped_step, squared_distances_to
+from byzedge.coordinator.aggregation._networks import selection_network, sorting_network
+from byzedge.coordinator.aggregation.bulyan import closest_to_median_mean
+from byzedge.coordinator.aggregation.coordinate_median import coordinate_median
+from byzedge.coordinator.aggregation.trimmed_mean import trimmed_mean
 
 pytestmark = pytest.mark.skipif(not _compiled.AVAILABLE, reason="numba is not installed")
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation.coordinate_median import CoordinateMedian, coordinate_median
+from byzedge.coordinator.aggregation.coordinate_median import CoordinateMedian, coordinate_median
 
 
 def _f32(rows: list[list[float]]) -> np.ndarray:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation import AGGREGATORS, build, geometric_median, krum
-from coordinator.aggregation._columns import GRAM32_RTOL, centred_gram, centred_gram32
-from coordinator.aggregation._kernels import all_finite, clipped_step, squared_distances_to
-from coordinator.aggregation.base import ensure_finite, validate_updates
-from coordinator.aggregation.krum import (
+from byzedge.coordinator.aggregation import AGGREGATORS, build, geometric_median, krum
+from byzedge.coordinator.aggregation._columns import GRAM32_RTOL, centred_gram, centred_gram32
+from byzedge.coordinator.aggregation._kernels import all_finite, clipped_step, squared_distances_to
+from byzedge.coordinator.aggregation.base import ensure_finite, validate_updates
+from byzedge.coordinator.aggregation.krum import (
     Distances,
     distances_from_gram,
     pairwise_squared_distances,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coordinator.aggregation.geometric_median import GeometricMedian, smoothed_weiszfeld
+from byzedge.coordinator.aggregation.geometric_median import GeometricMedian, smoothed_weiszfeld
 
 
 def _objective(updates: np.ndarray, z: np.ndarray) -> float:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation.base import BreakdownError
-from coordinator.aggregation.krum import Krum, krum_scores, pairwise_squared_distances
-from coordinator.aggregation.multi_krum import MultiKrum
+from byzedge.coordinator.aggregation.base import BreakdownError
+from byzedge.coordinator.aggregation.krum import Krum, krum_scores, pairwise_squared_distances
+from byzedge.coordinator.aggregation.multi_krum import MultiKrum
 
 LINE = np.array([[0.0], [1.0], [2.0], [100.0], [101.0]], dtype=np.float32)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation.mean import Mean
+from byzedge.coordinator.aggregation.mean import Mean
 
 
 def _f32(rows: list[list[float]]) -> np.ndarray:

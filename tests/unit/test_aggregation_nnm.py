@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coordinator.aggregation import aggregate, build
-from coordinator.aggregation.base import BreakdownError
-from coordinator.aggregation.nnm import nearest_neighbour_mix, squared_distances
+from byzedge.coordinator.aggregation import aggregate, build
+from byzedge.coordinator.aggregation.base import BreakdownError
+from byzedge.coordinator.aggregation.nnm import nearest_neighbour_mix, squared_distances
 
 
 def _f32(rows: list[list[float]]) -> np.ndarray:

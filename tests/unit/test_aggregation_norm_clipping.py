@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coordinator.aggregation.norm_clipping import NormClipping
+from byzedge.coordinator.aggregation.norm_clipping import NormClipping
 
 
 def test_updates_longer_than_the_radius_are_scaled_down_before_the_mean() -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation import (
+from byzedge.coordinator.aggregation import (
     AGGREGATORS,
     PRE_AGGREGATORS,
     STATELESS,
@@ -15,7 +15,7 @@ from coordinator.aggregation import (
     parameters,
     supports_streaming,
 )
-from coordinator.aggregation.base import (
+from byzedge.coordinator.aggregation.base import (
     AggregationError,
     BreakdownError,
     num_byzantine,
@@ -23,8 +23,8 @@ from coordinator.aggregation.base import (
     validate_updates,
     validate_weights,
 )
-from coordinator.aggregation.clipping_vr import ClippingVR
-from coordinator.aggregation.trimmed_mean import TrimmedMean
+from byzedge.coordinator.aggregation.clipping_vr import ClippingVR
+from byzedge.coordinator.aggregation.trimmed_mean import TrimmedMean
 
 
 def test_registry_holds_the_permanent_names() -> None:

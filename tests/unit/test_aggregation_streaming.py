@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coordinator.aggregation import build
-from coordinator.aggregation.base import StreamingUnavailableError
-from coordinator.aggregation.mean import Mean
-from coordinator.aggregation.norm_clipping import NormClipping
+from byzedge.coordinator.aggregation import build
+from byzedge.coordinator.aggregation.base import StreamingUnavailableError
+from byzedge.coordinator.aggregation.mean import Mean
+from byzedge.coordinator.aggregation.norm_clipping import NormClipping
 
 
 def test_mean_streams_a_weighted_mean() -> None:

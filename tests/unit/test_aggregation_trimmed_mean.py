@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from coordinator.aggregation.base import BreakdownError
-from coordinator.aggregation.mean import Mean
-from coordinator.aggregation.trimmed_mean import TrimmedMean, trimmed_mean
+from byzedge.coordinator.aggregation.base import BreakdownError
+from byzedge.coordinator.aggregation.mean import Mean
+from byzedge.coordinator.aggregation.trimmed_mean import TrimmedMean, trimmed_mean
 
 FIVE = np.array([[1.0], [2.0], [3.0], [4.0], [100.0]], dtype=np.float32)
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from coordinator.anomaly import (
+from byzedge.coordinator.anomaly import (
     MIN_UPDATES,
     REASON_DIRECTION,
     REASON_NORM,
@@ -30,7 +30,7 @@ from coordinator.anomaly import (
     single_round_limit,
     update_features,
 )
-from coordinator.state import CoordinatorState
+from byzedge.coordinator.state import CoordinatorState
 
 IDS = [f"pi-{i:02d}" for i in range(10)]
 

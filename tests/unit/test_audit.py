@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.audit import (
+from byzedge.coordinator.audit import (
     AuditError,
     AuditLog,
     RecordBudget,
@@ -19,7 +19,7 @@ from coordinator.audit import (
     head_path_for,
     verify_audit_log,
 )
-from protocol.signing import SigningKey
+from byzedge.protocol.signing import SigningKey
 
 
 def write_log(path: Path, records: int = 5) -> None:

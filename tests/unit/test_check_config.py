@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from byzedge.cli import main
-from protocol.signing import SigningKey
+from byzedge.protocol.signing import SigningKey
 
 
 @pytest.fixture(scope="module")

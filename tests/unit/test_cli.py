@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from byzedge.cli import main
-from coordinator.audit import AuditLog, SignedHead
-from protocol.signing import SigningKey
+from byzedge.coordinator.audit import AuditLog, SignedHead
+from byzedge.protocol.signing import SigningKey
 
 
 @pytest.fixture
@@ -347,7 +347,7 @@ def test_reputation_list_prints_the_lowest_first(
 ) -> None:
     import numpy as np  # noqa: PLC0415
 
-    from coordinator.state import CoordinatorState, StateStore  # noqa: PLC0415
+    from byzedge.coordinator.state import CoordinatorState, StateStore  # noqa: PLC0415
 
     StateStore(fleet / "state" / "coordinator").save(
         CoordinatorState(
@@ -373,7 +373,7 @@ def test_reputation_list_prints_the_lowest_first(
 def test_reputation_reset_leaves_a_request_for_the_coordinator(
     fleet: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from coordinator.requests import take_reputation_resets  # noqa: PLC0415
+    from byzedge.coordinator.requests import take_reputation_resets  # noqa: PLC0415
 
     config = str(fleet / "coordinator.toml")
 

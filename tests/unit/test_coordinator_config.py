@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.aggregation import build
-from coordinator.aggregation.clipping_vr import ClippingVR
-from coordinator.config import ConfigError, load_coordinator_config, rule_parameters
+from byzedge.coordinator.aggregation import build
+from byzedge.coordinator.aggregation.clipping_vr import ClippingVR
+from byzedge.coordinator.config import ConfigError, load_coordinator_config, rule_parameters
 
 REQUIRED = """\
 fleet = "plant-7"

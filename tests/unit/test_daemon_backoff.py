@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.backoff import exponential_backoff
+from byzedge.daemon.backoff import exponential_backoff
 
 
 def take(n: int, initial: float, maximum: float, seed: int = 0) -> list[float]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from daemon.config import (
+from byzedge.daemon.config import (
     ConfigError,
     StrictModel,
     checked_device_id,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from daemon.logging import RateLimitedLog, configure_logging, running_under_journald
+from byzedge.daemon.logging import RateLimitedLog, configure_logging, running_under_journald
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.rotating import (
+from byzedge.daemon.rotating import (
     RotatingJsonl,
     iter_lines,
     list_segments,

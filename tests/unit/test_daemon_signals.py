@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.signals import SignalEvents, install_signal_handlers
+from byzedge.daemon.signals import SignalEvents, install_signal_handlers
 
 
 @pytest.fixture

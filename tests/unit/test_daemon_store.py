@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.store import STATE_FORMAT, STATE_VERSION, AtomicStore
+from byzedge.daemon.store import STATE_FORMAT, STATE_VERSION, AtomicStore
 
 
 def corrupt_files(path: Path) -> list[Path]:
@@ -109,7 +109,7 @@ def test_garbage_is_quarantined_and_load_returns_none(
 ) -> None:
     path = tmp_path / "state"
     path.write_bytes(b"\xc1 this is not msgpack")
-    with caplog.at_level(logging.WARNING, logger="daemon.store"):
+    with caplog.at_level(logging.WARNING, logger="byzedge.daemon.store"):
         assert AtomicStore(path).load() is None
     assert not path.exists()
     (aside,) = corrupt_files(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import systemd
+from byzedge.daemon import systemd
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_a_dead_socket_returns_false_and_logs_at_debug(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens.sock"))
-    with caplog.at_level(logging.DEBUG, logger="daemon.systemd"):
+    with caplog.at_level(logging.DEBUG, logger="byzedge.daemon.systemd"):
         assert systemd.notify_ready() is False
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.config import load_coordinator_config
-from edge_agent.config import load_agent_config
-from faults.plan import load_fault_plan
-from fleet_sim.scenario import load_scenario
+from byzedge.coordinator.config import load_coordinator_config
+from byzedge.edge_agent.config import load_agent_config
+from byzedge.faults.plan import load_fault_plan
+from byzedge.fleet_sim.scenario import load_scenario
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 

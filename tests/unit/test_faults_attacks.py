@@ -5,8 +5,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from edge_agent.seams import LocalData, RoundContext
-from faults import GaussianNoise, LabelFlip, SignFlip
+from byzedge.edge_agent.seams import LocalData, RoundContext
+from byzedge.faults import GaussianNoise, LabelFlip, SignFlip
 
 
 class FixedSource:

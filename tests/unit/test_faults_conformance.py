@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from edge_agent.pipeline import UpdatePipeline
-from edge_agent.seams import LocalData, OutgoingMessage, RoundContext
-from faults import ATTACKS, OMNISCIENT_ATTACKS, DataAttack, UpdateAttack, WireAttack
-from faults.omniscient import CollusionContext
-from protocol.signing import SigningKey
-from protocol.topics import validate_identifier
+from byzedge.edge_agent.pipeline import UpdatePipeline
+from byzedge.edge_agent.seams import LocalData, OutgoingMessage, RoundContext
+from byzedge.faults import ATTACKS, OMNISCIENT_ATTACKS, DataAttack, UpdateAttack, WireAttack
+from byzedge.faults.omniscient import CollusionContext
+from byzedge.protocol.signing import SigningKey
+from byzedge.protocol.topics import validate_identifier
 
 BY_KIND = {
     kind: sorted(name for name, cls in ATTACKS.items() if cls.acts_on == kind)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.seams import LocalData, RoundContext
-from faults import FaultConfigError, FaultInjector, FaultSpec, check_fault_name
+from byzedge.edge_agent.seams import LocalData, RoundContext
+from byzedge.faults import FaultConfigError, FaultInjector, FaultSpec, check_fault_name
 
 
 class FixedSource:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.seams import LocalData, RoundContext
-from faults import (
+from byzedge.edge_agent.seams import LocalData, RoundContext
+from byzedge.faults import (
     Backdoor,
     FaultConfigError,
     FaultInjector,

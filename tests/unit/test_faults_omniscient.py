@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from faults.errors import FaultConfigError
-from faults.omniscient import (
+from byzedge.faults.errors import FaultConfigError
+from byzedge.faults.omniscient import (
     Alie,
     CollusionContext,
     Ipm,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from byzedge.cli import main
-from edge_agent.seams import LocalData
-from faults.errors import FaultConfigError
-from faults.plan import FaultPlan, load_fault_plan, read_fault_plan, simulator_device_ids
+from byzedge.edge_agent.seams import LocalData
+from byzedge.faults.errors import FaultConfigError
+from byzedge.faults.plan import FaultPlan, load_fault_plan, read_fault_plan, simulator_device_ids
 
 FLEET = simulator_device_ids(20)
 

@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.seams import LocalData, RoundContext
-from faults import SENSOR_FAULTS, GaussianNoise, SignFlip
+from byzedge.edge_agent.seams import LocalData, RoundContext
+from byzedge.faults import SENSOR_FAULTS, GaussianNoise, SignFlip
 
 
 class RandomSource:

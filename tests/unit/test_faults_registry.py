@@ -3,8 +3,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from faults import ATTACKS, SENSOR_FAULTS, known_fault_names
-from faults.omniscient import OMNISCIENT_ATTACKS
+from byzedge.faults import ATTACKS, SENSOR_FAULTS, known_fault_names
+from byzedge.faults.omniscient import OMNISCIENT_ATTACKS
 
 
 def test_sensor_fault_names_are_the_permanent_ones() -> None:

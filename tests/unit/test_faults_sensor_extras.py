@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.seams import LocalData
-from faults import BitFlip, CalibrationOffset, Dropout, FaultConfigError, Spikes
+from byzedge.edge_agent.seams import LocalData
+from byzedge.faults import BitFlip, CalibrationOffset, Dropout, FaultConfigError, Spikes
 
 
 class FixedSource:

@@ -7,8 +7,16 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from edge_agent.seams import LocalData, SensorSource
-from faults import SENSOR_FAULTS, Drift, Dropout, SensorFault, SensorNoise, SignFlip, StuckAt
+from byzedge.edge_agent.seams import LocalData, SensorSource
+from byzedge.faults import (
+    SENSOR_FAULTS,
+    Drift,
+    Dropout,
+    SensorFault,
+    SensorNoise,
+    SignFlip,
+    StuckAt,
+)
 
 
 class RoundSource:

@@ -7,15 +7,15 @@ import time
 import numpy as np
 import pytest
 
-from coordinator.devices import DeviceRegistry
-from coordinator.ingest import Accepted, Ingest, Rejected, RejectReason, RoundWindow
-from edge_agent.pipeline import PreparedUpdate, UpdatePipeline
-from edge_agent.seams import OutgoingMessage, RoundContext
-from faults import BadSignature, FaultInjector, GarbagePayload, Sybil
-from faults.attacks import sybil_id
-from protocol.envelope import open_envelope
-from protocol.signing import SigningKey
-from protocol.topics import update_topic
+from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.ingest import Accepted, Ingest, Rejected, RejectReason, RoundWindow
+from byzedge.edge_agent.pipeline import PreparedUpdate, UpdatePipeline
+from byzedge.edge_agent.seams import OutgoingMessage, RoundContext
+from byzedge.faults import BadSignature, FaultInjector, GarbagePayload, Sybil
+from byzedge.faults.attacks import sybil_id
+from byzedge.protocol.envelope import open_envelope
+from byzedge.protocol.signing import SigningKey
+from byzedge.protocol.topics import update_topic
 
 FLEET = "fleet-w"
 DEVICE = "dev-a"

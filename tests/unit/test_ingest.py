@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from coordinator.devices import DeviceRegistry
-from coordinator.ingest import (
+from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.ingest import (
     Accepted,
     Ingest,
     Redelivered,
@@ -27,13 +27,13 @@ from coordinator.ingest import (
     RejectReason,
     RoundWindow,
 )
-from edge_agent.pipeline import UpdatePipeline
-from edge_agent.seams import RoundContext
-from protocol.chunking import split_payload
-from protocol.codecs import DenseCodec
-from protocol.envelope import Header, SealedEnvelope, seal
-from protocol.signing import SigningKey
-from protocol.topics import update_topic
+from byzedge.edge_agent.pipeline import UpdatePipeline
+from byzedge.edge_agent.seams import RoundContext
+from byzedge.protocol.chunking import split_payload
+from byzedge.protocol.codecs import DenseCodec
+from byzedge.protocol.envelope import Header, SealedEnvelope, seal
+from byzedge.protocol.signing import SigningKey
+from byzedge.protocol.topics import update_topic
 
 FLEET = "fleet-a"
 DIM = 16

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from byzedge import provisioning
 from byzedge.cli import main
-from coordinator.config import load_coordinator_config
-from daemon import pki
-from daemon.mqtt import MqttSettings
-from edge_agent.config import load_agent_config
-from protocol.signing import SigningKey, VerifyKey
+from byzedge.coordinator.config import load_coordinator_config
+from byzedge.daemon import pki
+from byzedge.daemon.mqtt import MqttSettings
+from byzedge.edge_agent.config import load_agent_config
+from byzedge.protocol.signing import SigningKey, VerifyKey
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICES = ("dev-000", "dev-001")

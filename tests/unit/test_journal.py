@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.journal import JournalEntry, RoundJournal, read_journal
+from byzedge.coordinator.journal import JournalEntry, RoundJournal, read_journal
 
 
 def journal(tmp_path: Path) -> RoundJournal:

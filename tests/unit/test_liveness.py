@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from coordinator.liveness import FleetLiveness
-from protocol.topics import device_status_topic
+from byzedge.coordinator.liveness import FleetLiveness
+from byzedge.protocol.topics import device_status_topic
 
 FLEET = "f"
 

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.metrics import CoordinatorMetrics
+from byzedge.coordinator.metrics import CoordinatorMetrics
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "byzedge-dashboard.json"
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from models import load_digits_split
+from byzedge.models import load_digits_split
 
 
 def test_digits_split_has_the_requested_test_fraction() -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import MODELS, fan_in_bounds, get_model_spec, initial_parameters
-from models.torch_modules import build_module
+from byzedge.models import MODELS, fan_in_bounds, get_model_spec, initial_parameters
+from byzedge.models.torch_modules import build_module
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

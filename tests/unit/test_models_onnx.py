@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from models import (
+from byzedge.models import (
     MODELS,
     ONNX_OPSET,
     DigitsSplit,
@@ -16,8 +16,8 @@ from models import (
     initial_parameters,
     load_digits_split,
 )
-from models.params import load_vector_into
-from models.torch_modules import build_module
+from byzedge.models.params import load_vector_into
+from byzedge.models.torch_modules import build_module
 
 
 @pytest.fixture(scope="module")

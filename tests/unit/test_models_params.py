@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import MODELS, ModelSpec, ParamSpec, get_model_spec, initial_parameters
-from models.params import load_vector_into, module_layout, module_to_vector
-from models.torch_modules import build_module
+from byzedge.models import MODELS, ModelSpec, ParamSpec, get_model_spec, initial_parameters
+from byzedge.models.params import load_vector_into, module_layout, module_to_vector
+from byzedge.models.torch_modules import build_module
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from models import (
+from byzedge.models import (
     MIN_SAMPLES_PER_DEVICE,
     PARTITIONERS,
     DirichletPartitioner,

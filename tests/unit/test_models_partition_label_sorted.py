@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from models.partition import PARTITIONERS, get_partitioner, partition_label_sorted
+from byzedge.models.partition import PARTITIONERS, get_partitioner, partition_label_sorted
 
 
 def test_label_sorted_is_registered() -> None:

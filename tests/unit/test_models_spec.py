@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models import MODELS, ModelSpec, ParamSpec, get_model_spec
+from byzedge.models import MODELS, ModelSpec, ParamSpec, get_model_spec
 
 
 def test_mlp_dim_is_the_sum_of_its_layer_sizes() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from byzedge.cli import main
+from byzedge.daemon.config import ConfigError
 from byzedge.monitor.config import load_monitor_config
 from byzedge.monitor.render import format_age, render_text, sparkline
 from byzedge.monitor.view import FleetView
-from daemon.config import ConfigError
 
 FLEET = "plant-7"
 

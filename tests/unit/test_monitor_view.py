@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from byzedge.coordinator.audit import SignedHead
 from byzedge.monitor.view import FleetView, verify_audit_head
-from coordinator.audit import SignedHead
-from protocol.signing import SigningKey
+from byzedge.protocol.signing import SigningKey
 
 FLEET = "plant-7"
 SUMMARY = f"byzedge/{FLEET}/coordinator/status"

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.mqtt import (
+from byzedge.daemon.mqtt import (
     MqttClient,
     MqttClosedError,
     MqttPayloadError,
     MqttQueueFullError,
     MqttSettings,
 )
-from fleet_sim.brokers import free_port
+from byzedge.fleet_sim.brokers import free_port
 
 
 def client(**changes: object) -> MqttClient:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.requests import request_reputation_reset, take_reputation_resets
-from protocol.errors import TopicError
+from byzedge.coordinator.requests import request_reputation_reset, take_reputation_resets
+from byzedge.protocol.errors import TopicError
 
 
 def test_a_requested_reset_is_taken_once(tmp_path: Path) -> None:

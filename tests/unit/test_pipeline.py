@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.pipeline import UpdatePipeline
-from edge_agent.seams import RoundContext
-from protocol.codecs import TopKCodec
-from protocol.envelope import open_envelope
-from protocol.signing import SigningKey
+from byzedge.edge_agent.pipeline import UpdatePipeline
+from byzedge.edge_agent.seams import RoundContext
+from byzedge.protocol.codecs import TopKCodec
+from byzedge.protocol.envelope import open_envelope
+from byzedge.protocol.signing import SigningKey
 
 
 def _context(round_number: int = 1) -> RoundContext:

@@ -12,8 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from daemon import pki
-from protocol.signing import SigningKey
+from byzedge.daemon import pki
+from byzedge.protocol.signing import SigningKey
 
 CA = pki.create_ca("byzedge test CA")
 OTHER_CA = pki.create_ca("byzedge test CA")  # same name, other key: a look-alike CA

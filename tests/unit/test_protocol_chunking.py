@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.chunking import (
+from byzedge.protocol.chunking import (
     CHUNK_MAGIC,
     DEFAULT_MAX_MESSAGE_BYTES,
     Reassembler,
     is_chunk,
     split_payload,
 )
-from protocol.errors import ChunkError, ProtocolError
+from byzedge.protocol.errors import ChunkError, ProtocolError
 
 MAX_MESSAGE = 300
 LIMIT = 1 << 20

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
-from protocol.codecs import (
+from byzedge.protocol.codecs import (
     CODECS,
     Codec,
     DenseCodec,
@@ -18,8 +18,8 @@ from protocol.codecs import (
     as_update_vector,
     build_codec,
 )
-from protocol.codecs.float16 import FLOAT16_MAX, to_float16
-from protocol.errors import CodecError, ProtocolError
+from byzedge.protocol.codecs.float16 import FLOAT16_MAX, to_float16
+from byzedge.protocol.errors import CodecError, ProtocolError
 
 BITMAP, UINT16, UINT32 = 0, 1, 2
 RTOL = 1e-3

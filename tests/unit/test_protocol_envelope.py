@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.envelope import (
+from byzedge.protocol.envelope import (
     ENVELOPE_MAGIC,
     ENVELOPE_VERSION,
     Header,
@@ -17,8 +17,8 @@ from protocol.envelope import (
     open_envelope,
     seal,
 )
-from protocol.errors import EnvelopeError, ProtocolError, SignatureError
-from protocol.signing import SigningKey
+from byzedge.protocol.errors import EnvelopeError, ProtocolError, SignatureError
+from byzedge.protocol.signing import SigningKey
 
 KEY = SigningKey.generate()
 OTHER_KEY = SigningKey.generate()

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import ProtocolError, SignatureError
-from protocol.signing import ALGORITHM, SigningKey, VerifyKey, key_id_of
+from byzedge.protocol.errors import ProtocolError, SignatureError
+from byzedge.protocol.signing import ALGORITHM, SigningKey, VerifyKey, key_id_of
 
 # Generating Ed25519 keys is cheap, but hypothesis tests share these two.
 KEY = SigningKey.generate()

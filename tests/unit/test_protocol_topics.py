@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import ProtocolError, TopicError
-from protocol.topics import (
+from byzedge.protocol.errors import ProtocolError, TopicError
+from byzedge.protocol.topics import (
     PREFIX,
     alerts_topic,
     coordinator_status_topic,

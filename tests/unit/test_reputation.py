@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coordinator.reputation import ReputationBook
+from byzedge.coordinator.reputation import ReputationBook
 
 
 def test_unknown_device_has_the_initial_reputation() -> None:

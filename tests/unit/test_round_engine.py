@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.aggregation import build
-from coordinator.anomaly import REASON_NORM, REASON_PERSISTENT, AnomalyDetector, AnomalyFlag
-from coordinator.reputation import ReputationBook
-from coordinator.round_engine import RoundSettings, server_step
+from byzedge.coordinator.aggregation import build
+from byzedge.coordinator.anomaly import REASON_NORM, REASON_PERSISTENT, AnomalyDetector, AnomalyFlag
+from byzedge.coordinator.reputation import ReputationBook
+from byzedge.coordinator.round_engine import RoundSettings, server_step
 
 
 def _updates() -> np.ndarray:

@@ -12,10 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-from coordinator.service import RoundSummary
-from daemon.transport import InMemoryBroker
-from fleet_sim.fleet import FleetSpec, InProcessFleet
-from protocol import topics
+from byzedge.coordinator.service import RoundSummary
+from byzedge.daemon.transport import InMemoryBroker
+from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet
+from byzedge.protocol import topics
 
 
 def build(

@@ -6,8 +6,8 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from edge_agent.config import EligibilityConfig
-from edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
+from byzedge.edge_agent.config import EligibilityConfig
+from byzedge.edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
 
 
 def _fake_psutil(

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.seams import LocalData
-from edge_agent.training import TrainingConfig, shuffled_batches, train_local, usable_rows
-from models import (
+from byzedge.edge_agent.seams import LocalData
+from byzedge.edge_agent.training import TrainingConfig, shuffled_batches, train_local, usable_rows
+from byzedge.models import (
     DigitsSplit,
     ModelSpec,
     OnnxClassifier,

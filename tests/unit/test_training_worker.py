@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.config import TrainingSettings
-from edge_agent.seams import LocalData
-from edge_agent.training import TrainingConfig, train_local
-from edge_agent.worker import TrainingWorker, train_in_worker
-from models import get_model_spec, initial_parameters
-from models.datasets import load_digits_split
+from byzedge.edge_agent.config import TrainingSettings
+from byzedge.edge_agent.seams import LocalData
+from byzedge.edge_agent.training import TrainingConfig, train_local
+from byzedge.edge_agent.worker import TrainingWorker, train_in_worker
+from byzedge.models import get_model_spec, initial_parameters
+from byzedge.models.datasets import load_digits_split
 
 
 def test_the_worker_returns_the_in_process_delta_up_to_float_rounding() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.mqtt import Will
-from daemon.transport import Endpoint, InMemoryBroker, topic_matches
+from byzedge.daemon.mqtt import Will
+from byzedge.daemon.transport import Endpoint, InMemoryBroker, topic_matches
 
 
 @pytest.mark.parametrize(
