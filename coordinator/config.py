@@ -26,7 +26,7 @@ from byzedge.coordinator.aggregation import (
     build,
     parameters,
 )
-from byzedge.coordinator.aggregation.clipping_vr import automatic_radius
+from byzedge.coordinator.round_engine import with_automatic_radius
 from byzedge.daemon.config import (
     ConfigError,
     StrictModel,
@@ -305,18 +305,20 @@ def rule_parameters(config: CoordinatorConfig, name: str) -> dict[str, Any]:
     overridden by ``aggregation_config.inner_params``. An unset clipping-vr ``radius``
     follows the participation: ``"model-step"`` when rounds sample cohorts
     (``devices_per_round`` or ``participation_rate``), else ``"median"``
-    (:func:`~byzedge.coordinator.aggregation.clipping_vr.automatic_radius`).
+    (:func:`~byzedge.coordinator.round_engine.with_automatic_radius`, which the simulator
+    uses too).
 
     Raises
     ------
     ValueError
         If ``name`` (or the inner rule) is not registered.
     """
-    params = _fields_for(config, name)
-    if name == "clipping-vr" and "radius" not in params:
-        rate = config.participation_rate
-        sampled = config.devices_per_round is not None or (rate is not None and rate < 1)
-        params["radius"] = automatic_radius(sampled)
+    params = with_automatic_radius(
+        name,
+        _fields_for(config, name),
+        devices_per_round=config.devices_per_round,
+        participation_rate=config.participation_rate,
+    )
     if name in PRE_AGGREGATORS:
         inner = (
             params.get("inner") or inspect.signature(AGGREGATORS[name]).parameters["inner"].default

@@ -1,49 +1,219 @@
-"""The server step of one round, as a pure function shared by the coordinator and simulator.
+"""The server side of one round, shared by the coordinator daemon and the simulator.
 
-Given the updates a round accepted, :func:`server_step` runs DESIGN.md's data-flow step 4::
+Everything the server decides in a round lives here, once; the daemon
+(:class:`byzedge.coordinator.service.Coordinator`) wraps it in I/O (MQTT, journal, state
+file, audit, metrics) and the in-memory simulator
+(:class:`byzedge.fleet_sim.simulator.Simulator`) calls it directly, so a simulated fleet
+and a real one run the same server::
+
+    sample_cohort           who is asked this round (seeded by [seed, round])
+    Intake.take             each ingest outcome sorted into accepted / rejected /
+                            misbehaving (attributable rejections) / redelivered
+    server_step             DESIGN.md's data-flow step 4, below
+    with_automatic_radius   clipping-vr's radius when the configuration leaves it unset
+
+:func:`server_step`::
 
     devices rejected for attributable reasons lose reputation
+    -> (anomaly scoring off and a rule that streams: the streaming path, below)
     -> anomaly scores (coordinator.anomaly: each device against the fleet and its own
        history; >= 3 updates), every flag with a score and a reason
     -> reputation: flagged devices lose it, the others gain it
     -> weights from reputation (when ``device_reputation``)
-    -> robust aggregation (the fallback rule when the configured one breaks down)
+    -> robust aggregation (the fallback chain when the configured rule breaks down:
+       ``fallback_defense``, then the coordinate-wise median)
     -> params + server_learning_rate * aggregate
 
-It maps 1:1 onto :meth:`coordinator.service.Coordinator._finish_round` (which persists
-state, publishes, audits and alerts around this step) and its ``_aggregate`` (configured
-rule, then ``fallback_defense``, then the coordinate-wise median); it does no I/O itself.
-The coordinator's streaming path (rows fed one at a time to rules that support it when
-anomaly scoring is off) is a memory optimisation with the same result, so it stays in the
-daemon: this step always aggregates the stacked matrix. The
-:class:`~coordinator.reputation.ReputationBook`, the
+The streaming path is part of the step: with anomaly scoring off (scoring needs the whole
+``(n, d)`` matrix), a rule that declares ``streaming`` takes the accepted updates one at a
+time (``start/accumulate/finish``), so no matrix is stacked; a rule that cannot stream a
+particular round (an automatic radius not yet known,
+:class:`~byzedge.coordinator.aggregation.StreamingUnavailableError`) runs that round in
+batch. What a rule needs from the step it declares (``stateful``, ``streaming``,
+``needs_device_ids``; :mod:`byzedge.coordinator.aggregation.base`), so the step never
+tests a rule's class.
+
+The step does no I/O. The :class:`~coordinator.reputation.ReputationBook`, the
 :class:`~coordinator.anomaly.AnomalyDetector` and a stateful aggregator are updated in
-place, exactly as the coordinator's would be; callers keep one detector across rounds (its
-per-device history is part of the score) and persist its ``state_dict()``.
+place; callers keep one detector across rounds (its per-device history is part of the
+score) and persist the states (:func:`~byzedge.coordinator.aggregation.rule_state`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
-from byzedge.coordinator.aggregation import BreakdownError, build
-from byzedge.coordinator.aggregation.base import Aggregator
-from byzedge.coordinator.aggregation.clipping_vr import ClippingVR
+from byzedge.coordinator.aggregation import BreakdownError, StreamingUnavailableError, build
+from byzedge.coordinator.aggregation.base import (
+    AggregationResult,
+    Aggregator,
+    DeviceAwareAggregator,
+    StreamingAggregator,
+)
+from byzedge.coordinator.aggregation.clipping_vr import ClippingVR, automatic_radius
 from byzedge.coordinator.anomaly import MIN_UPDATES, AnomalyDetector, AnomalyFlag, AnomalyScores
+from byzedge.coordinator.ingest import Accepted, IngestOutcome, Redelivered, Rejected
 from byzedge.coordinator.reputation import ReputationBook
 
-__all__ = ["DEFAULT_FALLBACK", "RoundSettings", "ServerStepResult", "server_step"]
+__all__ = [
+    "DEFAULT_FALLBACK",
+    "Intake",
+    "RoundSettings",
+    "ServerStepResult",
+    "aggregate_with_fallback",
+    "cohort_size",
+    "sample_cohort",
+    "samples_cohorts",
+    "server_step",
+    "with_automatic_radius",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_FALLBACK = "coordinate-median"
 """Rule used when the configured one's breakdown condition fails (it needs only n >= 1)."""
+
+
+# -- cohorts ------------------------------------------------------------------------------
+
+
+def cohort_size(
+    enrolled: int, devices_per_round: int | None, participation_rate: float | None
+) -> int | None:
+    """Return how many of ``enrolled`` devices a round asks, or ``None`` for all of them.
+
+    ``devices_per_round`` wins over ``participation_rate``; a rate gives
+    ``max(1, round(rate * enrolled))`` devices. A size that reaches ``enrolled`` means
+    everyone (``None``).
+    """
+    if devices_per_round is not None:
+        size = devices_per_round
+    elif participation_rate is not None:
+        size = max(1, round(participation_rate * enrolled))
+    else:
+        return None
+    return None if size >= enrolled else size
+
+
+def sample_cohort(
+    enrolled: Iterable[str],
+    round_number: int,
+    seed: int,
+    devices_per_round: int | None = None,
+    participation_rate: float | None = None,
+) -> frozenset[str] | None:
+    """Draw the devices asked in ``round_number``; ``None`` when every device is asked.
+
+    Parameters
+    ----------
+    enrolled:
+        The enrolled device ids (their order does not matter: they are sorted first).
+    round_number, seed:
+        The draw is ``np.random.default_rng([seed, round_number]).choice(sorted ids,
+        size, replace=False)``: any coordinator (or simulator) with the same seed and
+        enrolment asks the same devices, and a restarted coordinator asks the same
+        cohort again for the round it resumes.
+    devices_per_round, participation_rate:
+        The configuration keys; see :func:`cohort_size`.
+    """
+    ids = sorted(enrolled)
+    size = cohort_size(len(ids), devices_per_round, participation_rate)
+    if size is None:
+        return None
+    rng = np.random.default_rng([seed, round_number])
+    return frozenset(rng.choice(ids, size=size, replace=False).tolist())
+
+
+def samples_cohorts(devices_per_round: int | None, participation_rate: float | None) -> bool:
+    """Whether the configuration asks each round for a sampled cohort.
+
+    Read from the keys alone (``devices_per_round`` set, or ``participation_rate < 1``),
+    as ``byzedge coordinator check-config`` can, before any device is enrolled.
+    """
+    return devices_per_round is not None or (
+        participation_rate is not None and participation_rate < 1
+    )
+
+
+def with_automatic_radius(
+    name: str,
+    params: Mapping[str, Any],
+    *,
+    devices_per_round: int | None,
+    participation_rate: float | None,
+) -> dict[str, Any]:
+    """Return rule ``name``'s ``params`` with clipping-vr's unset ``radius`` chosen.
+
+    The one place that picks it, for the coordinator
+    (:func:`~byzedge.coordinator.config.rule_parameters`) and the simulator alike:
+    :func:`~byzedge.coordinator.aggregation.clipping_vr.automatic_radius` of
+    :func:`samples_cohorts`. Other rules' parameters, and a radius that is set, are
+    returned unchanged.
+    """
+    chosen = dict(params)
+    if name == ClippingVR.name and "radius" not in chosen:
+        chosen["radius"] = automatic_radius(samples_cohorts(devices_per_round, participation_rate))
+    return chosen
+
+
+# -- ingest outcomes ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Intake:
+    """What a round's ingest outcomes amount to, sorted by :meth:`take`.
+
+    Attributes
+    ----------
+    accepted:
+        The accepted update of each device.
+    rejected:
+        Rejections counted by reason (``RejectReason`` values).
+    misbehaving:
+        Devices rejected for a reason only the key holder can cause (they lose reputation).
+    last_rejections:
+        The latest rejection reason of each identified sender.
+    redelivered:
+        Copies of already accepted updates (the network's doing, ignored).
+    """
+
+    accepted: dict[str, Accepted] = field(default_factory=dict)
+    rejected: Counter[str] = field(default_factory=Counter)
+    misbehaving: set[str] = field(default_factory=set)
+    last_rejections: dict[str, str] = field(default_factory=dict)
+    redelivered: int = 0
+
+    def take(self, outcome: IngestOutcome | None) -> None:
+        """Sort one outcome of :meth:`~coordinator.ingest.Ingest.submit` (``None``: a chunk)."""
+        if isinstance(outcome, Accepted):
+            self.accepted[outcome.device_id] = outcome
+        elif isinstance(outcome, Redelivered):
+            self.redelivered += 1
+        elif isinstance(outcome, Rejected):
+            self.rejected[outcome.reason.value] += 1
+            if outcome.device_id is not None:
+                self.last_rejections[outcome.device_id] = outcome.reason.value
+                if outcome.attributable:
+                    self.misbehaving.add(outcome.device_id)
+
+    @property
+    def device_ids(self) -> list[str]:
+        """The accepted devices, sorted: the row order of the server step."""
+        return sorted(self.accepted)
+
+    def rows(self) -> list[NDArray[np.float32]]:
+        """The accepted float32 ``(d,)`` updates in :attr:`device_ids` order (not stacked)."""
+        return [self.accepted[device].update for device in self.device_ids]
+
+
+# -- the server step ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +223,8 @@ class RoundSettings:
     Attributes
     ----------
     anomaly_detection:
-        Score updates and flag outliers (needs at least 3 updates).
+        Score updates and flag outliers (needs at least 3 updates). Off, rules that
+        stream aggregate update by update.
     anomaly_threshold:
         Standard deviations of the anomaly statistic above which an update is flagged
         (3.0; see :mod:`byzedge.coordinator.anomaly`).
@@ -115,6 +286,12 @@ class ServerStepResult:
     flags:
         One :class:`~coordinator.anomaly.AnomalyFlag` (device, score, reason) per flagged
         device, in row order: what alerts carry.
+    clip_threshold:
+        The clip radius the rule reported for this round
+        (:attr:`~coordinator.aggregation.AggregationDiagnostics.clip_threshold`), else
+        ``None``.
+    streamed:
+        Whether the rule took the updates one at a time (the streaming path).
     """
 
     params: NDArray[np.float32]
@@ -126,6 +303,8 @@ class ServerStepResult:
     fallback: str | None
     skipped: bool
     flags: tuple[AnomalyFlag, ...] = ()
+    clip_threshold: float | None = None
+    streamed: bool = False
 
     @property
     def model_changed(self) -> bool:
@@ -137,64 +316,143 @@ def _call(
     rule: Aggregator,
     updates: NDArray[np.float32],
     weights: NDArray[np.float64] | None,
-    device_ids: Sequence[str],
-) -> NDArray[np.float32]:
-    # clipping-vr may keep a reference per device (reference = "per-device"): it gets ids.
-    if isinstance(rule, ClippingVR):
-        result = rule(updates, weights, device_ids=device_ids)
-    else:
-        result = rule(updates, weights)
-    return np.asarray(result.aggregate, dtype=np.float32)
+    device_ids: Sequence[str] | None,
+) -> AggregationResult:
+    # A rule that keeps state per device (clipping-vr's per-device references) declares it.
+    if rule.needs_device_ids:
+        return cast(DeviceAwareAggregator, rule)(updates, weights, device_ids=device_ids)
+    return rule(updates, weights)
+
+
+def _aggregate(
+    aggregator: Aggregator,
+    updates: NDArray[np.float32],
+    weights: NDArray[np.float64] | None,
+    device_ids: Sequence[str] | None,
+    *,
+    fallback: Aggregator | None,
+    fallback_defense: str,
+    log: bool,
+) -> tuple[AggregationResult, str | None]:
+    """The fallback chain; returns the full result (diagnostics included) and the fallback."""
+    try:
+        return _call(aggregator, updates, weights, device_ids), None
+    except BreakdownError as exc:
+        if log:
+            _LOGGER.warning(
+                "%r cannot aggregate %d updates this round (%s); using %s",
+                aggregator,
+                len(updates),
+                exc,
+                fallback_defense,
+            )
+    rule = fallback if fallback is not None else build(fallback_defense)
+    try:
+        return _call(rule, updates, weights, device_ids), fallback_defense
+    except BreakdownError as exc:
+        if log:
+            _LOGGER.warning(
+                "fallback %s cannot aggregate this round either (%s); using %s",
+                fallback_defense,
+                exc,
+                DEFAULT_FALLBACK,
+            )
+    last = build(DEFAULT_FALLBACK)
+    return _call(last, updates, weights, device_ids), DEFAULT_FALLBACK
 
 
 def aggregate_with_fallback(
     aggregator: Aggregator,
     updates: NDArray[np.float32],
-    weights: NDArray[np.float64] | None,
-    device_ids: Sequence[str],
+    weights: NDArray[np.float64] | None = None,
+    device_ids: Sequence[str] | None = None,
     *,
     fallback: Aggregator | None = None,
     fallback_defense: str = DEFAULT_FALLBACK,
+    log: bool = True,
 ) -> tuple[NDArray[np.float32], str | None]:
     """Aggregate with ``aggregator``; on :class:`BreakdownError` use the fallback rule.
 
-    As the coordinator does: the configured fallback (``fallback``, built from
+    The one fallback chain: the configured fallback (``fallback``, built from
     ``fallback_defense`` when ``None``) and, should it break down too,
     :data:`DEFAULT_FALLBACK` (which needs only one update).
+
+    Parameters
+    ----------
+    aggregator:
+        The configured rule; its state (if any) is updated as by every call.
+    updates:
+        float32 ``(n, d)``.
+    weights:
+        float64 ``(n,)`` or ``None`` (unweighted).
+    device_ids:
+        The rows' devices, passed to rules that declare ``needs_device_ids``; ``None``
+        when the rows are nobody's (a colluding attack probing the rule).
+    fallback, fallback_defense:
+        The built fallback rule (kept across rounds) and its registry name.
+    log:
+        Warn when a rule breaks down (a probe run many times per round passes ``False``).
 
     Returns
     -------
     aggregate, fallback:
         float32 ``(d,)`` and the name of the fallback used (``None`` when not needed).
     """
+    result, used = _aggregate(
+        aggregator,
+        updates,
+        weights,
+        device_ids,
+        fallback=fallback,
+        fallback_defense=fallback_defense,
+        log=log,
+    )
+    return np.asarray(result.aggregate, dtype=np.float32), used
+
+
+def _stream(
+    params: NDArray[np.float32],
+    ids: tuple[str, ...],
+    rows: Sequence[NDArray[np.float32]] | NDArray[np.float32],
+    *,
+    settings: RoundSettings,
+    reputation: ReputationBook,
+    aggregator: Aggregator,
+) -> ServerStepResult | None:
+    """The ``O(d)`` path; ``None`` when the rule cannot stream this round (then batch)."""
+    rule = cast(StreamingAggregator, aggregator)  # it declares ``streaming``
     try:
-        return _call(aggregator, updates, weights, device_ids), None
-    except BreakdownError as exc:
-        _LOGGER.warning(
-            "%r cannot aggregate %d updates this round (%s); using %s",
-            aggregator,
-            len(updates),
-            exc,
-            fallback_defense,
-        )
-    rule = fallback if fallback is not None else build(fallback_defense)
-    try:
-        return _call(rule, updates, weights, device_ids), fallback_defense
-    except BreakdownError as exc:
-        _LOGGER.warning(
-            "fallback %s cannot aggregate this round either (%s); using %s",
-            fallback_defense,
-            exc,
-            DEFAULT_FALLBACK,
-        )
-        last = build(DEFAULT_FALLBACK)
-        return _call(last, updates, weights, device_ids), DEFAULT_FALLBACK
+        rule.start(len(rows[0]))
+    except StreamingUnavailableError as exc:
+        _LOGGER.info("%r: aggregating this round in batch: %s", aggregator, exc)
+        return None
+    for device in ids:  # nothing is scored, so nobody is flagged
+        reputation.record(device, good=True)
+    weights = reputation.weights(ids) if settings.device_reputation else None
+    for index, (row, device) in enumerate(zip(rows, ids, strict=True)):
+        weight = 1.0 if weights is None else float(weights[index])
+        rule.accumulate(row, weight, device_id=device)
+    result = rule.finish()
+    aggregate = np.asarray(result.aggregate, dtype=np.float32)
+    new_params = (params + settings.server_learning_rate * aggregate).astype(np.float32)
+    return ServerStepResult(
+        new_params,
+        aggregate,
+        ids,
+        (),
+        None,
+        weights,
+        None,
+        skipped=False,
+        clip_threshold=result.diagnostics.clip_threshold,
+        streamed=True,
+    )
 
 
 def server_step(
     params: NDArray[np.float32],
     device_ids: Sequence[str],
-    updates: NDArray[np.float32] | None,
+    updates: Sequence[NDArray[np.float32]] | NDArray[np.float32] | None,
     *,
     settings: RoundSettings,
     reputation: ReputationBook,
@@ -211,9 +469,11 @@ def server_step(
         float32 ``(d,)``: the current global parameters.
     device_ids:
         The ``n`` devices whose updates were accepted, in the rows' order (the coordinator
-        sorts them).
+        and the simulator sort them: :attr:`Intake.device_ids`).
     updates:
-        float32 ``(n, d)`` accepted updates; ``None`` or empty when none arrived.
+        The ``n`` accepted updates: float32 ``(d,)`` rows (:meth:`Intake.rows`; stacked
+        only when the round runs in batch) or a float32 ``(n, d)`` matrix; ``None`` or
+        empty when none arrived.
     settings:
         The configuration keys of the step.
     reputation:
@@ -243,10 +503,16 @@ def server_step(
     ids = tuple(device_ids)
     skipped = len(ids) < settings.min_updates or len(ids) == 0
     if skipped or updates is None:
-        return ServerStepResult(params, None, ids, (), None, None, None, True)
+        return ServerStepResult(params, None, ids, (), None, None, None, skipped=True)
+    if len(updates) != len(ids):
+        raise ValueError(f"{len(ids)} device ids for {len(updates)} updates")
+    if not settings.anomaly_detection and aggregator.streaming:
+        streamed = _stream(
+            params, ids, updates, settings=settings, reputation=reputation, aggregator=aggregator
+        )
+        if streamed is not None:
+            return streamed
     matrix = np.asarray(updates, dtype=np.float32)  # (n, d)
-    if matrix.shape[0] != len(ids):
-        raise ValueError(f"{len(ids)} device ids for {matrix.shape[0]} updates")
     flagged: tuple[str, ...] = ()
     flags: tuple[AnomalyFlag, ...] = ()
     scores: AnomalyScores | None = None
@@ -260,15 +526,26 @@ def server_step(
     for device in ids:
         reputation.record(device, good=device not in flagged_set)
     weights = reputation.weights(ids) if settings.device_reputation else None
-    aggregate, used = aggregate_with_fallback(
+    result, used = _aggregate(
         aggregator,
         matrix,
         weights,
         ids,
         fallback=fallback,
         fallback_defense=settings.fallback_defense,
+        log=True,
     )
+    aggregate = np.asarray(result.aggregate, dtype=np.float32)
     new_params = (params + settings.server_learning_rate * aggregate).astype(np.float32)
     return ServerStepResult(
-        new_params, aggregate, ids, flagged, scores, weights, used, False, flags
+        new_params,
+        aggregate,
+        ids,
+        flagged,
+        scores,
+        weights,
+        used,
+        skipped=False,
+        flags=flags,
+        clip_threshold=result.diagnostics.clip_threshold,
     )

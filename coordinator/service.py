@@ -25,13 +25,20 @@ Keeping rounds moving:
   coordinator republishes the round's model, which makes agents re-send their update.
   Copies of accepted updates are recognised by ingest (``Redelivered``) and ignored.
 
-Aggregation: when ``byzantine_defense`` breaks down for a round's number of updates
-(:class:`~coordinator.aggregation.BreakdownError`), ``fallback_defense`` aggregates that
-round and the round summary names it in ``fallback``. Rules that stream (``mean``,
-``norm-clipping``, ``clipping-vr``; :func:`~byzedge.coordinator.aggregation.supports_streaming`)
-take the accepted updates one at a time when anomaly detection is off, so no ``(n, d)``
-matrix is stacked; anomaly scoring needs the matrix, so with it on every rule runs in
-batch. A rule that cannot stream a particular round (an automatic radius not yet known,
+The server side of a round is :mod:`byzedge.coordinator.round_engine`, the same code the
+fleet simulator runs: cohort sampling (:func:`~byzedge.coordinator.round_engine.sample_cohort`),
+sorting ingest outcomes (:class:`~byzedge.coordinator.round_engine.Intake`) and the server
+step (:func:`~byzedge.coordinator.round_engine.server_step`). This module adds the daemon's
+side effects around them: the journal, metrics, rate-limited logs, audit records, alerts,
+the state file and the round summary.
+
+Aggregation (in the server step): when ``byzantine_defense`` breaks down for a round's
+number of updates (:class:`~coordinator.aggregation.BreakdownError`), ``fallback_defense``
+aggregates that round and the round summary names it in ``fallback``. Rules that stream
+(``mean``, ``norm-clipping``, ``clipping-vr``) take the accepted updates one at a time when
+anomaly detection is off, so no ``(n, d)`` matrix is stacked; anomaly scoring needs the
+matrix, so with it on every rule runs in batch. A rule that cannot stream a particular
+round (an automatic radius not yet known,
 :class:`~coordinator.aggregation.StreamingUnavailableError`) runs that round in batch.
 """
 
@@ -42,21 +49,15 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
-from byzedge.coordinator.aggregation import (
-    AGGREGATORS,
-    StreamingUnavailableError,
-    build,
-    supports_streaming,
-)
-from byzedge.coordinator.aggregation.base import Aggregator, StreamingAggregator
+from byzedge.coordinator.aggregation import AGGREGATORS, build, load_rule_state, rule_state
+from byzedge.coordinator.aggregation.base import Aggregator
 from byzedge.coordinator.anomaly import AnomalyDetector
 from byzedge.coordinator.audit import AuditLog, RecordBudget
 from byzedge.coordinator.config import CoordinatorConfig, rule_parameters
@@ -75,7 +76,7 @@ from byzedge.coordinator.liveness import FleetLiveness
 from byzedge.coordinator.metrics import CoordinatorMetrics
 from byzedge.coordinator.reputation import ReputationBook
 from byzedge.coordinator.requests import take_reputation_resets
-from byzedge.coordinator.round_engine import RoundSettings, ServerStepResult, server_step
+from byzedge.coordinator.round_engine import Intake, RoundSettings, sample_cohort, server_step
 from byzedge.coordinator.state import CoordinatorState, StateStore
 from byzedge.daemon import systemd
 from byzedge.daemon.logging import RateLimitedLog
@@ -148,18 +149,13 @@ class RoundSummary:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-@dataclass(slots=True)
-class _Intake:
-    """What one round collected before aggregation."""
+@dataclass(slots=True, kw_only=True)
+class _Intake(Intake):
+    """What one round collected: the sorted outcomes, and when and how the round closed."""
 
     round: int
     cohort: frozenset[str] | None
     started: float
-    accepted: dict[str, Accepted] = field(default_factory=dict)
-    rejected: Counter[str] = field(default_factory=Counter)
-    misbehaving: set[str] = field(default_factory=set)
-    last_rejections: dict[str, str] = field(default_factory=dict)
-    redelivered: int = 0
     unavailable: set[str] = field(default_factory=set)
     closed_by: str = "timeout"
 
@@ -309,8 +305,8 @@ class Coordinator:
                     "fleet %s: anomaly history not restored: %s", self.config.fleet, exc
                 )
         self._ingest.load_state_dict(state.ingest)
-        if state.aggregator is not None and hasattr(self._aggregator, "load_state_dict"):
-            self._aggregator.load_state_dict(state.aggregator)
+        if state.aggregator is not None:
+            load_rule_state(self._aggregator, state.aggregator)
         _LOGGER.info(
             "fleet %s: resuming after round %d (model version %d)",
             self.config.fleet,
@@ -505,17 +501,9 @@ class Coordinator:
 
     def _sample_cohort(self, round_number: int) -> frozenset[str] | None:
         cfg = self.config
-        enrolled = sorted(self._devices)
-        if cfg.devices_per_round is not None:
-            size = cfg.devices_per_round
-        elif cfg.participation_rate is not None:
-            size = max(1, round(cfg.participation_rate * len(enrolled)))
-        else:
-            return None
-        if size >= len(enrolled):
-            return None
-        rng = np.random.default_rng([cfg.seed, round_number])
-        return frozenset(rng.choice(enrolled, size=size, replace=False).tolist())
+        return sample_cohort(
+            self._devices, round_number, cfg.seed, cfg.devices_per_round, cfg.participation_rate
+        )
 
     def _publish_model(
         self,
@@ -557,7 +545,7 @@ class Coordinator:
         expected = set(cohort) if cohort is not None else set(self._devices)
         deadline = time.time() + cfg.round_timeout_s
         window = RoundWindow(round_number, self.state.model_version, self._spec.dim, cohort)
-        intake = _Intake(round_number, cohort, time.monotonic())
+        intake = _Intake(round=round_number, cohort=cohort, started=time.monotonic())
         self._replay_journal(window, intake)
         self._publish_model(cohort=cohort, deadline_ms=int(deadline * 1000))
         systemd.notify_status(f"round {round_number}: collecting")
@@ -619,21 +607,20 @@ class Coordinator:
     def _take(
         self, outcome: IngestOutcome | None, intake: _Intake, *, journaled: bool = False
     ) -> None:
+        """Sort ``outcome`` into the round (:meth:`Intake.take`), with the daemon's effects.
+
+        An accepted update is journaled before it counts, so a coordinator killed after
+        counting it finds it again at restart.
+        """
+        if isinstance(outcome, Accepted) and not journaled:
+            self._journal.append(outcome.device_id, outcome.payload)
+        intake.take(outcome)
         if isinstance(outcome, Accepted):
-            if not journaled:
-                self._journal.append(outcome.device_id, outcome.payload)
-            intake.accepted[outcome.device_id] = outcome
             self.metrics.update_accepted(outcome.wire_bytes)
         elif isinstance(outcome, Redelivered):
-            intake.redelivered += 1
             _LOGGER.debug("round %d: copy of %s's update ignored", intake.round, outcome.device_id)
         elif isinstance(outcome, Rejected):
-            intake.rejected[outcome.reason.value] += 1
-            if outcome.device_id is not None:
-                intake.last_rejections[outcome.device_id] = outcome.reason.value
             self._on_rejected(intake.round, outcome)
-            if outcome.attributable and outcome.device_id is not None:
-                intake.misbehaving.add(outcome.device_id)
 
     def _on_rejected(self, round_number: int, outcome: Rejected) -> None:
         reason = outcome.reason.value
@@ -665,24 +652,19 @@ class Coordinator:
         cfg = self.config
         state = self.state
         accepted = intake.accepted
-        device_ids = sorted(accepted)
-        rows = [accepted[d].update for d in device_ids]
+        device_ids = intake.device_ids
         started = time.perf_counter()
-        streamed = self._try_streaming(rows, device_ids, intake.misbehaving)
-        if streamed is not None:
-            step = streamed
-        else:
-            step = server_step(
-                state.params,
-                device_ids,
-                np.stack(rows) if rows else None,  # (n, d)
-                settings=self._settings,
-                reputation=self._reputation,
-                aggregator=self._aggregator,
-                fallback=self._fallback,
-                misbehaving=intake.misbehaving,
-                detector=self._detector,
-            )
+        step = server_step(
+            state.params,
+            device_ids,
+            intake.rows() or None,  # (d,) rows: stacked only if the round runs in batch
+            settings=self._settings,
+            reputation=self._reputation,
+            aggregator=self._aggregator,
+            fallback=self._fallback,
+            misbehaving=intake.misbehaving,
+            detector=self._detector,
+        )
         if not step.skipped:
             self.metrics.aggregation_time(time.perf_counter() - started)
             state.params = step.params
@@ -691,8 +673,8 @@ class Coordinator:
         state.reputation = self._reputation.state_dict()
         state.anomaly = self._detector.state_dict()
         state.ingest = self._ingest.state_dict()
-        if hasattr(self._aggregator, "state_dict"):
-            state.aggregator = self._aggregator.state_dict()
+        if self._aggregator.stateful:
+            state.aggregator = rule_state(self._aggregator)
         self._store.save(state)
         # Saved: the round's updates are in the model now, the journal has done its job.
         self._journal.clear()
@@ -716,7 +698,7 @@ class Coordinator:
             duration_s=round(time.monotonic() - intake.started, 3),
             skipped=step.skipped,
             fallback=step.fallback,
-            clip_threshold=getattr(self._aggregator, "last_clip_threshold", None),
+            clip_threshold=step.clip_threshold,
             accepted_devices=device_ids,
             scores=scores,
             flag_reasons=reasons,
@@ -727,44 +709,6 @@ class Coordinator:
         )
         self._report(summary)
         return summary
-
-    def _try_streaming(
-        self,
-        rows: Sequence[NDArray[np.float32]],
-        device_ids: Sequence[str],
-        misbehaving: set[str],
-    ) -> ServerStepResult | None:
-        """The O(d) path: only without anomaly scoring (which needs the whole matrix).
-
-        Returns ``None`` when the round must be aggregated in batch by :func:`server_step`
-        (scoring on, a rule that cannot stream, or one that cannot stream this round).
-        """
-        cfg = self.config
-        if (
-            cfg.anomaly_detection
-            or not supports_streaming(cfg.byzantine_defense)
-            or len(rows) < max(1, cfg.min_updates)
-        ):
-            return None
-        rule = cast(StreamingAggregator, self._aggregator)
-        try:
-            rule.start(len(rows[0]))
-        except StreamingUnavailableError as exc:
-            _LOGGER.info("fleet %s: aggregating in batch: %s", cfg.fleet, exc)
-            return None
-        for device in misbehaving:
-            self._reputation.record(device, good=False)
-        for device in device_ids:
-            self._reputation.record(device, good=True)
-        weights = self._reputation.weights(device_ids) if cfg.device_reputation else None
-        for index, (row, device) in enumerate(zip(rows, device_ids, strict=True)):
-            weight = 1.0 if weights is None else float(weights[index])
-            rule.accumulate(row, weight, device_id=device)
-        aggregate = rule.finish().aggregate
-        params = (self.state.params + cfg.server_learning_rate * aggregate).astype(np.float32)
-        return ServerStepResult(
-            params, aggregate, tuple(device_ids), (), None, weights, None, skipped=False
-        )
 
     def _validate(self, params: NDArray[np.float32]) -> float | None:
         if self._validation is None:

@@ -132,6 +132,15 @@ class AgentConfig(_Strict):
     error_feedback: bool = Field(
         True, description="Keep what compression dropped and add it to the next update."
     )
+    momentum1: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Worker momentum beta in [0, 1): the device sends m <- beta*m + (1-beta)*delta "
+            "instead of its trained delta, and keeps m across rounds and restarts; 0 is off."
+        ),
+    )
     eligibility: EligibilityConfig = Field(
         default_factory=EligibilityConfig, description="Training eligibility rules."
     )

@@ -1,15 +1,30 @@
-"""From a trained delta to signed MQTT bytes: stages -> compress (EF) -> seal -> wire stages.
+"""From a trained delta to signed MQTT bytes.
+
+::
+
+    worker momentum -> stages -> compress (error feedback) -> seal -> wire stages
+
+Worker momentum (``momentum1 = β``; Karimireddy, He, Jaggi, ICML 2021, and the ``mom_sgd``
+base method of Byz-VR-MARINA-PP): the device keeps ``m <- β m + (1 - β) Δ``, ``Δ`` its
+trained delta, and sends ``m``. ``m`` changes only in rounds the device trains in, so it
+ages through the rounds it is not asked in. Attack stages come after it: they rewrite what
+the device would have sent.
 
 Error feedback (Seide et al. 2014; Karimireddy et al. ICML 2019): with a lossy codec ``C``
 the device sends ``C(p)`` where ``p = u + e`` and keeps ``e <- p - decode(C(p))``, so what
 compression drops this round is sent in a later one instead of being lost.
+
+Both are device-side state across rounds: :meth:`UpdatePipeline.state_dict` holds them, and
+the agent persists it in its state file so a restart keeps them (and the fleet simulator
+runs this same pipeline for every simulated device).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,7 +34,44 @@ from byzedge.protocol.codecs import Codec, build_codec
 from byzedge.protocol.envelope import Header, SealedEnvelope, seal
 from byzedge.protocol.signing import SigningKey
 
-__all__ = ["PreparedUpdate", "UpdatePipeline"]
+__all__ = ["PreparedUpdate", "UpdatePipeline", "worker_momentum"]
+
+
+def worker_momentum(
+    previous: NDArray[np.float32] | None, delta: NDArray[np.float32], beta: float
+) -> NDArray[np.float32]:
+    """Return ``m = β m_prev + (1 - β) Δ`` in float32 (``m_prev = 0`` when ``None``).
+
+    Parameters
+    ----------
+    previous:
+        float32 ``(d,)`` momentum of the previous round the device trained in, or ``None``.
+    delta:
+        float32 ``(d,)`` trained delta of this round.
+    beta:
+        ``β`` in ``[0, 1)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> worker_momentum(None, np.array([1.0, 2.0], np.float32), 0.5)
+    array([0.5, 1. ], dtype=float32)
+    """
+    b = np.float32(beta)
+    start = np.zeros_like(delta) if previous is None else previous
+    return (b * start + (1 - b) * delta).astype(np.float32)
+
+
+def _vector_state(vector: NDArray[np.float32] | None) -> bytes | None:
+    return None if vector is None else vector.astype("<f4").tobytes()
+
+
+def _vector_from_state(raw: object, dim: int) -> NDArray[np.float32] | None:
+    # Anything but float32 bytes of the model's size (an old state, another model) is
+    # dropped: the state restarts from zero, which is what a fresh device does.
+    if isinstance(raw, bytes) and len(raw) == 4 * dim:
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +101,8 @@ class UpdatePipeline:
         The codec (``compression`` in the config) and its sparsity for ``top-k``.
     error_feedback:
         Keep and re-send what a lossy codec dropped.
+    momentum1:
+        Worker momentum ``β`` in ``[0, 1)``; 0 (the default) sends the delta itself.
     stages:
         Update stages run first (empty for an honest device; the fault injector's
         attacks otherwise).
@@ -63,15 +117,54 @@ class UpdatePipeline:
         *,
         sparsity: float = 0.1,
         error_feedback: bool = True,
+        momentum1: float = 0.0,
         stages: Sequence[UpdateStage] = (),
         wire_stages: Sequence[WireStage] = (),
     ) -> None:
+        if not 0.0 <= momentum1 < 1.0:
+            raise ValueError(f"momentum1 must be in [0, 1), got {momentum1!r}")
         params = {"sparsity": sparsity} if codec_name == "top-k" else {}
         self.codec: Codec = build_codec(codec_name, **params)
         self._error_feedback = error_feedback and codec_name != "dense"
+        self.momentum1 = momentum1
         self._stages = list(stages)
         self._wire_stages = list(wire_stages)
         self.residual: NDArray[np.float32] | None = None
+        self.momentum: NDArray[np.float32] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The device-side state as plain values: float32 bytes or ``None`` per vector.
+
+        ``{"residual": ..., "momentum": ...}``: the error-feedback residual and the worker
+        momentum. The agent keeps this in its state file (msgpack, never pickle).
+        """
+        return {"residual": _vector_state(self.residual), "momentum": _vector_state(self.momentum)}
+
+    def load_state_dict(self, state: Mapping[str, Any], dim: int) -> None:
+        """Restore :meth:`state_dict` for a model of ``dim`` parameters.
+
+        A vector of another size (the fleet changed model) or of another type is dropped
+        and starts from zero again, as on a new device.
+        """
+        self.residual = _vector_from_state(state.get("residual"), dim)
+        self.momentum = _vector_from_state(state.get("momentum"), dim)
+
+    def momentum_step(self, delta: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Fold this round's trained ``delta`` into the momentum; return what is sent.
+
+        That is ``m`` (the updated momentum) when ``momentum1 > 0``, else ``delta``: the
+        honest update, before any attack stage. :meth:`prepare` calls it first; a
+        simulation that must show the honest updates to colluding attackers before
+        anything is sent calls it itself and then ``prepare(..., momentum_applied=True)``.
+        """
+        if self.momentum1 == 0:
+            return delta
+        vector = np.asarray(delta, dtype=np.float32)
+        previous = self.momentum
+        if previous is not None and previous.shape != vector.shape:
+            previous = None  # the model changed shape: the old momentum is meaningless
+        self.momentum = worker_momentum(previous, vector, self.momentum1)
+        return self.momentum
 
     def prepare(
         self,
@@ -83,9 +176,16 @@ class UpdatePipeline:
         base_version: int,
         counter: int,
         ttl_s: float = 600.0,
+        momentum_applied: bool = False,
     ) -> PreparedUpdate:
-        """Run the stages, compress, sign, run the wire stages; update the EF residual."""
-        update = delta
+        """Apply momentum, run the stages, compress, sign, run the wire stages.
+
+        Updates the device-side state: the momentum (when ``momentum1 > 0``) and the
+        error-feedback residual. With ``momentum_applied``, ``delta`` is already what
+        :meth:`momentum_step` returned (or a vector to send as is, such as a colluding
+        attacker's) and the momentum is left alone.
+        """
+        update = delta if momentum_applied else self.momentum_step(delta)
         for stage in self._stages:
             update = stage(update, context)
         update = np.asarray(update, dtype=np.float32)

@@ -12,6 +12,10 @@ the round's model again after a restart), the agent publishes the same bytes aga
 of ignoring it: an update lost with a broker restart or a coordinator crash is then
 delivered, and the coordinator recognises copies of what it already has.
 
+Device-side state: the update pipeline's error-feedback residual and worker momentum
+(``momentum1``; :mod:`byzedge.edge_agent.pipeline`) are saved in the agent's state file
+with the model counters after every round, so a restarted agent continues them.
+
 Refusals: over MQTT 5 the broker answers a publish its ACL denies with ``Not authorized``;
 the agent logs that as an error (the certificate's CN must be the device id) and reports it
 in its status (``last_refusal``), instead of believing the update was sent.
@@ -138,6 +142,7 @@ class Agent:
             config.compression,
             sparsity=config.sparsity,
             error_feedback=config.error_feedback,
+            momentum1=config.momentum1,
             stages=stages,
             wire_stages=wire_stages,
         )
@@ -171,9 +176,9 @@ class Agent:
 
     def _load_state(self) -> dict[str, Any]:
         state = self._store.load() or {}
-        residual = state.get("residual")
-        if isinstance(residual, bytes) and len(residual) == 4 * self._spec.dim:
-            self._pipeline.residual = np.frombuffer(residual, dtype="<f4").astype(np.float32)
+        # The pipeline's device-side state (error-feedback residual, worker momentum) is
+        # kept at the top level, where older agents kept the residual.
+        self._pipeline.load_state_dict(state, self._spec.dim)
         self._sent = SentUpdate.from_state(state.get("last_update"))
         return {
             "model_counter": int(state.get("model_counter", -1)),
@@ -182,11 +187,10 @@ class Agent:
         }
 
     def _save_state(self) -> None:
-        residual = self._pipeline.residual
         self._store.save(
             {
                 **self._state,
-                "residual": residual.astype("<f4").tobytes() if residual is not None else None,
+                **self._pipeline.state_dict(),
                 "last_update": self._sent.to_state() if self._sent is not None else None,
             }
         )

@@ -47,6 +47,8 @@ class FleetSpec:
     byzantine: frozenset[str] = frozenset()
     compression: str = "dense"
     sparsity: float = 0.1
+    momentum1: float = 0.0
+    """Every agent's worker momentum (``AgentConfig.momentum1``; 0 is off)."""
     seed: int = 0
     model: str = "mlp"
     partition: str = "iid"
@@ -155,6 +157,7 @@ class InProcessFleet:
                 },
                 compression=spec.compression,
                 sparsity=spec.sparsity,
+                momentum1=spec.momentum1,
                 seed=spec.seed,
             )
             injector = FaultInjector.from_names(

@@ -3,27 +3,30 @@
 Everything a device and the coordinator do in production runs here, only the transport is a
 function call:
 
+* the coordinator's :func:`~byzedge.coordinator.round_engine.sample_cohort` picks each
+  round's devices;
 * each sampled device reads its shard through its (possibly fault-wrapped) sensor source,
   trains (``trainer = "per-device"``: :func:`byzedge.edge_agent.training.train_local`; the default
   ``"batched"``: :func:`byzedge.fleet_sim.batched_training.train_many`, the same SGD for all
-  sampled devices at once, equal within 1e-5), applies worker momentum, and runs the real
-  :class:`~edge_agent.pipeline.UpdatePipeline` (attack stages, codec with error feedback,
-  Ed25519 seal with its own key, wire stages for protocol-level abuse);
+  sampled devices at once, equal within 1e-5), and runs the agent's real
+  :class:`~edge_agent.pipeline.UpdatePipeline` (worker momentum, attack stages, codec with
+  error feedback, Ed25519 seal with its own key, wire stages for protocol-level abuse);
 * colluding (omniscient) attackers see the round's sampled honest updates and send the
   attack vectors through their own pipelines, signed with their own keys;
 * the coordinator's real :class:`~coordinator.ingest.Ingest` verifies every message's bytes
-  (so protocol-level abuse is rejected exactly as over MQTT), then
-  :func:`byzedge.coordinator.round_engine.server_step` scores (with one
+  (so protocol-level abuse is rejected exactly as over MQTT), the round engine's
+  :class:`~byzedge.coordinator.round_engine.Intake` sorts the outcomes, and
+  :func:`byzedge.coordinator.round_engine.server_step` (the coordinator's own server step,
+  streaming path and fallback chain included) scores (with one
   :class:`~coordinator.anomaly.AnomalyDetector` kept for the whole run), updates
   reputation and aggregates.
 
-Worker momentum (``momentum1 = β``) follows the papers' EMA form (Karimireddy, He, Jaggi,
-ICML 2021, and the ``mom_sgd`` base method of Byz-VR-MARINA-PP, algorithms.md §2.3, §6.1):
-each device keeps ``m_i <- β m_i + (1 - β) Δ_i`` where ``Δ_i`` is its trained delta, and
-sends ``m_i``; the state persists across rounds the device is not sampled in (it ages).
-Device-local update attacks run in the pipeline, after momentum (they rewrite what the
-device would have sent); colluding attackers send their vectors as is (no momentum), as
-the Byzantine workers of the bucketing paper do.
+Worker momentum (``momentum1 = β``) is the agent's (:mod:`byzedge.edge_agent.pipeline`):
+each device's pipeline keeps ``m_i <- β m_i + (1 - β) Δ_i`` where ``Δ_i`` is its trained
+delta, and sends ``m_i``; the state persists across rounds the device is not sampled in (it
+ages). Device-local update attacks run in the pipeline, after momentum (they rewrite what
+the device would have sent); colluding attackers send their vectors as is (no momentum, no
+error feedback), as the Byzantine workers of the bucketing paper do.
 
 Seeds follow the agent and the MQTT fleet (partition, initial model, cohort sampling,
 per-round training seeds, injector seeds), so for the same scenario the in-memory run and
@@ -39,7 +42,6 @@ import inspect
 import logging
 import time
 import zlib
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,17 +49,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from byzedge.coordinator.aggregation import BreakdownError, build, parameters
+from byzedge.coordinator.aggregation import build, parameters
 from byzedge.coordinator.aggregation.base import Aggregator
-from byzedge.coordinator.aggregation.clipping_vr import automatic_radius
 from byzedge.coordinator.anomaly import AnomalyDetector
 from byzedge.coordinator.devices import DeviceRegistry
-from byzedge.coordinator.ingest import Accepted, Ingest, Rejected, RoundWindow
+from byzedge.coordinator.ingest import Ingest, RoundWindow
 from byzedge.coordinator.reputation import ReputationBook
 from byzedge.coordinator.round_engine import (
     DEFAULT_FALLBACK,
+    Intake,
     RoundSettings,
+    aggregate_with_fallback,
+    sample_cohort,
     server_step,
+    with_automatic_radius,
 )
 from byzedge.edge_agent.pipeline import UpdatePipeline
 from byzedge.edge_agent.seams import LocalData, RoundContext, SensorSource
@@ -84,7 +89,6 @@ __all__ = [
     "flag_counts",
     "omniscient_attacks",
     "run_scenario",
-    "sample_cohort",
     "split_defense",
 ]
 
@@ -108,27 +112,6 @@ def omniscient_attacks() -> Mapping[str, Any]:
 def device_ids(count: int) -> list[str]:
     """The simulator's device ids: ``dev-000`` ... (the demo's)."""
     return [f"dev-{index:03d}" for index in range(count)]
-
-
-def sample_cohort(ids: Sequence[str], round_number: int, seed: int, size: int | None) -> list[str]:
-    """Sample ``size`` devices for ``round_number`` as the coordinator does (sorted ids).
-
-    ``None`` or ``size >= len(ids)`` means everyone. The generator is seeded with
-    ``[seed, round_number]``, like :meth:`Coordinator._sample_cohort`.
-    """
-    enrolled = sorted(ids)
-    if size is None or size >= len(enrolled):
-        return enrolled
-    rng = np.random.default_rng([seed, round_number])
-    return sorted(rng.choice(enrolled, size=size, replace=False).tolist())
-
-
-def _cohort_size(scenario: Scenario) -> int | None:
-    if scenario.devices_per_round is not None:
-        return scenario.devices_per_round
-    if scenario.participation_rate is not None:
-        return max(1, round(scenario.participation_rate * scenario.devices))
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +239,6 @@ class _Device:
     pipeline: UpdatePipeline
     injector: FaultInjector
     colluding: bool
-    momentum: NDArray[np.float32] | None = None
     counter: int = 0
 
 
@@ -282,10 +264,13 @@ def _build_defense(scenario: Scenario) -> Aggregator:
         params.setdefault("max_byzantine_fraction", scenario.max_byzantine_fraction)
     if "seed" in accepted:
         params.setdefault("seed", scenario.seed)  # reproducible buckets
-    if rule == "clipping-vr" and "radius" not in params:
-        # As the coordinator decides it (coordinator.config.rule_parameters).
-        size = _cohort_size(scenario)
-        params["radius"] = automatic_radius(size is not None and size < scenario.devices)
+    # clipping-vr's unset radius, chosen as the coordinator chooses it.
+    params = with_automatic_radius(
+        rule,
+        params,
+        devices_per_round=scenario.devices_per_round,
+        participation_rate=scenario.participation_rate,
+    )
     return build(rule, **params)
 
 
@@ -380,8 +365,10 @@ class Simulator:
             pipeline = UpdatePipeline(
                 scenario.compression,
                 sparsity=scenario.sparsity,
-                # Colluders send their forged vectors exactly (no residual mixed in).
+                # Colluders send their forged vectors exactly (no residual mixed in, and
+                # _send applies no momentum to them).
                 error_feedback=scenario.error_feedback and not colluding,
+                momentum1=scenario.momentum1,
                 stages=injector.update_stages(),
                 wire_stages=injector.wire_stages(),
             )
@@ -462,9 +449,8 @@ class Simulator:
             scenario=self.scenario.model_dump(mode="json"),
             compromised=sorted(self.compromised),
         )
-        size = _cohort_size(self.scenario)
         for round_number in range(1, self.scenario.rounds + 1):
-            record, counts = self.step(round_number, size)
+            record, counts = self.step(round_number)
             result.rounds.append(record)
             result.flags = result.flags + counts
             if on_round is not None:
@@ -472,18 +458,20 @@ class Simulator:
         result.duration_s = round(time.monotonic() - started, 3)
         return result
 
-    def step(self, round_number: int, size: int | None) -> tuple[RoundRecord, FlagCounts]:
+    def step(self, round_number: int) -> tuple[RoundRecord, FlagCounts]:
         """Simulate one round; return its record and flag counts."""
         scenario = self.scenario
-        cohort_ids = sample_cohort(self.ids, round_number, scenario.seed, size)
+        sampled = sample_cohort(
+            self.ids,
+            round_number,
+            scenario.seed,
+            scenario.devices_per_round,
+            scenario.participation_rate,
+        )
+        cohort_ids = sorted(sampled) if sampled is not None else sorted(self.ids)
         by_id = {d.device_id: d for d in self.devices}
         cohort = [by_id[d] for d in cohort_ids]
-        window = RoundWindow(
-            round_number,
-            self.model_version,
-            self.spec.dim,
-            frozenset(cohort_ids) if size is not None and size < len(self.ids) else None,
-        )
+        window = RoundWindow(round_number, self.model_version, self.spec.dim, sampled)
         colluders = [d for d in cohort if d.colluding]
         honest_ids = [d.device_id for d in cohort if d.device_id not in self.compromised]
         # Colluders forge their vectors; they train only in a cohort without honest devices,
@@ -496,29 +484,20 @@ class Simulator:
             )
             for device, vector in zip(colluders, forged, strict=True):
                 vectors[device.device_id] = np.asarray(vector, dtype=np.float32)
-        accepted: dict[str, Accepted] = {}
-        rejected: Counter[str] = Counter()
-        misbehaving: set[str] = set()
+        intake = Intake()
         for device in cohort:
             for topic, frame in self._send(device, vectors[device.device_id], round_number):
-                outcome = self.ingest.submit(topic, frame, window)
-                if isinstance(outcome, Accepted):
-                    accepted[outcome.device_id] = outcome
-                elif isinstance(outcome, Rejected):
-                    rejected[outcome.reason.value] += 1
-                    if outcome.attributable and outcome.device_id is not None:
-                        misbehaving.add(outcome.device_id)
-        ids = sorted(accepted)
-        updates = np.stack([accepted[d].update for d in ids]) if ids else None
+                intake.take(self.ingest.submit(topic, frame, window))
+        ids = intake.device_ids
         outcome_step = server_step(
             self.params,
             ids,
-            updates,
+            intake.rows() or None,
             settings=self.settings,
             reputation=self.reputation,
             aggregator=self.aggregator,
             fallback=self.fallback,
-            misbehaving=misbehaving,
+            misbehaving=intake.misbehaving,
             detector=self.detector,
         )
         if outcome_step.model_changed:
@@ -537,7 +516,7 @@ class Simulator:
             cohort_size=len(cohort),
             byzantine_in_cohort=sum(d.device_id in self.compromised for d in cohort),
             accepted=len(ids),
-            rejected=dict(rejected),
+            rejected=dict(intake.rejected),
             flagged=list(outcome_step.flagged),
             fallback=outcome_step.fallback,
             backdoor_success=backdoor,
@@ -562,16 +541,12 @@ class Simulator:
                 train_local(self.spec, self.params, data, self.training, seed=seed)
                 for data, seed in zip(datasets, seeds, strict=True)
             ]
-        beta = np.float32(self.scenario.momentum1)
-        vectors: dict[str, NDArray[np.float32]] = {}
-        for device, delta in zip(trainers, deltas, strict=True):
-            sent = np.asarray(delta, dtype=np.float32)
-            if beta > 0:
-                previous = device.momentum if device.momentum is not None else np.zeros_like(sent)
-                device.momentum = (beta * previous + (1 - beta) * sent).astype(np.float32)
-                sent = device.momentum
-            vectors[device.device_id] = sent
-        return vectors
+        # What each device sends before its attack stages: its pipeline's worker momentum
+        # applied now, so colluders see the honest updates as they will be sent.
+        return {
+            device.device_id: device.pipeline.momentum_step(np.asarray(delta, dtype=np.float32))
+            for device, delta in zip(trainers, deltas, strict=True)
+        }
 
     def _collude(
         self, honest: NDArray[np.float32], count: int, round_number: int, sampled: int
@@ -579,16 +554,17 @@ class Simulator:
         aggregator, fallback = self.aggregator, self.fallback
 
         def deployed(matrix: NDArray[np.float32]) -> NDArray[np.float32]:
-            # What the server would output for these rows (unweighted), fallback included,
-            # without touching the deployed rules' state (and without logging each probe).
-            try:
-                result = copy.deepcopy(aggregator)(matrix)
-            except BreakdownError:
-                try:
-                    result = copy.deepcopy(fallback)(matrix)
-                except BreakdownError:
-                    result = build(DEFAULT_FALLBACK)(matrix)
-            return np.asarray(result.aggregate, dtype=np.float32)
+            # What the server would output for these rows (unweighted, nobody's ids), the
+            # server's fallback chain included, without touching the deployed rules' state
+            # (copies) and without logging each probe.
+            aggregate, _ = aggregate_with_fallback(
+                copy.deepcopy(aggregator),
+                matrix,
+                fallback=copy.deepcopy(fallback),
+                fallback_defense=self.settings.fallback_defense,
+                log=False,
+            )
+            return aggregate
 
         context = CollusionContext(
             round=round_number,
@@ -608,7 +584,10 @@ class Simulator:
     def _send(
         self, device: _Device, vector: NDArray[np.float32], round_number: int
     ) -> list[tuple[str, bytes]]:
-        """Seal ``vector`` through the device's pipeline; return ``(topic, frame)`` pairs."""
+        """Seal ``vector`` (momentum already applied) through the device's pipeline.
+
+        Returns the ``(topic, frame)`` pairs to ingest.
+        """
         device.counter += 1
         context = RoundContext(
             device_id=device.device_id,
@@ -625,6 +604,7 @@ class Simulator:
             fleet=_FLEET,
             base_version=self.model_version,
             counter=device.counter,
+            momentum_applied=True,  # by _train_cohort; forged vectors are sent as they are
         )
         return [(topics.update_topic(_FLEET, m.topic_device), m.payload) for m in prepared.messages]
 

@@ -4,6 +4,12 @@ The registry keys are permanent: operators write them in configs (``byzantine_de
 and they travel in model manifests. Add a rule by adding one line to
 :data:`AGGREGATORS`; the conformance suite then runs it through the shared properties.
 
+Each rule class also declares what the round engine
+(:mod:`byzedge.coordinator.round_engine`) must do for it, so no caller probes for methods
+or tests a rule's class: ``stateful`` (persist its ``state_dict()``, see :func:`rule_state`),
+``streaming`` (it may take a round update by update) and ``needs_device_ids`` (pass the
+rows' device ids to the batch call).
+
 Examples
 --------
 >>> import numpy as np
@@ -53,6 +59,7 @@ from byzedge.coordinator.aggregation.base import (
     AggregationResult,
     Aggregator,
     BreakdownError,
+    DeviceAwareAggregator,
     StatefulAggregator,
     StreamingAggregator,
     StreamingUnavailableError,
@@ -82,13 +89,16 @@ __all__ = [
     "AggregationResult",
     "Aggregator",
     "BreakdownError",
+    "DeviceAwareAggregator",
     "StatefulAggregator",
     "StreamingAggregator",
     "StreamingUnavailableError",
     "aggregate",
     "build",
     "is_stateful",
+    "load_rule_state",
     "parameters",
+    "rule_state",
     "supports_streaming",
 ]
 
@@ -117,9 +127,7 @@ PRE_AGGREGATORS: Final[frozenset[str]] = frozenset(
 """Names of the rules that transform the updates and hand them to an ``inner`` rule."""
 
 STREAMING: Final[frozenset[str]] = frozenset(
-    name
-    for name, cls in AGGREGATORS.items()
-    if all(callable(getattr(cls, method, None)) for method in ("start", "accumulate", "finish"))
+    name for name, cls in AGGREGATORS.items() if cls.streaming
 )
 """Names of the rules that also aggregate update by update (``start/accumulate/finish``)."""
 
@@ -166,6 +174,27 @@ def supports_streaming(name: str) -> bool:
     """
     _lookup(name)
     return name in STREAMING
+
+
+def rule_state(rule: Aggregator) -> dict[str, Any] | None:
+    """Return the state to persist for ``rule``: its ``state_dict()``, ``None`` if stateless.
+
+    The rule's ``stateful`` declaration decides (the conformance suite checks that it
+    matches the state methods), so callers never probe for methods.
+    """
+    return cast(StatefulAggregator, rule).state_dict() if rule.stateful else None
+
+
+def load_rule_state(rule: Aggregator, state: Mapping[str, Any]) -> None:
+    """Restore ``rule`` from a :func:`rule_state` document; a stateless rule ignores it.
+
+    Raises
+    ------
+    ValueError
+        If the rule is stateful and ``state`` is not a state it produced.
+    """
+    if rule.stateful:
+        cast(StatefulAggregator, rule).load_state_dict(state)
 
 
 def build(name: str, **params: Any) -> Aggregator:

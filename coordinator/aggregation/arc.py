@@ -81,6 +81,8 @@ class AdaptiveRobustClipping:
 
     name: ClassVar[str] = "arc"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(
         self,

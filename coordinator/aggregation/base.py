@@ -20,7 +20,7 @@ programming errors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeAlias
 
@@ -35,6 +35,7 @@ __all__ = [
     "AggregationResult",
     "Aggregator",
     "BreakdownError",
+    "DeviceAwareAggregator",
     "StatefulAggregator",
     "StreamingAggregator",
     "StreamingUnavailableError",
@@ -108,11 +109,15 @@ class AggregationDiagnostics:
     clip_factors:
         float64 ``(n,)`` in ``[0, 1]``: the factor each update (or its difference to the
         reference) was scaled by; ``None`` for rules that do not clip.
+    clip_threshold:
+        The clip radius ``τ`` the round used, for rules that report it (clipping-vr; the
+        round summary's ``clip_threshold``); ``None`` otherwise.
     """
 
     selected: tuple[int, ...] | None = None
     scores: NDArray[np.float64] | None = None
     clip_factors: NDArray[np.float64] | None = None
+    clip_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +148,44 @@ class Aggregator(Protocol):
     """Permanent registry name; it travels in configs and headers, so it never changes."""
 
     stateful: ClassVar[bool]
-    """Whether the rule keeps state across rounds (then it is a :class:`StatefulAggregator`)."""
+    """Whether the rule keeps state across rounds (then it is a :class:`StatefulAggregator`).
+
+    The daemon persists such a rule's ``state_dict()`` after every round and restores it
+    at start-up; a stateless rule has nothing to persist.
+    """
+
+    streaming: ClassVar[bool]
+    """Whether the rule also takes a round update by update (then it is a
+    :class:`StreamingAggregator`)."""
+
+    needs_device_ids: ClassVar[bool]
+    """Whether the batch call takes the rows' ``device_ids`` (then it is a
+    :class:`DeviceAwareAggregator`): a rule that keeps state per device (clipping-vr's
+    per-device references) must know whose update each row is."""
 
     def __call__(
         self, updates: UpdateMatrix, weights: ArrayLike | None = None
     ) -> AggregationResult:
         """Aggregate the float32 ``(n, d)`` updates, optionally weighted by ``(n,)`` weights."""
+        ...
+
+
+class DeviceAwareAggregator(Aggregator, Protocol):
+    """An aggregator that is told which device each row comes from (``needs_device_ids``).
+
+    The round engine passes the ``n`` distinct device ids, in row order, to every rule
+    that declares ``needs_device_ids``; callers without ids (a probe on forged rows) pass
+    ``None`` and get the rule's device-agnostic behaviour.
+    """
+
+    def __call__(
+        self,
+        updates: UpdateMatrix,
+        weights: ArrayLike | None = None,
+        *,
+        device_ids: Sequence[str] | None = None,
+    ) -> AggregationResult:
+        """Aggregate as :meth:`Aggregator.__call__`, row ``i`` being ``device_ids[i]``'s."""
         ...
 
 

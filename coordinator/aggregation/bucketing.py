@@ -141,6 +141,8 @@ class Bucketing:
 
     name: ClassVar[str] = "bucketing"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(
         self,

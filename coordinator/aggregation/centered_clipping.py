@@ -64,6 +64,8 @@ class CenteredClipping:
 
     name: ClassVar[str] = "centered-clipping"
     stateful: ClassVar[bool] = True
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(self, clip_threshold: float | None = None, iterations: int = 3) -> None:
         self.clip_threshold = (

@@ -217,14 +217,18 @@ class ClippingVR:
 
     Notes
     -----
-    The diagnostics hold the clip factors ``c_i`` and, as ``scores``, the distances
-    ``||x_i - r_i||``. The state (global reference, round count, latest median radius and
-    per-device references) round-trips through :meth:`state_dict`; version-1 states (the
-    reference only) still load.
+    The diagnostics hold the clip factors ``c_i``, the radius ``τ`` (``clip_threshold``)
+    and, as ``scores``, the distances ``||x_i - r_i||``. The rule declares
+    ``needs_device_ids``: the round engine passes the rows' device ids (used by
+    ``"per-device"`` references). The state (global reference, round count, latest
+    median radius and per-device references) round-trips through :meth:`state_dict`;
+    version-1 states (the reference only) still load.
     """
 
     name: ClassVar[str] = "clipping-vr"
     stateful: ClassVar[bool] = True
+    streaming: ClassVar[bool] = True
+    needs_device_ids: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -352,7 +356,8 @@ class ClippingVR:
             self._device_references.update({i: contributions[k].copy() for k, i in enumerate(ids)})
         self._commit(aggregate, tau, distances)
         return AggregationResult(
-            aggregate, AggregationDiagnostics(scores=distances, clip_factors=factors)
+            aggregate,
+            AggregationDiagnostics(scores=distances, clip_factors=factors, clip_threshold=tau),
         )
 
     def _commit(self, aggregate: UpdateVector, tau: float, distances: NDArray[np.float64]) -> None:
@@ -446,7 +451,7 @@ class ClippingVR:
         self._stream = None
         self._commit(aggregate, stream.tau, distances)
         diagnostics = AggregationDiagnostics(
-            scores=distances, clip_factors=np.array(stream.factors)
+            scores=distances, clip_factors=np.array(stream.factors), clip_threshold=stream.tau
         )
         return AggregationResult(aggregate, diagnostics)
 

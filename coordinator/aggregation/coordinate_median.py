@@ -141,6 +141,8 @@ class CoordinateMedian:
 
     name: ClassVar[str] = "coordinate-median"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = False
 
     def __call__(
         self, updates: UpdateMatrix, weights: ArrayLike | None = None

@@ -284,6 +284,8 @@ class GeometricMedian:
 
     name: ClassVar[str] = "geometric-median"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(self, nu: float = 0.1, max_iter: int = 100, tol: float = 1e-6) -> None:
         self.nu = validate_positive("nu", nu)

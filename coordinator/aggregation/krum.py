@@ -323,6 +323,8 @@ class Krum:
 
     name: ClassVar[str] = "krum"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(self, max_byzantine_fraction: float = 0.2) -> None:
         self.max_byzantine_fraction = validate_fraction(

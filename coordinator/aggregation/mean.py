@@ -96,6 +96,8 @@ class Mean:
 
     name: ClassVar[str] = "mean"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = True
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._stream: StreamSum | None = None

@@ -57,6 +57,8 @@ class MultiKrum:
 
     name: ClassVar[str] = "multi-krum"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(self, max_byzantine_fraction: float = 0.2, krum_k: int | None = None) -> None:
         self.max_byzantine_fraction = validate_fraction(

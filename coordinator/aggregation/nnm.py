@@ -156,6 +156,8 @@ class NearestNeighbourMixing:
 
     name: ClassVar[str] = "nnm"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(
         self,

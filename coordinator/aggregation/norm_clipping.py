@@ -63,6 +63,8 @@ class NormClipping:
 
     name: ClassVar[str] = "norm-clipping"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = True
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(self, clip_norm: float | None = None) -> None:
         self.clip_norm = None if clip_norm is None else validate_positive("clip_norm", clip_norm)

@@ -232,6 +232,8 @@ class TrimmedMean:
 
     name: ClassVar[str] = "trimmed-mean"
     stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = False
 
     def __init__(self, trim_fraction: float = 0.2) -> None:
         self.trim_fraction = validate_fraction("trim_fraction", trim_fraction)

@@ -22,10 +22,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from byzedge.coordinator.aggregation import AGGREGATORS, STATELESS, build, is_stateful, parameters
+from byzedge.coordinator.aggregation import (
+    AGGREGATORS,
+    STATELESS,
+    STREAMING,
+    build,
+    is_stateful,
+    load_rule_state,
+    parameters,
+    rule_state,
+    supports_streaming,
+)
 from byzedge.coordinator.aggregation.base import (
     AggregationResult,
     Aggregator,
+    DeviceAwareAggregator,
     StatefulAggregator,
     num_byzantine,
 )
@@ -70,6 +81,58 @@ def test_stateless_flag_matches_the_state_methods(name: str) -> None:
     has_state = hasattr(rule, "state_dict") and hasattr(rule, "load_state_dict")
     assert is_stateful(name) == has_state
     assert (name in STATELESS) != has_state
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_rule_declares_what_the_round_engine_needs(name: str) -> None:
+    """stateful, streaming and needs_device_ids are class-level booleans on every rule."""
+    cls = AGGREGATORS[name]
+    for flag in ("stateful", "streaming", "needs_device_ids"):
+        assert isinstance(cls.__dict__.get(flag), bool), f"{name} does not declare {flag}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rule_state_is_the_state_dict_exactly_for_stateful_rules(name: str) -> None:
+    """rule_state gives what the daemon persists: the state_dict, or None when stateless."""
+    rule = _build(name)
+    rule(_updates(0, 7, 3))
+    state = rule_state(rule)
+    assert (state is not None) == rule.stateful
+    if state is not None:
+        fresh = _build(name)
+        load_rule_state(fresh, msgpack.unpackb(msgpack.packb(state)))
+        assert rule_state(fresh) == state
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_streaming_flag_matches_the_streaming_methods(name: str) -> None:
+    """A rule declares streaming exactly when it has start/accumulate/finish."""
+    rule = _build(name)
+    methods = all(callable(getattr(rule, m, None)) for m in ("start", "accumulate", "finish"))
+    assert rule.streaming == methods
+    assert (name in STREAMING) == methods
+    assert supports_streaming(name) == methods
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_device_ids_flag_matches_the_call_signature(name: str) -> None:
+    """needs_device_ids exactly when the batch call takes an optional device_ids keyword."""
+    rule = _build(name)
+    parameter = inspect.signature(rule).parameters.get("device_ids")
+    assert rule.needs_device_ids == (parameter is not None)
+    if parameter is not None:
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        assert parameter.default is None
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if AGGREGATORS[n].needs_device_ids])
+def test_a_device_aware_rule_takes_ids_or_none(name: str) -> None:
+    """With the default settings, naming the rows' devices gives the anonymous result."""
+    updates = _updates(3, 7, 4)
+    ids = [f"dev-{i}" for i in range(7)]
+    named = cast(DeviceAwareAggregator, _build(name))(updates, device_ids=ids)
+    anonymous = cast(DeviceAwareAggregator, _build(name))(updates, device_ids=None)
+    _close(named.aggregate, anonymous.aggregate)
 
 
 @pytest.mark.parametrize("name", NAMES)

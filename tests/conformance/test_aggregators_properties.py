@@ -50,7 +50,7 @@ from byzedge.coordinator.aggregation import (
     build,
     parameters,
 )
-from byzedge.coordinator.aggregation.base import StreamingAggregator
+from byzedge.coordinator.aggregation.base import DeviceAwareAggregator, StreamingAggregator
 from byzedge.coordinator.aggregation.clipping_vr import ClippingVR, clipped_difference_mean
 from byzedge.coordinator.config import AggregationConfig, CoordinatorConfig, rule_parameters
 
@@ -410,8 +410,8 @@ def test_streaming_equals_batch_with_a_known_radius(
         updates = rng.normal(size=(n, 5)).astype(np.float32) * 3
         weights = rng.uniform(0.1, 2.0, size=n) if weighted else None
         ids = list(rng.choice(fleet, size=n, replace=False))
-        if name == "clipping-vr":
-            expected = batch(updates, weights, device_ids=ids)
+        if batch.needs_device_ids:
+            expected = cast(DeviceAwareAggregator, batch)(updates, weights, device_ids=ids)
         else:
             expected = batch(updates, weights)
         actual = _stream(streamed, updates, weights, ids)

@@ -10,6 +10,7 @@ import pytest
 
 from byzedge.cli import main
 from byzedge.coordinator.aggregation.clipping_vr import ClippingVR
+from byzedge.coordinator.round_engine import sample_cohort
 from byzedge.faults import ATTACKS, SENSOR_FAULTS
 from byzedge.fleet_sim.matrix import CELL_KEYS
 from byzedge.fleet_sim.scenario import Scenario, load_scenario
@@ -20,7 +21,6 @@ from byzedge.fleet_sim.simulator import (
     flag_counts,
     omniscient_attacks,
     run_scenario,
-    sample_cohort,
 )
 
 PROTOCOL_ATTACKS = sorted({"garbage-payload", "bad-signature", "sybil"} & set(ATTACKS))
@@ -65,13 +65,20 @@ def test_participation_rate_rounds_to_a_device_count() -> None:
     assert [r.cohort_size for r in result.rounds] == [3, 3]
 
 
-def test_cohort_sampling_matches_the_coordinators_seeding() -> None:
-    ids = [f"dev-{i:03d}" for i in range(10)]
-    first = sample_cohort(ids, 3, seed=5, size=4)
-    assert first == sample_cohort(ids, 3, seed=5, size=4)
-    rng = np.random.default_rng([5, 3])
-    assert first == sorted(rng.choice(sorted(ids), size=4, replace=False).tolist())
-    assert sample_cohort(ids, 3, seed=5, size=None) == ids
+def test_simulated_cohorts_are_the_round_engines_draws() -> None:
+    """The devices that send in a round are the coordinator's sample_cohort draw."""
+    # Prepare
+    simulator = Simulator(Scenario(devices=10, rounds=3, devices_per_round=4, seed=5))
+    cohorts: list[frozenset[str]] = []
+    for round_number in (1, 2, 3):
+        before = {d.device_id: d.counter for d in simulator.devices}
+        # Execute
+        simulator.step(round_number)
+        sent = frozenset(d.device_id for d in simulator.devices if d.counter > before[d.device_id])
+        # Assert
+        assert sent == sample_cohort(simulator.ids, round_number, 5, devices_per_round=4)
+        cohorts.append(sent)
+    assert len(set(cohorts)) > 1
 
 
 @pytest.mark.parametrize("attack", PROTOCOL_ATTACKS or ["(none registered)"])

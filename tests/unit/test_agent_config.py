@@ -40,6 +40,7 @@ def test_the_required_keys_alone_give_the_documented_defaults(tmp_path: Path) ->
     assert config.device_id == "dev-004"
     assert config.compression == "dense"
     assert config.error_feedback
+    assert config.momentum1 == 0.0  # worker momentum off
     assert config.training.epochs == 1
     assert config.data.source == "digits"
     assert config.fault_plan is None
@@ -116,6 +117,8 @@ def test_an_npz_source_without_a_path_is_a_config_error(tmp_path: Path) -> None:
         ("status_interval_s = 0", "status_interval_s"),
         ("[training]\nepochs = 0", "training.epochs"),
         ("[training]\nmomentum = 1.0", "training.momentum"),
+        ("momentum1 = 1.0", "momentum1"),
+        ("momentum1 = -0.5", "momentum1"),
         ("[data]\npartition = 'sorted'", "data.partition"),
         ("[data]\nalpha = 0", "data.alpha"),
         ("[eligibility]\nmax_cpu_percent = 150", "eligibility.max_cpu_percent"),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
-from byzedge.edge_agent.pipeline import UpdatePipeline
+from byzedge.edge_agent.pipeline import PreparedUpdate, UpdatePipeline
 from byzedge.edge_agent.seams import RoundContext
 from byzedge.protocol.codecs import TopKCodec
 from byzedge.protocol.envelope import open_envelope
@@ -86,3 +88,89 @@ def test_a_nan_update_does_not_poison_the_residual(key: SigningKey) -> None:
 
     assert pipeline.residual is not None
     assert np.isfinite(pipeline.residual).all()
+
+
+def _sent(prepared: PreparedUpdate) -> np.ndarray:
+    return np.frombuffer(open_envelope(prepared.wire_bytes, 1 << 20).body, dtype="<f4")
+
+
+def _prepare(pipeline: UpdatePipeline, delta: np.ndarray, key: SigningKey, **extra: Any) -> Any:
+    return pipeline.prepare(
+        delta, _context(), key=key, fleet="f", base_version=0, counter=1, **extra
+    )
+
+
+def test_worker_momentum_sends_the_moving_average_of_the_deltas(key: SigningKey) -> None:
+    """momentum1 = b: round 1 sends (1 - b) d1, round 2 sends b m1 + (1 - b) d2."""
+    # Prepare
+    pipeline = UpdatePipeline("dense", momentum1=0.5)
+    first, second = np.full(8, 2.0, np.float32), np.full(8, 4.0, np.float32)
+    # Execute
+    sent = [_sent(_prepare(pipeline, delta, key)) for delta in (first, second)]
+    # Assert
+    np.testing.assert_array_equal(sent[0], np.full(8, 1.0))
+    np.testing.assert_array_equal(sent[1], np.full(8, 2.5))
+    assert pipeline.momentum is not None
+    np.testing.assert_array_equal(pipeline.momentum, sent[1])
+
+
+def test_worker_momentum_is_off_by_default(key: SigningKey) -> None:
+    """momentum1 = 0 sends the delta itself and keeps no momentum."""
+    pipeline = UpdatePipeline("dense")
+    delta = np.arange(8, dtype=np.float32)
+    np.testing.assert_array_equal(_sent(_prepare(pipeline, delta, key)), delta)
+    assert pipeline.momentum is None
+
+
+def test_attack_stages_rewrite_the_momentum_not_the_state(key: SigningKey) -> None:
+    """Stages run after momentum: they change what is sent, not the device's momentum."""
+
+    def negate(update: np.ndarray, context: RoundContext) -> np.ndarray:
+        return -update
+
+    pipeline = UpdatePipeline("dense", momentum1=0.5, stages=[negate])
+    sent = _sent(_prepare(pipeline, np.full(8, 2.0, np.float32), key))
+    np.testing.assert_array_equal(sent, np.full(8, -1.0))
+    assert pipeline.momentum is not None
+    np.testing.assert_array_equal(pipeline.momentum, np.full(8, 1.0))
+
+
+def test_a_vector_with_momentum_applied_is_sent_as_is(key: SigningKey) -> None:
+    """momentum_applied: the vector goes out unchanged and the momentum is left alone."""
+    pipeline = UpdatePipeline("dense", momentum1=0.5)
+    honest = pipeline.momentum_step(np.full(8, 2.0, np.float32))
+    sent = _sent(_prepare(pipeline, np.full(8, 7.0, np.float32), key, momentum_applied=True))
+    np.testing.assert_array_equal(sent, np.full(8, 7.0))
+    assert pipeline.momentum is not None
+    np.testing.assert_array_equal(pipeline.momentum, honest)
+
+
+def test_device_state_round_trips_and_drops_vectors_of_another_size(key: SigningKey) -> None:
+    """state_dict holds the residual and the momentum; a new model's size starts afresh."""
+    # Prepare
+    pipeline = UpdatePipeline("top-k", sparsity=0.25, momentum1=0.9)
+    _prepare(pipeline, np.arange(8, dtype=np.float32), key)
+    state = pipeline.state_dict()
+    restored = UpdatePipeline("top-k", sparsity=0.25, momentum1=0.9)
+    other_model = UpdatePipeline("top-k", sparsity=0.25, momentum1=0.9)
+    # Execute
+    restored.load_state_dict(state, 8)
+    other_model.load_state_dict(state, 16)
+    # Assert
+    assert set(state) == {"residual", "momentum"}
+    assert all(isinstance(value, bytes) for value in state.values())
+    assert restored.momentum is not None
+    assert restored.residual is not None
+    assert pipeline.momentum is not None
+    assert pipeline.residual is not None
+    np.testing.assert_array_equal(restored.momentum, pipeline.momentum)
+    np.testing.assert_array_equal(restored.residual, pipeline.residual)
+    assert other_model.momentum is None
+    assert other_model.residual is None
+
+
+@pytest.mark.parametrize("beta", [-0.1, 1.0])
+def test_momentum_outside_zero_one_is_refused(beta: float) -> None:
+    """momentum1 must be in [0, 1)."""
+    with pytest.raises(ValueError, match="momentum1"):
+        UpdatePipeline("dense", momentum1=beta)

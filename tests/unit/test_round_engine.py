@@ -1,14 +1,33 @@
-"""The shared server step: anomaly scores -> reputation -> weights -> aggregate -> step."""
+"""The shared server side of a round: cohorts, sorted outcomes, the server step."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
 import numpy as np
 import pytest
+from numpy.typing import ArrayLike
 
-from byzedge.coordinator.aggregation import build
+from byzedge.coordinator.aggregation import AggregationResult, build
 from byzedge.coordinator.anomaly import REASON_NORM, REASON_PERSISTENT, AnomalyDetector, AnomalyFlag
+from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.ingest import Ingest, RoundWindow
 from byzedge.coordinator.reputation import ReputationBook
-from byzedge.coordinator.round_engine import RoundSettings, server_step
+from byzedge.coordinator.round_engine import (
+    Intake,
+    RoundSettings,
+    aggregate_with_fallback,
+    cohort_size,
+    sample_cohort,
+    server_step,
+    with_automatic_radius,
+)
+from byzedge.edge_agent.pipeline import UpdatePipeline
+from byzedge.edge_agent.seams import RoundContext
+from byzedge.protocol import topics
+from byzedge.protocol.signing import SigningKey
 
 
 def _updates() -> np.ndarray:
@@ -210,3 +229,262 @@ def test_scoring_off_leaves_the_detector_untouched() -> None:
         detector=detector,
     )
     assert detector.rounds == 0
+
+
+# -- cohorts ------------------------------------------------------------------------------
+
+FLEET = [f"dev-{i:03d}" for i in range(10)]
+
+
+def test_cohort_is_the_seeded_draw_over_the_sorted_ids() -> None:
+    """The cohort is default_rng([seed, round]).choice(sorted ids), whatever the id order."""
+    # Execute
+    cohort = sample_cohort(reversed(FLEET), 3, 5, devices_per_round=4)
+    # Assert
+    rng = np.random.default_rng([5, 3])
+    assert cohort == frozenset(rng.choice(FLEET, size=4, replace=False).tolist())
+    assert cohort == sample_cohort(FLEET, 3, 5, devices_per_round=4)
+    assert cohort != sample_cohort(FLEET, 4, 5, devices_per_round=4)
+
+
+@pytest.mark.parametrize(
+    ("devices_per_round", "participation_rate", "size"),
+    [
+        (None, None, None),
+        (4, None, 4),
+        (4, 0.9, 4),  # devices_per_round wins
+        (None, 0.3, 3),
+        (None, 0.01, 1),  # at least one device
+        (10, None, None),  # everyone
+        (None, 0.96, None),  # rounds to everyone
+    ],
+)
+def test_cohort_size_follows_the_configuration(
+    devices_per_round: int | None, participation_rate: float | None, size: int | None
+) -> None:
+    """devices_per_round wins over the rate; a size reaching the fleet means everyone."""
+    assert cohort_size(10, devices_per_round, participation_rate) == size
+    cohort = sample_cohort(FLEET, 1, 0, devices_per_round, participation_rate)
+    assert (cohort is None) == (size is None)
+    assert cohort is None or len(cohort) == size
+
+
+@pytest.mark.parametrize(
+    ("devices_per_round", "participation_rate", "params", "radius"),
+    [
+        (None, None, {}, "median"),
+        (4, None, {}, "model-step"),
+        (None, 0.5, {}, "model-step"),
+        (None, 1.0, {}, "median"),
+        (4, None, {"radius": "median"}, "median"),
+    ],
+)
+def test_clipping_vr_radius_follows_the_participation(
+    devices_per_round: int | None,
+    participation_rate: float | None,
+    params: dict[str, Any],
+    radius: str,
+) -> None:
+    """An unset clipping-vr radius is model-step exactly when rounds sample cohorts."""
+    chosen = with_automatic_radius(
+        "clipping-vr",
+        params,
+        devices_per_round=devices_per_round,
+        participation_rate=participation_rate,
+    )
+    assert chosen["radius"] == radius
+
+
+def test_other_rules_keep_their_parameters() -> None:
+    """Only clipping-vr gets an automatic radius."""
+    params = {"trim_fraction": 0.1}
+    chosen = with_automatic_radius(
+        "trimmed-mean", params, devices_per_round=4, participation_rate=None
+    )
+    assert chosen == params
+
+
+# -- ingest outcomes ----------------------------------------------------------------------
+
+
+def _message(
+    pipeline: UpdatePipeline, key: SigningKey, device: str, update: np.ndarray, counter: int
+) -> tuple[str, bytes]:
+    context = RoundContext(
+        device_id=device,
+        round=1,
+        global_params=np.zeros(4, np.float32),
+        rng=np.random.default_rng(0),
+    )
+    prepared = pipeline.prepare(
+        update, context, key=key, fleet="f", base_version=0, counter=counter
+    )
+    return topics.update_topic("f", device), prepared.wire_bytes
+
+
+def test_intake_sorts_every_kind_of_outcome() -> None:
+    """Accepted, redelivered, attributable and unattributable rejections land apart."""
+    # Prepare
+    keys = {d: SigningKey.generate() for d in ("a", "b", "c")}
+    ingest = Ingest(
+        "f",
+        DeviceRegistry({d: k.verify_key for d, k in keys.items()}),
+        max_message_bytes=1 << 20,
+        max_update_bytes=1 << 20,
+    )
+    window = RoundWindow(1, 0, 4)
+    pipeline = UpdatePipeline("dense")
+    good = _message(pipeline, keys["a"], "a", np.ones(4, np.float32), 1)
+    nan = _message(pipeline, keys["b"], "b", np.full(4, np.nan, np.float32), 1)
+    forged = _message(pipeline, SigningKey.generate(), "c", np.ones(4, np.float32), 1)
+    intake = Intake()
+    # Execute
+    for topic, frame in (good, good, nan, forged):
+        intake.take(ingest.submit(topic, frame, window))
+    intake.take(None)  # an incomplete chunked update
+    # Assert
+    assert intake.device_ids == ["a"]
+    np.testing.assert_array_equal(intake.rows()[0], np.ones(4))
+    assert intake.redelivered == 1
+    assert intake.rejected == {"non-finite": 1, "bad-signature": 1}
+    assert intake.misbehaving == {"b"}  # only the key holder can send a signed NaN
+    assert intake.last_rejections == {"b": "non-finite", "c": "bad-signature"}
+
+
+# -- the streaming path -------------------------------------------------------------------
+
+
+def _rows(n: int = 5, d: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.normal(size=d).astype(np.float32) for _ in range(n)]
+
+
+def test_without_scoring_a_streaming_rule_streams_the_rows() -> None:
+    """Anomaly scoring off: mean takes the rows one at a time, with the batch result."""
+    rows = _rows()
+    ids = [f"d{i}" for i in range(len(rows))]
+    streamed = server_step(
+        np.zeros(3, np.float32),
+        ids,
+        rows,
+        settings=RoundSettings(anomaly_detection=False),
+        reputation=ReputationBook(),
+        aggregator=build("mean"),
+    )
+    assert streamed.streamed
+    assert streamed.weights is not None
+    np.testing.assert_allclose(streamed.params, np.mean(rows, axis=0), rtol=1e-6, atol=1e-7)
+
+
+def test_with_scoring_every_rule_runs_in_batch() -> None:
+    """Scoring needs the (n, d) matrix, so a streaming rule runs in batch."""
+    result = server_step(
+        np.zeros(3, np.float32),
+        [f"d{i}" for i in range(5)],
+        _rows(),
+        settings=RoundSettings(),
+        reputation=ReputationBook(),
+        aggregator=build("mean"),
+    )
+    assert not result.streamed
+    assert result.scores is not None
+
+
+def test_a_rule_that_cannot_stream_this_round_runs_it_in_batch() -> None:
+    """clipping-vr's median radius is unknown before its first round: batch, then stream."""
+    rule = build("clipping-vr")
+    book = ReputationBook()
+    ids = [f"d{i}" for i in range(5)]
+    settings = RoundSettings(anomaly_detection=False)
+    first = server_step(
+        np.zeros(3, np.float32), ids, _rows(), settings=settings, reputation=book, aggregator=rule
+    )
+    second = server_step(
+        first.params, ids, _rows(), settings=settings, reputation=book, aggregator=rule
+    )
+    assert (first.streamed, second.streamed) == (False, True)
+    assert first.clip_threshold is not None
+    assert second.clip_threshold is not None
+    assert book.weight("d0") == 1.0
+
+
+def test_clip_threshold_is_none_for_rules_without_one() -> None:
+    """Only rules that report a radius fill the summary's clip_threshold."""
+    result = server_step(
+        np.zeros(3, np.float32),
+        [f"d{i}" for i in range(5)],
+        _rows(),
+        settings=RoundSettings(),
+        reputation=ReputationBook(),
+        aggregator=build("coordinate-median"),
+    )
+    assert result.clip_threshold is None
+
+
+def test_a_skipped_round_reports_no_clip_threshold() -> None:
+    """No aggregation, no radius."""
+    result = server_step(
+        np.zeros(3, np.float32),
+        [],
+        None,
+        settings=RoundSettings(),
+        reputation=ReputationBook(),
+        aggregator=build("clipping-vr"),
+    )
+    assert result.skipped
+    assert result.clip_threshold is None
+
+
+# -- what rules declare -------------------------------------------------------------------
+
+
+class _Recorder:
+    """A test rule that records what the round engine passes it (the mean otherwise)."""
+
+    name: ClassVar[str] = "recorder"
+    stateful: ClassVar[bool] = False
+    streaming: ClassVar[bool] = False
+    needs_device_ids: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, ...] | None] = []
+
+    def __call__(
+        self,
+        updates: np.ndarray,
+        weights: ArrayLike | None = None,
+        *,
+        device_ids: Sequence[str] | None = None,
+    ) -> AggregationResult:
+        self.seen.append(None if device_ids is None else tuple(device_ids))
+        return AggregationResult(np.mean(updates, axis=0).astype(np.float32))
+
+
+def test_a_rule_that_declares_it_gets_the_rows_device_ids() -> None:
+    """needs_device_ids, not the rule's class, makes the step pass the ids."""
+    rule = _Recorder()
+    server_step(
+        np.zeros(4, np.float32),
+        IDS,
+        _updates(),
+        settings=RoundSettings(),
+        reputation=ReputationBook(),
+        aggregator=rule,
+    )
+    assert rule.seen == [tuple(IDS)]
+
+
+def test_a_probe_without_ids_gets_none_and_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """A colluding attack's probe passes no ids, and a breakdown on it is not logged."""
+    rule = _Recorder()
+    updates = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    aggregate, used = aggregate_with_fallback(rule, updates)
+    assert rule.seen == [None]
+    assert used is None
+    np.testing.assert_allclose(aggregate, [2.0, 3.0])
+    with caplog.at_level(logging.WARNING, logger="byzedge.coordinator.round_engine"):
+        _, used = aggregate_with_fallback(
+            build("krum", max_byzantine_fraction=0.2), updates, log=False
+        )
+    assert used == "coordinate-median"
+    assert caplog.records == []

@@ -12,10 +12,16 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from byzedge.coordinator.service import RoundSummary
+from byzedge.daemon.store import AtomicStore
 from byzedge.daemon.transport import InMemoryBroker
+from byzedge.edge_agent.sensors import build_source
+from byzedge.edge_agent.service import Agent
 from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet
 from byzedge.protocol import topics
+from byzedge.protocol.signing import SigningKey
 
 
 def build(
@@ -88,3 +94,37 @@ def test_a_device_that_dies_does_not_hold_the_rounds_after(tmp_path: Path) -> No
     assert all(s.closed_by == "all-available" for s in after)
     assert all(s.accepted_devices == ["dev-000", "dev-001"] for s in after)
     assert all(s.duration_s < 5.0 for s in after)
+
+
+def test_worker_momentum_survives_an_agent_restart(tmp_path: Path) -> None:
+    """The momentum an agent kept is in its state file, and a restarted agent resumes it."""
+    # Prepare
+    spec = FleetSpec(
+        fleet="mem",
+        broker_url="mqtt://unused:1",
+        devices=2,
+        rounds=2,
+        epochs=1,
+        momentum1=0.5,
+        round_timeout_s=30.0,
+        coordinator_overrides={"validation": "none"},
+    )
+    fleet = InProcessFleet(spec, tmp_path, transport=InMemoryBroker().connect)
+    assert fleet.run() == 0
+    agent = fleet.agents[0]
+    kept = agent._pipeline.momentum
+    assert kept is not None
+    # Execute
+    restarted = Agent(
+        agent.config,
+        signing_key=SigningKey.load(agent.config.signing_key),
+        coordinator_key=agent._coordinator_key,
+        source=build_source(agent.config.data),
+        transport=InMemoryBroker().connect,
+    )
+    # Assert
+    saved = AtomicStore(agent.config.state_dir / "agent.state").load()
+    assert saved is not None
+    assert saved["momentum"] == kept.astype("<f4").tobytes()
+    assert restarted._pipeline.momentum is not None
+    np.testing.assert_array_equal(restarted._pipeline.momentum, kept)
