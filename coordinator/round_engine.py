@@ -22,7 +22,7 @@ and a real one run the same server::
     -> weights from reputation (when ``device_reputation``)
     -> robust aggregation (the fallback chain when the configured rule breaks down:
        ``fallback_defense``, then the coordinate-wise median)
-    -> params + server_learning_rate * aggregate
+    -> params + server_learning_rate * aggregate    (or the training method's ``apply``)
 
 The streaming path is part of the step: with anomaly scoring off (scoring needs the whole
 ``(n, d)`` matrix), a rule that declares ``streaming`` takes the accepted updates one at a
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -65,6 +65,7 @@ from byzedge.coordinator.reputation import ReputationBook
 __all__ = [
     "DEFAULT_FALLBACK",
     "Intake",
+    "ModelStep",
     "RoundSettings",
     "ServerStepResult",
     "aggregate_with_fallback",
@@ -312,6 +313,21 @@ class ServerStepResult:
         return not self.skipped
 
 
+ModelStep = Callable[[NDArray[np.float32], NDArray[np.float32]], NDArray[np.float32]]
+"""``(params, aggregate) -> new params``: how a round's aggregate moves the model."""
+
+
+def _next_params(
+    params: NDArray[np.float32],
+    aggregate: NDArray[np.float32],
+    settings: RoundSettings,
+    apply: ModelStep | None,
+) -> NDArray[np.float32]:
+    if apply is not None:
+        return np.asarray(apply(params, aggregate), dtype=np.float32)
+    return (params + settings.server_learning_rate * aggregate).astype(np.float32)
+
+
 def _call(
     rule: Aggregator,
     updates: NDArray[np.float32],
@@ -418,6 +434,7 @@ def _stream(
     settings: RoundSettings,
     reputation: ReputationBook,
     aggregator: Aggregator,
+    apply: ModelStep | None,
 ) -> ServerStepResult | None:
     """The ``O(d)`` path; ``None`` when the rule cannot stream this round (then batch)."""
     rule = cast(StreamingAggregator, aggregator)  # it declares ``streaming``
@@ -434,7 +451,7 @@ def _stream(
         rule.accumulate(row, weight, device_id=device)
     result = rule.finish()
     aggregate = np.asarray(result.aggregate, dtype=np.float32)
-    new_params = (params + settings.server_learning_rate * aggregate).astype(np.float32)
+    new_params = _next_params(params, aggregate, settings, apply)
     return ServerStepResult(
         new_params,
         aggregate,
@@ -460,6 +477,7 @@ def server_step(
     fallback: Aggregator | None = None,
     misbehaving: Iterable[str] = (),
     detector: AnomalyDetector | None = None,
+    apply: ModelStep | None = None,
 ) -> ServerStepResult:
     """Run one round's server step.
 
@@ -492,6 +510,10 @@ def server_step(
         ``settings.anomaly_threshold``). ``None`` scores with a fresh one, i.e. without any
         device history: every device is then judged as new (backward compatible, but
         persistent deviations go unnoticed).
+    apply:
+        How the aggregate moves the model: a training method's server half
+        (:meth:`~byzedge.methods.base.TrainingMethod.apply`, e.g. ``x - gamma g``);
+        ``None`` is FedAvg's ``params + server_learning_rate * aggregate``.
 
     Returns
     -------
@@ -508,7 +530,13 @@ def server_step(
         raise ValueError(f"{len(ids)} device ids for {len(updates)} updates")
     if not settings.anomaly_detection and aggregator.streaming:
         streamed = _stream(
-            params, ids, updates, settings=settings, reputation=reputation, aggregator=aggregator
+            params,
+            ids,
+            updates,
+            settings=settings,
+            reputation=reputation,
+            aggregator=aggregator,
+            apply=apply,
         )
         if streamed is not None:
             return streamed
@@ -536,7 +564,7 @@ def server_step(
         log=True,
     )
     aggregate = np.asarray(result.aggregate, dtype=np.float32)
-    new_params = (params + settings.server_learning_rate * aggregate).astype(np.float32)
+    new_params = _next_params(params, aggregate, settings, apply)
     return ServerStepResult(
         new_params,
         aggregate,
