@@ -86,7 +86,7 @@ def _cnn_nodes(spec: ModelSpec) -> tuple[_Nodes, list[onnx.TensorProto]]:
 
 
 _GRAPH_BUILDERS: Mapping[str, Callable[[ModelSpec], tuple[_Nodes, list[onnx.TensorProto]]]] = (
-    MappingProxyType({"mlp": _mlp_nodes, "cnn": _cnn_nodes})
+    MappingProxyType({"mlp": _mlp_nodes, "cnn": _cnn_nodes, "mlp-wide": _mlp_nodes})
 )
 
 

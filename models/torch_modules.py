@@ -21,12 +21,12 @@ __all__ = ["DigitsCNN", "DigitsMLP", "build_module"]
 
 
 class DigitsMLP(nn.Module):
-    """The ``mlp`` model: 64 -> 64 (ReLU) -> 10."""
+    """The ``mlp`` model: 64 -> ``hidden`` (ReLU) -> 10 (``mlp-wide``: ``hidden = 1536``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: int = 64) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(64, 64)
-        self.fc2 = nn.Linear(64, 10)
+        self.fc1 = nn.Linear(64, hidden)
+        self.fc2 = nn.Linear(hidden, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits of shape ``(batch, 10)`` for ``x`` of shape ``(batch, 64)``."""
@@ -54,7 +54,7 @@ class DigitsCNN(nn.Module):
 
 
 _BUILDERS: Mapping[str, Callable[[], nn.Module]] = MappingProxyType(
-    {"mlp": DigitsMLP, "cnn": DigitsCNN}
+    {"mlp": DigitsMLP, "cnn": DigitsCNN, "mlp-wide": lambda: DigitsMLP(hidden=1536)}
 )
 
 
