@@ -85,11 +85,15 @@ class PreparedUpdate:
     messages:
         What to publish, in order, each on ``update_topic(fleet, message.topic_device)``:
         ``[OutgoingMessage(device_id, wire_bytes)]`` without wire stages.
+    sent:
+        float32 ``(d,)``: what the coordinator decodes from the body (a training method
+        commits its device state with it); ``None`` unless asked for (``method_meta``).
     """
 
     envelope: SealedEnvelope
     wire_bytes: bytes
     messages: list[OutgoingMessage]
+    sent: NDArray[np.float32] | None = None
 
 
 class UpdatePipeline:
@@ -125,6 +129,7 @@ class UpdatePipeline:
             raise ValueError(f"momentum1 must be in [0, 1), got {momentum1!r}")
         params = {"sparsity": sparsity} if codec_name == "top-k" else {}
         self.codec: Codec = build_codec(codec_name, **params)
+        self._dense: Codec = build_codec("dense")
         self._error_feedback = error_feedback and codec_name != "dense"
         self.momentum1 = momentum1
         self._stages = list(stages)
@@ -177,6 +182,8 @@ class UpdatePipeline:
         counter: int,
         ttl_s: float = 600.0,
         momentum_applied: bool = False,
+        method_meta: Mapping[str, Any] | None = None,
+        dense: bool = False,
     ) -> PreparedUpdate:
         """Apply momentum, run the stages, compress, sign, run the wire stages.
 
@@ -184,7 +191,25 @@ class UpdatePipeline:
         error-feedback residual. With ``momentum_applied``, ``delta`` is already what
         :meth:`momentum_step` returned (or a vector to send as is, such as a colluding
         attacker's) and the momentum is left alone.
+
+        A training method's message (:mod:`byzedge.methods`) passes ``method_meta`` (its
+        kind and base round, carried in the header's ``meta["method"]``) and ``dense``
+        for a message that must travel losslessly (a full gradient, a reset); the result
+        then holds ``sent``, what the coordinator will decode. Methods carry their own
+        error feedback, so the pipeline's is not applied to their messages.
         """
+        if method_meta is not None:
+            return self._prepare_method_message(
+                delta,
+                context,
+                key=key,
+                fleet=fleet,
+                base_version=base_version,
+                counter=counter,
+                ttl_s=ttl_s,
+                method_meta=method_meta,
+                dense=dense,
+            )
         update = delta if momentum_applied else self.momentum_step(delta)
         for stage in self._stages:
             update = stage(update, context)
@@ -218,3 +243,46 @@ class UpdatePipeline:
         for wire_stage in self._wire_stages:
             messages = [out for message in messages for out in wire_stage(message, context)]
         return PreparedUpdate(envelope=envelope, wire_bytes=wire_bytes, messages=messages)
+
+    def _prepare_method_message(
+        self,
+        vector: NDArray[np.float32],
+        context: RoundContext,
+        *,
+        key: SigningKey,
+        fleet: str,
+        base_version: int,
+        counter: int,
+        ttl_s: float,
+        method_meta: Mapping[str, Any],
+        dense: bool,
+    ) -> PreparedUpdate:
+        update = np.asarray(vector, dtype=np.float32)
+        for stage in self._stages:
+            update = stage(update, context)
+        update = np.asarray(update, dtype=np.float32)
+        codec = self._dense if dense else self.codec
+        body = codec.encode(update)
+        sent = codec.decode(body, update.shape[0])
+        created_ms = int(time.time() * 1000)
+        header = Header(
+            kind="update",
+            fleet=fleet,
+            sender=context.device_id,
+            round=context.round,
+            base_version=base_version,
+            codec=codec.name,
+            dim=int(update.shape[0]),
+            counter=counter,
+            created_ms=created_ms,
+            expires_ms=created_ms + int(ttl_s * 1000),
+            meta={"method": dict(method_meta)},
+        )
+        envelope = seal(header, body, key)
+        wire_bytes = envelope.to_bytes()
+        messages = [OutgoingMessage(context.device_id, wire_bytes)]
+        for wire_stage in self._wire_stages:
+            messages = [out for message in messages for out in wire_stage(message, context)]
+        return PreparedUpdate(
+            envelope=envelope, wire_bytes=wire_bytes, messages=messages, sent=sent
+        )
