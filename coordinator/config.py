@@ -27,6 +27,13 @@ from byzedge.coordinator.aggregation import (
     parameters,
 )
 from byzedge.coordinator.round_engine import with_automatic_radius
+from byzedge.coordinator.training_method import (
+    FEDAVG,
+    METHOD_DEFAULT_RULE,
+    MethodConfig,
+    build_training_method,
+    is_method,
+)
 from byzedge.daemon.config import (
     ConfigError,
     StrictModel,
@@ -37,6 +44,7 @@ from byzedge.daemon.config import (
     resolve_paths,
 )
 from byzedge.daemon.mqtt import MqttSettings
+from byzedge.methods import METHODS
 
 __all__ = [
     "AggregationConfig",
@@ -212,6 +220,17 @@ class CoordinatorConfig(_Strict):
     devices_per_round: int | None = Field(
         None, ge=1, description="Number of devices sampled per round (overrides the rate)."
     )
+    algorithm: str = Field(
+        FEDAVG,
+        description=(
+            "Training method: fedavg (local epochs, send the delta) or one of "
+            "byzedge.methods (byz-vr-marina, byz-vr-marina-pp, byz-ef21, byz-ef21-bc, "
+            "byz-dasha-page, clip21-sgd2m), whose options are the [method] table."
+        ),
+    )
+    method: MethodConfig = Field(
+        default_factory=MethodConfig, description="The training method's hyper-parameters."
+    )
     byzantine_defense: str = Field(
         "clipping-vr", description="Registry name of the robust aggregation rule."
     )
@@ -264,6 +283,44 @@ class CoordinatorConfig(_Strict):
     logs: LogsConfig = Field(
         default_factory=LogsConfig, description="Rotation and rate limits of logs."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_as_defense(cls, raw: Any) -> Any:
+        """The seed's spelling: ``byzantine_defense = "<method>"`` selects that method.
+
+        It then aggregates with :data:`~byzedge.coordinator.training_method.METHOD_DEFAULT_RULE`
+        (keys the file sets itself win).
+        """
+        if not isinstance(raw, dict) or not is_method(str(raw.get("byzantine_defense"))):
+            return raw
+        raw = dict(raw)
+        method = raw.pop("byzantine_defense")
+        if raw.get("algorithm", method) != method:
+            msg = f"byzantine_defense names method {method!r} but algorithm is {raw['algorithm']!r}"
+            raise ValueError(msg)
+        raw["algorithm"] = method
+        raw["byzantine_defense"] = METHOD_DEFAULT_RULE["byzantine_defense"]
+        table = dict(raw.get("aggregation_config") or {})
+        table.setdefault("inner", METHOD_DEFAULT_RULE["inner"])
+        table.setdefault("bucket_size", METHOD_DEFAULT_RULE["bucket_size"])
+        raw["aggregation_config"] = table
+        return raw
+
+    @field_validator("algorithm")
+    @classmethod
+    def _check_algorithm(cls, value: str) -> str:
+        if value != FEDAVG and not is_method(value):
+            known = ", ".join([FEDAVG, *sorted(METHODS)])
+            raise ValueError(f"unknown algorithm {value!r}; known: {known}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_method_builds(self) -> Self:
+        """Build the method once, so a bad option or compression fails at load."""
+        if self.algorithm != FEDAVG:
+            build_training_method(self.algorithm, self.method, self.seed)
+        return self
 
     @field_validator("fleet", "name")
     @classmethod

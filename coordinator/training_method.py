@@ -1,0 +1,156 @@
+"""The coordinator's ``algorithm`` and ``[method]`` keys: which training method the fleet runs.
+
+``algorithm = "fedavg"`` (the default) is local epochs on the device and the parameter
+delta; any other name is a method of :mod:`byzedge.methods` (Byz-VR-MARINA, Byz-EF21,
+Byz-DASHA-PAGE, Clip21-SGD2M...), whose hyper-parameters are the ``[method]`` table. The
+coordinator decides them for the whole fleet: they travel in every round's signed plan
+(:class:`~byzedge.methods.base.RoundPlan`), together with the compression devices must use
+for the method's messages, so no device can choose its own.
+
+The seed's spelling ``byzantine_defense = "byz-vr-marina"`` selects that method with the
+aggregation rule its paper runs (coordinate-wise median over buckets of 2, Gorbunov et al.
+ICLR 2023, section 4); ``byzantine_defense`` naming an aggregation rule keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Final
+
+from pydantic import Field
+
+from byzedge.daemon.config import StrictModel
+from byzedge.methods import METHODS, build_method
+from byzedge.methods.base import RoundPlan, TrainingMethod
+from byzedge.protocol.codecs import CODECS
+
+__all__ = [
+    "FEDAVG",
+    "METHOD_DEFAULT_RULE",
+    "MethodConfig",
+    "build_training_method",
+    "check_compression",
+    "compatible_codecs",
+    "is_method",
+    "method_options",
+    "with_compression",
+]
+
+FEDAVG: Final = "fedavg"
+"""The algorithm that is not a :mod:`byzedge.methods` method: local epochs, send the delta."""
+
+METHOD_DEFAULT_RULE: Final[dict[str, Any]] = {
+    "byzantine_defense": "bucketing",
+    "inner": "coordinate-median",
+    "bucket_size": 2,
+}
+"""What ``byzantine_defense = <method name>`` aggregates with: CM over buckets of 2."""
+
+
+class MethodConfig(StrictModel):
+    """The ``[method]`` table: a training method's hyper-parameters (unset: its default).
+
+    Each method takes only its own keys (a key it does not take is an error naming the
+    keys it does take); see :mod:`byzedge.methods`.
+    """
+
+    step_size: float | None = Field(
+        None, gt=0, description="gamma of x <- x - gamma g (the method's step on the estimator)."
+    )
+    full_gradient_probability: float | None = Field(
+        None, gt=0, le=1, description="p: chance that a round is a full-gradient round."
+    )
+    reference_update_frequency: int | None = Field(
+        None, ge=1, description="A full-gradient round every N rounds instead of the coin."
+    )
+    batch_size: int | None = Field(
+        None, ge=1, description="Minibatch of the device's stochastic gradients."
+    )
+    clip_multiplier: float | None = Field(
+        None, gt=0, description="byz-vr-marina-pp: lambda of the radius lambda*||x_r - x_{r-1}||."
+    )
+    momentum1: float | None = Field(
+        None, ge=0, lt=1, description="clip21-sgd2m: weight of the previous device momentum."
+    )
+    momentum2: float | None = Field(
+        None, ge=0, lt=1, description="clip21-sgd2m: weight of the previous error-feedback state."
+    )
+    clip_norm: float | None = Field(None, gt=0, description="clip21-sgd2m: clipping radius tau.")
+    dp_noise_multiplier: float | None = Field(
+        None, ge=0, description="clip21-sgd2m: Gaussian noise std as a multiple of clip_norm."
+    )
+    dasha_momentum: float | None = Field(
+        None, gt=0, le=1, description="byz-dasha-page: momentum a (default 1/(2 omega + 1))."
+    )
+    compression: str = Field(
+        "dense", description="Codec of the method's messages (devices use this one)."
+    )
+    sparsity: float = Field(
+        0.1, gt=0, le=1, description="Fraction of coordinates kept by sparsifying codecs."
+    )
+
+
+def method_options(table: MethodConfig) -> dict[str, Any]:
+    """The method's own keys that the table sets (compression and sparsity excluded)."""
+    own = table.model_dump(exclude={"compression", "sparsity"})
+    return {key: value for key, value in own.items() if value is not None}
+
+
+def build_training_method(algorithm: str, table: MethodConfig, seed: int) -> TrainingMethod:
+    """Build ``algorithm`` with the table's options (and the fleet seed for its coin).
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, an option it does not take, or a compression of the wrong
+        class (:func:`check_compression`).
+    """
+    options = method_options(table)
+    options.setdefault("seed", seed)
+    method = build_method(algorithm, **options)
+    check_compression(method, table.compression)
+    return method
+
+
+def check_compression(method: TrainingMethod, compression: str) -> None:
+    """Refuse a codec whose class the method cannot use.
+
+    MARINA and DASHA need an unbiased compressor (``E[Q(x)] = x``: their server adds the
+    compressed differences to ``g``); EF21 needs a contractive one (its error feedback
+    corrects the bias). A lossless codec suits every method.
+    """
+    try:
+        codec = CODECS[compression]
+    except KeyError:
+        known = ", ".join(sorted(CODECS))
+        raise ValueError(f"unknown compression {compression!r}; known: {known}") from None
+    kind = codec.compressor_class
+    wanted = method.compressor_class
+    if kind == "lossless" or wanted in ("any", kind):
+        return
+    msg = (
+        f"{method.name} needs an {wanted} compressor; {compression!r} is {kind} "
+        f"(pick one of: {', '.join(compatible_codecs(method))})"
+    )
+    raise ValueError(msg)
+
+
+def compatible_codecs(method: TrainingMethod) -> list[str]:
+    """The registered codecs ``method`` accepts."""
+    names = []
+    for name, codec in CODECS.items():
+        kind = codec.compressor_class
+        if kind == "lossless" or method.compressor_class in ("any", kind):
+            names.append(name)
+    return sorted(names)
+
+
+def with_compression(plan: RoundPlan, table: MethodConfig) -> RoundPlan:
+    """``plan`` with the fleet's compression for method messages in its options."""
+    options = {**plan.options, "compression": table.compression, "sparsity": table.sparsity}
+    return dataclasses.replace(plan, options=options)
+
+
+def is_method(name: str) -> bool:
+    """Whether ``name`` is a training method (not ``fedavg``, not an aggregation rule)."""
+    return name in METHODS
