@@ -3,16 +3,21 @@
 It travels in an ordinary envelope of kind ``model``: the body holds the parameters as
 raw little-endian float32, and the header's ``meta`` says which architecture they belong
 to, who is sampled this round (``cohort``; absent means everyone), when the round closes,
-whether training is over (``final``) and the body's SHA-256 (the model's identity in audit
-records). Devices refuse any model that is not signed by the coordinator's key, is for
-another fleet, has expired, or is older than the one they already hold (no rollback).
+whether training is over (``final``), the body's SHA-256 (the model's identity in audit
+records) and, for a training method other than FedAvg, the round's plan (``plan``: the
+coin, step size, options and resync list of :class:`byzedge.methods.base.RoundPlan`,
+signed with the rest so no device can choose them). Devices refuse any model that is not
+signed by the coordinator's key, is for another fleet, has expired, or is older than the
+one they already hold (no rollback).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +56,9 @@ class GlobalModel:
     counter:
         The coordinator's monotonic message counter; devices ignore a model whose counter
         is not above the last one they accepted (replays, stale retained copies).
+    plan:
+        The training method's round plan as a map (``RoundPlan.to_meta()``), ``None``
+        for FedAvg.
     """
 
     round: int
@@ -62,6 +70,7 @@ class GlobalModel:
     final: bool
     sha256: str
     counter: int
+    plan: Mapping[str, Any] | None = None
 
     def includes(self, device_id: str) -> bool:
         """Whether ``device_id`` should train this round."""
@@ -82,8 +91,9 @@ def seal_global_model(
     deadline_ms: int = 0,
     final: bool = False,
     ttl_s: float = 3600.0,
+    plan: Mapping[str, Any] | None = None,
 ) -> SealedEnvelope:
-    """Sign the global model for ``round_number``."""
+    """Sign the global model for ``round_number`` (with the method's ``plan``, if any)."""
     body = DenseCodec().encode(as_update_vector(params))
     now_ms = int(time.time() * 1000)
     header = Header(
@@ -103,6 +113,7 @@ def seal_global_model(
             "deadline_ms": deadline_ms,
             "final": final,
             "sha256": hashlib.sha256(body).hexdigest(),
+            **({"plan": dict(plan)} if plan is not None else {}),
         },
     )
     return seal(header, body, key)
@@ -153,6 +164,10 @@ def open_global_model(
         msg = "model meta must name the architecture and list the cohort as strings"
         raise EnvelopeError(msg)
     deadline = meta.get("deadline_ms", 0)
+    plan = meta.get("plan")
+    if plan is not None and not isinstance(plan, dict):
+        msg = "model meta's plan must be a map"
+        raise EnvelopeError(msg)
     return GlobalModel(
         round=header.round,
         version=header.base_version,
@@ -163,4 +178,5 @@ def open_global_model(
         final=meta.get("final") is True,
         sha256=digest,
         counter=header.counter,
+        plan=plan,
     )
