@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from byzedge.coordinator.devices import DeviceRegistry
 from byzedge.protocol.chunking import Reassembler
-from byzedge.protocol.codecs import CODECS
+from byzedge.protocol.codecs import CODECS, CodecContext, SupportMismatchError
 from byzedge.protocol.envelope import Header, open_envelope
 from byzedge.protocol.errors import (
     ChunkError,
@@ -76,6 +76,7 @@ class RejectReason(StrEnum):
     BAD_BODY = "bad-body"
     WRONG_SHAPE = "wrong-shape"
     NON_FINITE = "non-finite"
+    RANDK_SUPPORT_MISMATCH = "randk-support-mismatch"
 
 
 # Reasons that only the holder of the device's key can cause: they count against its
@@ -86,6 +87,7 @@ ATTRIBUTABLE = frozenset(
         RejectReason.BAD_BODY,
         RejectReason.WRONG_SHAPE,
         RejectReason.NON_FINITE,
+        RejectReason.RANDK_SUPPORT_MISMATCH,
     }
 )
 
@@ -267,21 +269,9 @@ class Ingest:
         rejection = self._check_window(device, header, window)
         if rejection is not None:
             return rejection
-        codec_type = CODECS.get(header.codec)
-        if codec_type is None:
-            detail = f"unknown codec {header.codec!r}"
-            return Rejected(RejectReason.UNKNOWN_CODEC, detail, device, attributable=True)
-        if header.dim != window.dim:
-            detail = f"update of dim {header.dim}, the model has {window.dim}"
-            return Rejected(RejectReason.WRONG_SHAPE, detail, device, attributable=True)
-        try:
-            update = codec_type().decode(envelope.body, header.dim)
-        except CodecError as exc:
-            return Rejected(RejectReason.BAD_BODY, str(exc), device, attributable=True)
-        if not np.isfinite(update).all():
-            bad = int(np.count_nonzero(~np.isfinite(update)))
-            detail = f"{bad} non-finite values"
-            return Rejected(RejectReason.NON_FINITE, detail, device, attributable=True)
+        update = self._decode(device, header, envelope.body, window.dim)
+        if isinstance(update, Rejected):
+            return update
         self._accepted_this_round[device] = header.nonce
         return Accepted(
             device_id=device,
@@ -291,6 +281,32 @@ class Ingest:
             body_bytes=len(envelope.body),
             payload=payload,
         )
+
+    def _decode(
+        self, device: str, header: Header, body: bytes, dim: int
+    ) -> NDArray[np.float32] | Rejected:
+        """Codec, shape and finite checks of an authenticated, fresh update's body."""
+        codec_type = CODECS.get(header.codec)
+        if codec_type is None:
+            detail = f"unknown codec {header.codec!r}"
+            return Rejected(RejectReason.UNKNOWN_CODEC, detail, device, attributable=True)
+        if header.dim != dim:
+            detail = f"update of dim {header.dim}, the model has {dim}"
+            return Rejected(RejectReason.WRONG_SHAPE, detail, device, attributable=True)
+        # rand-k's support comes from the signed fleet, round and sender, never the body.
+        codec_context = CodecContext(header.fleet, header.round, header.sender)
+        try:
+            update = codec_type().decode(body, header.dim, context=codec_context)
+        except SupportMismatchError as exc:
+            reason = RejectReason.RANDK_SUPPORT_MISMATCH
+            return Rejected(reason, str(exc), device, attributable=True)
+        except CodecError as exc:
+            return Rejected(RejectReason.BAD_BODY, str(exc), device, attributable=True)
+        if not np.isfinite(update).all():
+            bad = int(np.count_nonzero(~np.isfinite(update)))
+            detail = f"{bad} non-finite values"
+            return Rejected(RejectReason.NON_FINITE, detail, device, attributable=True)
+        return update
 
     def _check_fresh(self, device: str, header: Header) -> Rejected | Redelivered | None:
         if header.nonce in (

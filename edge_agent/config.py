@@ -127,8 +127,18 @@ class AgentConfig(_Strict):
     training: TrainingSettings = Field(
         default_factory=TrainingSettings, description="Local training."
     )
-    compression: str = Field("dense", description="Update codec: dense, float16 or top-k.")
-    sparsity: float = Field(0.1, gt=0, le=1, description="top-k: fraction of coordinates sent.")
+    compression: str = Field(
+        "dense",
+        description=(
+            "Update codec: dense, float16, top-k, top-k-q8, rand-k, rand-k-q8, natural or qsgd."
+        ),
+    )
+    sparsity: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="top-k, top-k-q8, rand-k, rand-k-q8: fraction of coordinates sent.",
+    )
     error_feedback: bool = Field(
         True, description="Keep what compression dropped and add it to the next update."
     )

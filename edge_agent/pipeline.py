@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from byzedge.edge_agent.seams import OutgoingMessage, RoundContext, UpdateStage, WireStage
-from byzedge.protocol.codecs import Codec, build_codec
+from byzedge.protocol.codecs import CODECS, Codec, CodecContext, build_codec
 from byzedge.protocol.envelope import Header, SealedEnvelope, seal
 from byzedge.protocol.signing import SigningKey
 
@@ -127,7 +127,8 @@ class UpdatePipeline:
     ) -> None:
         if not 0.0 <= momentum1 < 1.0:
             raise ValueError(f"momentum1 must be in [0, 1), got {momentum1!r}")
-        params = {"sparsity": sparsity} if codec_name == "top-k" else {}
+        codec_type = CODECS.get(codec_name)
+        params = {"sparsity": sparsity} if codec_type is not None and codec_type.sparse else {}
         self.codec: Codec = build_codec(codec_name, **params)
         self._dense: Codec = build_codec("dense")
         self._error_feedback = error_feedback and codec_name != "dense"
@@ -219,9 +220,11 @@ class UpdatePipeline:
                 update = update + self.residual
             else:  # the model changed shape: old residual is meaningless
                 self.residual = None
-        body = self.codec.encode(update)
+        # What both ends know from the header: rand-k derives its support from it.
+        codec_context = CodecContext(fleet, context.round, context.device_id)
+        body = self.codec.encode(update, context=codec_context)
         if self._error_feedback:
-            sent = self.codec.decode(body, update.shape[0])
+            sent = self.codec.decode(body, update.shape[0], context=codec_context)
             # Non-finite values (a broken stage) must not poison every later round.
             self.residual = np.nan_to_num(update - sent, nan=0.0, posinf=0.0, neginf=0.0)
         created_ms = int(time.time() * 1000)
@@ -262,8 +265,9 @@ class UpdatePipeline:
             update = stage(update, context)
         update = np.asarray(update, dtype=np.float32)
         codec = self._dense if dense else self.codec
-        body = codec.encode(update)
-        sent = codec.decode(body, update.shape[0])
+        codec_context = CodecContext(fleet, context.round, context.device_id)
+        body = codec.encode(update, context=codec_context)
+        sent = codec.decode(body, update.shape[0], context=codec_context)
         created_ms = int(time.time() * 1000)
         header = Header(
             kind="update",

@@ -11,12 +11,14 @@ from typing import ClassVar, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from byzedge.protocol.codecs.base import as_update_vector
+from byzedge.protocol.codecs.base import CodecContext, CompressorClass, as_update_vector
 from byzedge.protocol.errors import CodecError
 
-__all__ = ["FLOAT16_MAX", "Float16Codec", "to_float16"]
+__all__ = ["FLOAT16_MAX", "FLOAT16_REL_ERROR", "Float16Codec", "to_float16"]
 
 FLOAT16_MAX: Final = float(np.finfo(np.float16).max)
+# Round-to-nearest with a 10-bit mantissa: |fl(x) - x| <= 2**-11 |x| in the normal range.
+FLOAT16_REL_ERROR: Final = 2.0**-11
 
 
 def to_float16(values: NDArray[np.float32]) -> NDArray[np.float16]:
@@ -28,12 +30,26 @@ class Float16Codec:
     """Lossy 2-byte encoding; relative error about 1e-3 per coordinate."""
 
     name: ClassVar[str] = "float16"
+    # Near-lossless: deterministic rounding is biased by at most 2**-11 relative, which no
+    # method's analysis notices; values beyond +-65504 saturate.
+    compressor_class: ClassVar[CompressorClass] = "lossless"
+    sparse: ClassVar[bool] = False
 
-    def encode(self, vector: NDArray[np.float32]) -> bytes:
+    def encode(self, vector: NDArray[np.float32], *, context: CodecContext | None = None) -> bytes:
         """Return the vector's float16 bytes."""
         return to_float16(as_update_vector(vector)).tobytes()
 
-    def decode(self, data: bytes, dim: int) -> NDArray[np.float32]:
+    def omega(self, dim: int) -> float:
+        """``2**-22``: the squared relative rounding error (normal range, no saturation)."""
+        return FLOAT16_REL_ERROR**2
+
+    def alpha(self, dim: int) -> float:
+        """``1 - 2**-22``: ``||C(x) - x||^2 <= 2**-22 ||x||^2`` in the normal range."""
+        return 1.0 - FLOAT16_REL_ERROR**2
+
+    def decode(
+        self, data: bytes, dim: int, *, context: CodecContext | None = None
+    ) -> NDArray[np.float32]:
         """Read exactly ``dim`` float16 values as float32."""
         if len(data) != 2 * dim:
             msg = f"float16 body of {len(data)} bytes, expected {2 * dim} for dim {dim}"

@@ -18,15 +18,19 @@ about 0.1 * 2 + 1/8 = 0.325 bytes against 4 for ``dense``: a 12x smaller body.
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
 from typing import ClassVar, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
-from byzedge.protocol.codecs.base import as_update_vector
-from byzedge.protocol.codecs.float16 import to_float16
+from byzedge.protocol.codecs.base import (
+    CodecContext,
+    CompressorClass,
+    as_update_vector,
+    check_sparsity,
+    kept_count,
+)
+from byzedge.protocol.codecs.float16 import FLOAT16_REL_ERROR, to_float16
 from byzedge.protocol.errors import CodecError
 
 __all__ = ["TopKCodec"]
@@ -47,27 +51,32 @@ class TopKCodec:
     """
 
     name: ClassVar[str] = "top-k"
+    compressor_class: ClassVar[CompressorClass] = "contractive"
+    sparse: ClassVar[bool] = True
 
     def __init__(self, sparsity: float = 0.1) -> None:
-        if not 0.0 < sparsity <= 1.0:
-            msg = f"sparsity must be in (0, 1], got {sparsity!r}"
-            raise ValueError(msg)
+        self._fraction = check_sparsity(sparsity)
         self.sparsity = sparsity
-        # The decimal the operator wrote, exactly: 0.07 * 100 is 7.000000000000001 in
-        # binary floating point, and its ceiling would keep 8 coordinates instead of 7.
-        self._fraction = Fraction(str(sparsity))
+
+    def omega(self, dim: int) -> float | None:
+        """``None``: TopK is biased."""
+        return None
+
+    def alpha(self, dim: int) -> float:
+        """``alpha = (K/d)(1 - 2**-22)``: TopK's ``K/d``, less the float16 rounding."""
+        return kept_count(self._fraction, dim) / dim * (1.0 - FLOAT16_REL_ERROR**2) if dim else 1.0
 
     def select(self, vector: NDArray[np.float32]) -> NDArray[np.int64]:
         """Return the sorted indices of the kept coordinates."""
         dim = vector.shape[0]
-        k = min(dim, max(1, math.ceil(self._fraction * dim))) if dim else 0
+        k = kept_count(self._fraction, dim)
         if k == dim:
             return np.arange(dim, dtype=np.int64)
         # argpartition is O(d); sorting the k survivors makes the index stream canonical.
         kept = np.argpartition(np.abs(vector), dim - k)[dim - k :]
         return np.sort(kept).astype(np.int64)
 
-    def encode(self, vector: NDArray[np.float32]) -> bytes:
+    def encode(self, vector: NDArray[np.float32], *, context: CodecContext | None = None) -> bytes:
         """Encode the top-k coordinates of ``vector``."""
         vector = as_update_vector(vector)
         dim = vector.shape[0]
@@ -86,7 +95,9 @@ class TopKCodec:
         prefix = bytes([index_format]) + int(k).to_bytes(4, "little")
         return prefix + index_bytes + to_float16(vector[indices]).tobytes()
 
-    def decode(self, data: bytes, dim: int) -> NDArray[np.float32]:
+    def decode(
+        self, data: bytes, dim: int, *, context: CodecContext | None = None
+    ) -> NDArray[np.float32]:
         """Rebuild the dense vector, zeros where nothing was sent."""
         if len(data) < _PREFIX_BYTES:
             msg = f"top-k body of {len(data)} bytes is truncated"

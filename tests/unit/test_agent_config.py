@@ -91,7 +91,7 @@ def test_an_unknown_compression_is_a_config_error_listing_the_known_codecs(
     message = load_error(write(tmp_path, REQUIRED + 'compression = "zip"\n'))
 
     assert "unknown compression 'zip'" in message
-    assert "dense, float16, top-k" in message
+    assert "dense, float16, natural, qsgd, rand-k, rand-k-q8, top-k, top-k-q8" in message
 
 
 def test_a_partition_index_not_below_num_partitions_is_a_config_error(tmp_path: Path) -> None:

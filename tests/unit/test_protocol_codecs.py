@@ -14,7 +14,12 @@ from byzedge.protocol.codecs import (
     Codec,
     DenseCodec,
     Float16Codec,
+    NaturalCodec,
+    QSGDCodec,
+    RandKCodec,
+    RandKQ8Codec,
     TopKCodec,
+    TopKQ8Codec,
     as_update_vector,
     build_codec,
 )
@@ -68,7 +73,16 @@ def test_codec_error_is_a_protocol_error() -> None:
 
 
 def test_registry_names_are_the_permanent_wire_names() -> None:
-    assert dict(CODECS) == {"dense": DenseCodec, "float16": Float16Codec, "top-k": TopKCodec}
+    assert dict(CODECS) == {
+        "dense": DenseCodec,
+        "float16": Float16Codec,
+        "top-k": TopKCodec,
+        "top-k-q8": TopKQ8Codec,
+        "rand-k": RandKCodec,
+        "rand-k-q8": RandKQ8Codec,
+        "natural": NaturalCodec,
+        "qsgd": QSGDCodec,
+    }
 
 
 def test_registry_is_read_only() -> None:
@@ -95,7 +109,9 @@ def test_top_k_default_sparsity_is_ten_percent() -> None:
 
 @pytest.mark.parametrize("name", ["", "Dense", "topk", "gzip", "top_k"])
 def test_build_codec_unknown_name_raises_value_error_listing_known_names(name: str) -> None:
-    with pytest.raises(ValueError, match="known: dense, float16, top-k"):
+    with pytest.raises(
+        ValueError, match="known: dense, float16, natural, qsgd, rand-k, rand-k-q8, top-k, top-k-q8"
+    ):
         build_codec(name)
 
 
