@@ -11,7 +11,13 @@ from byzedge.protocol.chunking import (
     is_chunk,
     split_payload,
 )
-from byzedge.protocol.codecs import CODECS, Codec, build_codec
+from byzedge.protocol.codecs import (
+    CODECS,
+    Codec,
+    CodecContext,
+    SupportMismatchError,
+    build_codec,
+)
 from byzedge.protocol.envelope import Header, SealedEnvelope, open_envelope, seal
 from byzedge.protocol.errors import (
     ChunkError,
@@ -28,6 +34,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ChunkError",
     "Codec",
+    "CodecContext",
     "CodecError",
     "EnvelopeError",
     "Header",
@@ -36,6 +43,7 @@ __all__ = [
     "SealedEnvelope",
     "SignatureError",
     "SigningKey",
+    "SupportMismatchError",
     "TopicError",
     "VerifyKey",
     "build_codec",

@@ -88,10 +88,15 @@ def shared_support(seed: bytes, dim: int, k: int) -> NDArray[np.int64]:
     """Sorted indices of the ``k`` coordinates with the smallest ``(key, index)``."""
     if k >= dim:
         return np.arange(dim, dtype=np.int64)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
     keys = np.frombuffer(hashlib.shake_256(seed).digest(8 * dim), dtype="<u8")
-    # A stable sort breaks (astronomically rare) key ties by index, as the rule says.
-    order = np.argsort(keys, kind="stable")[:k]
-    return np.sort(order).astype(np.int64)
+    # O(d): the K-th smallest key, then every key below it and, for (astronomically rare)
+    # ties at it, the lowest indices first, as the (key, index) rule says.
+    kth = keys[np.argpartition(keys, k - 1)[k - 1]]
+    below = np.flatnonzero(keys < kth)
+    tied = np.flatnonzero(keys == kth)[: k - below.shape[0]]
+    return np.sort(np.concatenate((below, tied))).astype(np.int64)
 
 
 class _SharedSupport:
