@@ -253,6 +253,14 @@ class CoordinatorConfig(_Strict):
     server_learning_rate: float = Field(
         1.0, gt=0, description="Global step: x <- x + rate * aggregate of the deltas."
     )
+    certified_robustness: bool = Field(
+        False,
+        description=(
+            "Attach to each round's summary and audit record the certified bound on how far "
+            "at most floor(max_byzantine_fraction * n) Byzantine rows moved the aggregate "
+            "from the honest rows' mean (byzedge.coordinator.certified)."
+        ),
+    )
     anomaly_detection: bool = Field(True, description="Score updates and flag outliers.")
     anomaly_threshold: float = Field(
         3.0, gt=0, description="Robust z-score above which an update is flagged."

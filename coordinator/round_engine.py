@@ -56,11 +56,15 @@ from byzedge.coordinator.aggregation.base import (
     Aggregator,
     DeviceAwareAggregator,
     StreamingAggregator,
+    num_byzantine,
 )
 from byzedge.coordinator.aggregation.clipping_vr import ClippingVR, automatic_radius
 from byzedge.coordinator.anomaly import MIN_UPDATES, AnomalyDetector, AnomalyFlag, AnomalyScores
+from byzedge.coordinator.certified import Certificate, certify, pre_round_centre
 from byzedge.coordinator.ingest import Accepted, IngestOutcome, Redelivered, Rejected
 from byzedge.coordinator.reputation import ReputationBook
+from byzedge.methods.base import MethodMessage, RoundPlan, TrainingMethod
+from byzedge.methods.base import ServerState as MethodServerState
 
 __all__ = [
     "DEFAULT_FALLBACK",
@@ -70,6 +74,7 @@ __all__ = [
     "ServerStepResult",
     "aggregate_with_fallback",
     "cohort_size",
+    "method_server_step",
     "sample_cohort",
     "samples_cohorts",
     "server_step",
@@ -239,6 +244,11 @@ class RoundSettings:
     fallback_defense:
         Registry name of the rule used when the configured one raises
         :class:`~coordinator.aggregation.BreakdownError`.
+    certified_robustness:
+        Attach to each aggregated round the certified bound on how far the Byzantine rows
+        moved the aggregate (:mod:`byzedge.coordinator.certified`).
+    max_byzantine_fraction:
+        The certificate's ``f = floor(max_byzantine_fraction * n)``.
     """
 
     anomaly_detection: bool = True
@@ -247,6 +257,8 @@ class RoundSettings:
     server_learning_rate: float = 1.0
     min_updates: int = 1
     fallback_defense: str = DEFAULT_FALLBACK
+    certified_robustness: bool = False
+    max_byzantine_fraction: float = 0.2
 
     @classmethod
     def from_config(cls, config: Any) -> RoundSettings:
@@ -259,6 +271,8 @@ class RoundSettings:
             server_learning_rate=float(config.server_learning_rate),
             min_updates=int(config.min_updates),
             fallback_defense=fallback_defense,
+            certified_robustness=bool(getattr(config, "certified_robustness", False)),
+            max_byzantine_fraction=float(getattr(config, "max_byzantine_fraction", 0.2)),
         )
 
 
@@ -293,6 +307,9 @@ class ServerStepResult:
         ``None``.
     streamed:
         Whether the rule took the updates one at a time (the streaming path).
+    certificate:
+        The round's certified robustness bound (``settings.certified_robustness``), else
+        ``None``.
     """
 
     params: NDArray[np.float32]
@@ -306,6 +323,7 @@ class ServerStepResult:
     flags: tuple[AnomalyFlag, ...] = ()
     clip_threshold: float | None = None
     streamed: bool = False
+    certificate: Certificate | None = None
 
     @property
     def model_changed(self) -> bool:
@@ -338,6 +356,37 @@ def _call(
     if rule.needs_device_ids:
         return cast(DeviceAwareAggregator, rule)(updates, weights, device_ids=device_ids)
     return rule(updates, weights)
+
+
+def _certificate(
+    settings: RoundSettings,
+    rows: Sequence[NDArray[np.float32]] | NDArray[np.float32],
+    aggregate: NDArray[np.float32],
+    result: AggregationResult,
+    weights: NDArray[np.float64] | None,
+    *,
+    rule: Aggregator,
+    used: str | None,
+    fallback: Aggregator | None,
+    centre: NDArray[np.float32] | None,
+) -> Certificate | None:
+    """The round's certificate when asked for, with the rule that actually aggregated."""
+    if not settings.certified_robustness:
+        return None
+    if used is not None:  # a fallback round: that rule's coefficient, no clipping centre
+        same = used == settings.fallback_defense and fallback is not None
+        rule, centre = (fallback if same and fallback is not None else build(used)), None
+    name = used if used is not None else str(getattr(rule, "name", type(rule).__name__))
+    return certify(
+        rule,
+        name,
+        rows,
+        aggregate,
+        f=num_byzantine(len(rows), settings.max_byzantine_fraction),
+        weights=weights,
+        centre=centre,
+        clip_threshold=result.diagnostics.clip_threshold,
+    )
 
 
 def _aggregate(
@@ -438,6 +487,7 @@ def _stream(
 ) -> ServerStepResult | None:
     """The ``O(d)`` path; ``None`` when the rule cannot stream this round (then batch)."""
     rule = cast(StreamingAggregator, aggregator)  # it declares ``streaming``
+    centre = pre_round_centre(aggregator) if settings.certified_robustness else None
     try:
         rule.start(len(rows[0]))
     except StreamingUnavailableError as exc:
@@ -452,6 +502,17 @@ def _stream(
     result = rule.finish()
     aggregate = np.asarray(result.aggregate, dtype=np.float32)
     new_params = _next_params(params, aggregate, settings, apply)
+    certificate = _certificate(
+        settings,
+        rows,
+        aggregate,
+        result,
+        weights,
+        rule=aggregator,
+        used=None,
+        fallback=None,
+        centre=centre,
+    )
     return ServerStepResult(
         new_params,
         aggregate,
@@ -463,6 +524,7 @@ def _stream(
         skipped=False,
         clip_threshold=result.diagnostics.clip_threshold,
         streamed=True,
+        certificate=certificate,
     )
 
 
@@ -554,6 +616,8 @@ def server_step(
     for device in ids:
         reputation.record(device, good=device not in flagged_set)
     weights = reputation.weights(ids) if settings.device_reputation else None
+    # Read before the rule moves it: the centre a clipping rule clips about this round.
+    centre = pre_round_centre(aggregator) if settings.certified_robustness else None
     result, used = _aggregate(
         aggregator,
         matrix,
@@ -565,6 +629,17 @@ def server_step(
     )
     aggregate = np.asarray(result.aggregate, dtype=np.float32)
     new_params = _next_params(params, aggregate, settings, apply)
+    certificate = _certificate(
+        settings,
+        matrix,
+        aggregate,
+        result,
+        weights,
+        rule=aggregator,
+        used=used,
+        fallback=fallback,
+        centre=centre,
+    )
     return ServerStepResult(
         new_params,
         aggregate,
@@ -576,4 +651,79 @@ def server_step(
         skipped=False,
         flags=flags,
         clip_threshold=result.diagnostics.clip_threshold,
+        certificate=certificate,
     )
+
+
+# -- a training method's server round (byzedge.methods) ----------------------------------
+
+
+def _method_messages(
+    accepted: Mapping[str, Accepted],
+) -> tuple[dict[str, tuple[MethodMessage, NDArray[np.float32]]], dict[str, str]]:
+    """Each accepted update's method message (``meta["method"]``); unreadable ones dropped."""
+    messages: dict[str, tuple[MethodMessage, NDArray[np.float32]]] = {}
+    malformed: dict[str, str] = {}
+    for device, update in sorted(accepted.items()):
+        try:
+            message = MethodMessage.from_meta(update.header.meta.get("method"))
+        except ValueError as exc:
+            malformed[device] = f"not a method message: {exc}"
+            continue
+        messages[device] = (message, update.update)
+    return messages, malformed
+
+
+def method_server_step(
+    method: TrainingMethod,
+    plan: RoundPlan,
+    params: NDArray[np.float32],
+    accepted: Mapping[str, Accepted],
+    state: MethodServerState,
+    **step_kwargs: Any,
+) -> tuple[ServerStepResult, dict[str, str]]:
+    """One server round of a training method: its rows, then :func:`server_step`.
+
+    ``ids, rows, dropped = method.rows(plan, messages, state)`` (MARINA: ``g + Q(Δ)``;
+    EF21/DASHA/Clip21: every mirror), then :func:`server_step` over those rows with the
+    method's model step (``apply``), so anomaly scoring, reputation and the robust rule
+    judge what the method aggregates. The coordinator daemon and the simulator both call
+    this.
+
+    Parameters
+    ----------
+    method, plan:
+        The method and the plan it made for this round.
+    params:
+        float32 ``(d,)``: ``x_r``, the model the plan was made for.
+    accepted:
+        The round's accepted updates by device (:attr:`Intake.accepted`); each header's
+        ``meta["method"]`` says what the message is.
+    state:
+        The method's server state, updated in place (mirrors, ``g``, resync list).
+    step_kwargs:
+        :func:`server_step`'s keywords (``settings``, ``reputation``, ``aggregator``...);
+        not ``apply``.
+
+    Returns
+    -------
+    result, dropped:
+        The step's result and the messages not used, ``device -> reason`` (a header that
+        is not a method message, a difference onto a mirror of another round...).
+    """
+    if "apply" in step_kwargs:
+        raise TypeError("method_server_step takes its model step from the method")
+    messages, dropped = _method_messages(accepted)
+    ids, rows, method_dropped = method.rows(plan, messages, state)
+    dropped.update(method_dropped)
+    for device in dropped:
+        if device not in messages:  # unreadable header: the device must resync anyway
+            state.resync.add(device)
+    result = server_step(
+        params,
+        ids,
+        rows or None,
+        apply=lambda current, aggregate: method.apply(plan, current, aggregate, state),
+        **step_kwargs,
+    )
+    return result, dropped

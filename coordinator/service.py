@@ -116,7 +116,9 @@ class RoundSummary:
     Beyond the round's figures it carries ``audit_head``, the audit log's head signed by
     the coordinator after this round (:class:`coordinator.audit.SignedHead`), so that
     anyone holding the coordinator's public key can later check the log was not cut or
-    rewritten (``byzedge audit verify --head``).
+    rewritten (``byzedge audit verify --head``). With ``certified_robustness`` it also
+    carries ``certificate``
+    (:meth:`byzedge.coordinator.certified.Certificate.to_dict`).
     """
 
     round: int
@@ -142,6 +144,7 @@ class RoundSummary:
     unavailable: list[str] = field(default_factory=list)
     redelivered: int = 0
     closed_by: str = "timeout"
+    certificate: dict[str, Any] | None = None
     audit_head: dict[str, Any] | None = None
 
     def to_json(self) -> str:
@@ -706,6 +709,9 @@ class Coordinator:
             unavailable=sorted(intake.unavailable),
             redelivered=intake.redelivered,
             closed_by=intake.closed_by,
+            # certified_robustness: the bound, its basis, assumptions and source; it
+            # reaches rounds.jsonl and the audit's round-completed record with the summary.
+            certificate=None if step.certificate is None else step.certificate.to_dict(),
         )
         self._report(summary)
         return summary

@@ -86,6 +86,13 @@ class Scenario(BaseModel):
     max_byzantine_fraction: float = Field(
         0.2, ge=0, lt=0.5, description="What krum/bulyan/multi-krum assume (as in the config)."
     )
+    certified_robustness: bool = Field(
+        False,
+        description=(
+            "Certify each round's bound (as the coordinator's key) and record it with the "
+            "measured deviation from the honest rows' mean."
+        ),
+    )
     momentum1: float = Field(
         0.0,
         ge=0,

@@ -178,6 +178,11 @@ class RoundRecord:
     flagged: list[str]
     fallback: str | None
     backdoor_success: float | None = None
+    # certified_robustness: the round's certified bound (None: none finite), its basis, and
+    # ||aggregate - mean of the honest accepted rows||, which the simulator can measure.
+    certified_bound: float | None = None
+    certified_basis: str | None = None
+    measured_deviation: float | None = None
 
 
 @dataclass(slots=True)
@@ -317,6 +322,8 @@ class Simulator:
             anomaly_threshold=scenario.anomaly_threshold,
             device_reputation=scenario.device_reputation,
             server_learning_rate=scenario.server_learning_rate,
+            certified_robustness=scenario.certified_robustness,
+            max_byzantine_fraction=scenario.max_byzantine_fraction,
         )
         self.initial_params = initial_parameters(self.spec, np.random.default_rng(scenario.seed))
         self.params = self.initial_params.copy()
@@ -521,7 +528,19 @@ class Simulator:
             fallback=outcome_step.fallback,
             backdoor_success=backdoor,
         )
+        if outcome_step.certificate is not None:
+            record.certified_bound = outcome_step.certificate.bound
+            record.certified_basis = outcome_step.certificate.basis
+            record.measured_deviation = self._deviation(intake, outcome_step.aggregate)
         return record, counts
+
+    def _deviation(self, intake: Intake, aggregate: NDArray[np.float32] | None) -> float | None:
+        """``||aggregate - mean of the honest accepted rows||`` (None without honest rows)."""
+        honest = [intake.accepted[d].update for d in intake.device_ids if d not in self.compromised]
+        if aggregate is None or not honest:
+            return None
+        mean = np.mean(np.asarray(honest, dtype=np.float64), axis=0)
+        return float(np.linalg.norm(aggregate.astype(np.float64) - mean))
 
     def _train_cohort(
         self, cohort: Sequence[_Device], round_number: int, *, include_colluders: bool = False

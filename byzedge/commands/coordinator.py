@@ -72,6 +72,12 @@ def add_rule_flags(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="override max_byzantine_fraction, in [0, 0.5)",
     )
+    parser.add_argument(
+        "--certified-robustness",
+        action="store_const",
+        const=True,
+        help="set certified_robustness: each round states its certified robustness bound",
+    )
 
 
 def main(argv: Sequence[str]) -> int:
@@ -88,7 +94,7 @@ def main(argv: Sequence[str]) -> int:
     if args.action == "reputation":
         return _reputation(args)
     overrides: dict[str, object] = dict(runtime_overrides(args))
-    for name in ("rounds", "byzantine_defense", "max_byzantine_fraction"):
+    for name in ("rounds", "byzantine_defense", "max_byzantine_fraction", "certified_robustness"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     try:

@@ -6,8 +6,9 @@ The command users of the product's description expect::
         --max-byzantine-fraction 0.2
 
 It is ``byzedge coordinator run`` with those flags overriding the file.
-``--certified-robustness`` asks for per-round certified bounds on the Byzantine share's
-influence; they are not implemented yet, so the flag is refused rather than ignored.
+``--certified-robustness`` sets ``certified_robustness``: each round's summary, audit
+record and the monitor then state the certified bound on how far the Byzantine share could
+have moved the aggregate (:mod:`byzedge.coordinator.certified`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from byzedge.commands import coordinator
-from byzedge.commands._common import add_runtime_flags, fail
+from byzedge.commands._common import add_runtime_flags
 
 __all__ = ["build_parser", "main"]
 
@@ -30,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, required=True, help="coordinator.toml")
     parser.add_argument("--rounds", type=int, help="override `rounds` from the file")
-    coordinator.add_rule_flags(parser)
-    parser.add_argument(
-        "--certified-robustness",
-        action="store_true",
-        help="report certified per-round bounds (not available yet: refused)",
-    )
+    coordinator.add_rule_flags(parser)  # --certified-robustness among them
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     add_runtime_flags(parser, "coordinator.key")
     return parser
@@ -44,13 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``byzedge train`` (exit codes as ``byzedge coordinator run``)."""
     args = build_parser().parse_args(argv)
-    if args.certified_robustness:
-        return fail(
-            "train",
-            "--certified-robustness: certified per-round robustness bounds are not "
-            "implemented yet; run without the flag",
-        )
     forwarded = ["run", "--config", str(args.config), "--log-level", args.log_level]
+    if args.certified_robustness:
+        forwarded.append("--certified-robustness")
     for flag, value in (
         ("--rounds", args.rounds),
         ("--byzantine-defense", args.byzantine_defense),

@@ -116,9 +116,14 @@ def _header(view: FleetView, now: float, broker: str | None) -> Text:
 
 def _rounds(view: FleetView, limit: int) -> Table:
     table = Table(title="Rounds", title_justify="left", expand=False)
-    for name in ("round", "accepted/cohort", "rejected", "duration", "fallback", "clip", "acc."):
+    shown = list(view.rounds)[-limit:][::-1]
+    # The certified bound's column only for coordinators that run certified_robustness.
+    certified = any(summary.certificate is not None for summary in shown)
+    names = ["round", "accepted/cohort", "rejected", "duration", "fallback", "clip", "acc."]
+    for name in names + (["certified bound"] if certified else []):
         table.add_column(name, justify="left" if name in {"rejected", "fallback"} else "right")
-    for summary in list(view.rounds)[-limit:][::-1]:
+    for summary in shown:
+        extra = [_certified(summary)] if certified else []
         table.add_row(
             str(summary.round),
             _accepted(summary),
@@ -127,8 +132,20 @@ def _rounds(view: FleetView, limit: int) -> Table:
             Text(summary.fallback or "-", style="yellow" if summary.fallback else ""),
             "-" if summary.clip_threshold is None else f"{summary.clip_threshold:.3g}",
             _number(summary.validation_accuracy, ".3f"),
+            *extra,
         )
     return table
+
+
+def _certified(summary: RoundView) -> Text:
+    """``0.0123 (box, f=2)``; ``none`` when the round has no finite bound."""
+    certificate = summary.certificate
+    if certificate is None:
+        return Text("-")
+    if certificate.bound is None:
+        return Text("none", style="yellow")
+    f = "?" if certificate.f is None else str(certificate.f)
+    return Text(f"{certificate.bound:.3g} ({certificate.basis or '?'}, f={f})")
 
 
 def _accepted(summary: RoundView) -> Text:

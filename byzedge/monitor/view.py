@@ -43,6 +43,7 @@ from byzedge.protocol.topics import (
 __all__ = [
     "AlertView",
     "AuditHeadView",
+    "CertificateView",
     "Change",
     "DeviceView",
     "FleetView",
@@ -103,7 +104,23 @@ class RoundView:
     defense: str | None = None
     model_version: int | None = None
     uplink_bytes: int | None = None
+    certificate: CertificateView | None = None
     received: float = field(default=0.0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateView:
+    """A summary's certified robustness bound (``certified_robustness``), as far as read.
+
+    ``bound`` is ``None`` when the round has no finite bound (``reason`` says why).
+    """
+
+    bound: float | None = None
+    basis: str | None = None
+    f: int | None = None
+    n: int | None = None
+    source: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +295,7 @@ class FleetView:
             defense=_text(data.get("defense")),
             model_version=_int(data.get("model_version")),
             uplink_bytes=_int(data.get("uplink_bytes")),
+            certificate=_certificate(data.get("certificate")),
             received=now,
         )
         self._keep_round(summary)
@@ -380,6 +398,19 @@ def _parse(topic: str, payload: bytes) -> dict[str, Any] | None:
         _LOGGER.debug("ignoring a payload on %s that is not a JSON object", topic)
         return None
     return data
+
+
+def _certificate(value: object) -> CertificateView | None:
+    if not isinstance(value, dict):
+        return None
+    return CertificateView(
+        bound=_float(value.get("bound")),
+        basis=_text(value.get("basis")),
+        f=_int(value.get("f")),
+        n=_int(value.get("n")),
+        source=_text(value.get("source")),
+        reason=_text(value.get("reason")),
+    )
 
 
 def _int(value: object) -> int | None:
