@@ -76,13 +76,27 @@ from byzedge.coordinator.liveness import FleetLiveness
 from byzedge.coordinator.metrics import CoordinatorMetrics
 from byzedge.coordinator.reputation import ReputationBook
 from byzedge.coordinator.requests import take_reputation_resets
-from byzedge.coordinator.round_engine import Intake, RoundSettings, sample_cohort, server_step
+from byzedge.coordinator.round_engine import (
+    Intake,
+    RoundSettings,
+    ServerStepResult,
+    method_server_step,
+    sample_cohort,
+    server_step,
+)
 from byzedge.coordinator.state import CoordinatorState, StateStore
+from byzedge.coordinator.training_method import (
+    FEDAVG,
+    build_training_method,
+    cohort_for_plan,
+    with_compression,
+)
 from byzedge.daemon import systemd
 from byzedge.daemon.logging import RateLimitedLog
 from byzedge.daemon.mqtt import ConnectInfo, Will
 from byzedge.daemon.rotating import RotatingJsonl
 from byzedge.daemon.transport import Endpoint, TransportFactory, mqtt_transport
+from byzedge.methods.base import RoundPlan, ServerState, TrainingMethod
 from byzedge.models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
 from byzedge.models.datasets import DigitsSplit, load_digits_split
 from byzedge.protocol import topics
@@ -145,6 +159,9 @@ class RoundSummary:
     redelivered: int = 0
     closed_by: str = "timeout"
     certificate: dict[str, Any] | None = None
+    algorithm: str = "fedavg"
+    full_round: bool | None = None
+    method_dropped: dict[str, str] = field(default_factory=dict)
     audit_head: dict[str, Any] | None = None
 
     def to_json(self) -> str:
@@ -225,6 +242,14 @@ class Coordinator:
         self._detector = AnomalyDetector(threshold=config.anomaly_threshold)
         self._aggregator = self._build_rule(config.byzantine_defense)
         self._fallback = self._build_rule(config.fallback_defense)
+        # A training method other than FedAvg: its server half, its state, this round's plan.
+        self._method: TrainingMethod | None = (
+            build_training_method(config.algorithm, config.method, config.seed)
+            if config.algorithm != FEDAVG
+            else None
+        )
+        self._method_state = ServerState()
+        self._plan: RoundPlan | None = None
         self._settings = RoundSettings.from_config(config)
         if validation is None and config.validation == "digits":
             validation = load_digits_split()
@@ -308,6 +333,8 @@ class Coordinator:
                     "fleet %s: anomaly history not restored: %s", self.config.fleet, exc
                 )
         self._ingest.load_state_dict(state.ingest)
+        if self._method is not None:
+            self._method_state = ServerState.from_plain(state.method, self._spec.dim)
         if state.aggregator is not None:
             load_rule_state(self._aggregator, state.aggregator)
         _LOGGER.info(
@@ -531,6 +558,7 @@ class Coordinator:
             deadline_ms=deadline_ms,
             final=final,
             ttl_s=self.config.model_ttl_s,
+            plan=self._plan.to_meta() if self._plan is not None and not final else None,
         )
         self._last_manifest = envelope.to_bytes()
         self._send_manifest()
@@ -542,9 +570,23 @@ class Coordinator:
         retain = len(payload) <= self.config.mqtt.max_message_bytes
         self._client.publish(topics.model_topic(self.config.fleet), payload, retain=retain)
 
+    def _plan_round(self, round_number: int) -> RoundPlan | None:
+        """The training method's plan for the round (``None`` for FedAvg).
+
+        Made once per round (a model sent again keeps it); the method state it advances
+        is saved with the round, so a restarted coordinator makes the same plan again.
+        """
+        if self._method is None:
+            return None
+        plan = self._method.plan(round_number, self.state.params, self._method_state)
+        return with_compression(plan, self.config.method)
+
     def _run_round(self, round_number: int, stop: threading.Event) -> RoundSummary | None:
         cfg = self.config
+        self._plan = self._plan_round(round_number)
         cohort = self._sample_cohort(round_number)
+        if self._method is not None and self._plan is not None:
+            cohort = cohort_for_plan(self._method, self._plan, cohort)
         expected = set(cohort) if cohort is not None else set(self._devices)
         deadline = time.time() + cfg.round_timeout_s
         window = RoundWindow(round_number, self.state.model_version, self._spec.dim, cohort)
@@ -657,17 +699,9 @@ class Coordinator:
         accepted = intake.accepted
         device_ids = intake.device_ids
         started = time.perf_counter()
-        step = server_step(
-            state.params,
-            device_ids,
-            intake.rows() or None,  # (d,) rows: stacked only if the round runs in batch
-            settings=self._settings,
-            reputation=self._reputation,
-            aggregator=self._aggregator,
-            fallback=self._fallback,
-            misbehaving=intake.misbehaving,
-            detector=self._detector,
-        )
+        step, dropped = self._server_step(intake)
+        for device, reason in sorted(dropped.items()):
+            _LOGGER.info("round %d: %s's message not used: %s", intake.round, device, reason)
         if not step.skipped:
             self.metrics.aggregation_time(time.perf_counter() - started)
             state.params = step.params
@@ -678,6 +712,8 @@ class Coordinator:
         state.ingest = self._ingest.state_dict()
         if self._aggregator.stateful:
             state.aggregator = rule_state(self._aggregator)
+        if self._method is not None:
+            state.method = self._method_state.to_plain()
         self._store.save(state)
         # Saved: the round's updates are in the model now, the journal has done its job.
         self._journal.clear()
@@ -712,9 +748,45 @@ class Coordinator:
             # certified_robustness: the bound, its basis, assumptions and source; it
             # reaches rounds.jsonl and the audit's round-completed record with the summary.
             certificate=None if step.certificate is None else step.certificate.to_dict(),
+            algorithm=cfg.algorithm,
+            full_round=self._plan.full if self._plan is not None else None,
+            method_dropped=dict(sorted(dropped.items())),
         )
         self._report(summary)
         return summary
+
+    def _server_step(self, intake: _Intake) -> tuple[ServerStepResult, dict[str, str]]:
+        """The round engine's server step, through the training method's server half if any.
+
+        Returns the step and the method messages not used (``device -> reason``).
+        """
+        settings = self._settings
+        if self._method is None or self._plan is None:
+            step = server_step(
+                self.state.params,
+                intake.device_ids,
+                intake.rows() or None,  # (d,) rows: stacked only if the round runs in batch
+                settings=settings,
+                reputation=self._reputation,
+                aggregator=self._aggregator,
+                fallback=self._fallback,
+                misbehaving=intake.misbehaving,
+                detector=self._detector,
+            )
+            return step, {}
+        return method_server_step(
+            self._method,
+            self._plan,
+            self.state.params,
+            intake.accepted,
+            self._method_state,
+            settings=settings,
+            reputation=self._reputation,
+            aggregator=self._aggregator,
+            fallback=self._fallback,
+            misbehaving=intake.misbehaving,
+            detector=self._detector,
+        )
 
     def _validate(self, params: NDArray[np.float32]) -> float | None:
         if self._validation is None:

@@ -36,6 +36,8 @@ class CoordinatorState:
     rejected_total: dict[str, int] = field(default_factory=dict)
     anomaly: dict[str, Any] = field(default_factory=dict)
     """``AnomalyDetector.state_dict()``; empty before the first save (and in old files)."""
+    method: dict[str, Any] | None = None
+    """A training method's ``ServerState.to_plain()`` (``None`` for FedAvg)."""
 
     def to_document(self) -> dict[str, Any]:
         """Return the msgpack-friendly document that is stored."""
@@ -51,6 +53,7 @@ class CoordinatorState:
             "ingest": self.ingest,
             "rejected_total": dict(self.rejected_total),
             "anomaly": self.anomaly,
+            "method": self.method,
         }
 
     @classmethod
@@ -69,6 +72,7 @@ class CoordinatorState:
                 ingest=dict(document.get("ingest", {})),
                 rejected_total={str(k): int(v) for k, v in document["rejected_total"].items()},
                 anomaly=dict(document.get("anomaly") or {}),
+                method=document.get("method"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             msg = f"coordinator state is missing or mistypes a field: {exc}"

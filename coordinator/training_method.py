@@ -30,6 +30,7 @@ __all__ = [
     "MethodConfig",
     "build_training_method",
     "check_compression",
+    "cohort_for_plan",
     "compatible_codecs",
     "is_method",
     "method_options",
@@ -154,3 +155,14 @@ def with_compression(plan: RoundPlan, table: MethodConfig) -> RoundPlan:
 def is_method(name: str) -> bool:
     """Whether ``name`` is a training method (not ``fedavg``, not an aggregation rule)."""
     return name in METHODS
+
+
+def cohort_for_plan(
+    method: TrainingMethod, plan: RoundPlan, sampled: frozenset[str] | None
+) -> frozenset[str] | None:
+    """The devices round ``plan`` asks: everyone when the method says so, else ``sampled``.
+
+    Byz-VR-MARINA-PP's full-gradient rounds ask every device (Malinovsky et al. 2024,
+    Alg. 1: ``|S_k| = C-hat``, here ``n``); the coordinator and the simulator both use this.
+    """
+    return None if method.asks_everyone(plan) else sampled

@@ -41,11 +41,14 @@ from byzedge.daemon.mqtt import ConnectInfo, Delivery, Will
 from byzedge.daemon.store import AtomicStore
 from byzedge.daemon.transport import Endpoint, TransportFactory, mqtt_transport
 from byzedge.edge_agent.config import AgentConfig
+from byzedge.edge_agent.method_step import DeviceStepJob, MethodDevice, propose
 from byzedge.edge_agent.model_store import ModelInfo, ModelStore
-from byzedge.edge_agent.pipeline import UpdatePipeline
+from byzedge.edge_agent.pipeline import PreparedUpdate, UpdatePipeline
 from byzedge.edge_agent.seams import RoundContext, SensorSource, UpdateStage, WireStage
 from byzedge.edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
 from byzedge.edge_agent.worker import TrainingWorker, TrainingWorkerError
+from byzedge.methods import METHODS
+from byzedge.methods.base import Proposal, RoundPlan
 from byzedge.models import get_model_spec
 from byzedge.protocol import topics
 from byzedge.protocol.errors import ProtocolError
@@ -146,6 +149,7 @@ class Agent:
             stages=stages,
             wire_stages=wire_stages,
         )
+        self._method = MethodDevice(self._spec.dim, stages, wire_stages)
         self._inbox: queue.Queue[bytes] = queue.Queue(maxsize=64)
         self._store = AtomicStore(config.state_dir / "agent.state")
         self._models = ModelStore(config.state_dir)
@@ -179,6 +183,7 @@ class Agent:
         # The pipeline's device-side state (error-feedback residual, worker momentum) is
         # kept at the top level, where older agents kept the residual.
         self._pipeline.load_state_dict(state, self._spec.dim)
+        self._method.load_plain(state.get("method"))
         self._sent = SentUpdate.from_state(state.get("last_update"))
         return {
             "model_counter": int(state.get("model_counter", -1)),
@@ -191,6 +196,7 @@ class Agent:
             {
                 **self._state,
                 **self._pipeline.state_dict(),
+                "method": self._method.to_plain(),
                 "last_update": self._sent.to_state() if self._sent is not None else None,
             }
         )
@@ -249,9 +255,23 @@ class Agent:
     def _newest(self, payload: bytes) -> bytes:
         while True:
             try:
-                payload = self._inbox.get_nowait()
+                newer = self._inbox.get_nowait()
             except queue.Empty:
                 return payload
+            # Only the newest model is trained on, but a training method's difference
+            # needs the model right before it: remember the ones passed over.
+            self._observe_skipped(payload)
+            payload = newer
+
+    def _observe_skipped(self, payload: bytes) -> None:
+        try:
+            model = open_global_model(
+                payload, self._coordinator_key, fleet=self.config.fleet, max_bytes=_MAX_MODEL_BYTES
+            )
+        except ProtocolError:
+            return  # refused (and counted) if it is the one handled
+        if model.plan is not None and model.params.shape == (self._spec.dim,):
+            self._method.observe(model.params, model.sha256)
 
     # -- one model ---------------------------------------------------------------------
 
@@ -288,13 +308,29 @@ class Agent:
                 "device %s: refusing model %r of dim %d", device, model.model, model.params.size
             )
             return
+        try:
+            plan = RoundPlan.from_meta(model.plan) if model.plan is not None else None
+            method_known = plan is None or plan.algorithm in METHODS
+        except ValueError as exc:
+            plan, method_known = None, False
+            reason = str(exc)
+        else:
+            reason = f"unknown training method {plan.algorithm!r}" if plan else ""
+        if not method_known:
+            self.refused_models += 1
+            _LOGGER.warning("device %s: refusing model with a bad plan: %s", device, reason)
+            return
         self._state["model_counter"] = model.counter
         self._state["model_version"] = model.version
         self._models.save(
             ModelInfo(model.model, model.round, model.version, model.sha256), model.params
         )
-        if model.includes(device):
+        if model.includes(device) and plan is not None:
+            self._step_and_publish(model, plan)
+        elif model.includes(device):
             self._train_and_publish(model)
+        if plan is not None:
+            self._method.observe(model.params, model.sha256)
         self._save_state()
 
     def _resend_if_asked(self, model: GlobalModel) -> bool:
@@ -354,21 +390,39 @@ class Agent:
                 self._publish_status("refused", reason=delivery.refused, round_number=round_number)
         self._deliveries = pending
 
-    def _train_and_publish(self, model: GlobalModel) -> None:
-        device = self.config.device_id
+    def _eligible(self, model: GlobalModel) -> TelemetrySnapshot | None:
+        """The telemetry snapshot when the device may train this round, else ``None``."""
         snapshot = self._telemetry()
         eligibility = check_eligibility(snapshot, self.config.eligibility)
         if not eligibility.eligible:
             _LOGGER.info(
-                "device %s round %d: not training (%s)", device, model.round, eligibility.reason
+                "device %s round %d: not training (%s)",
+                self.config.device_id,
+                model.round,
+                eligibility.reason,
             )
             self._publish_status(
                 "busy", snapshot, reason=eligibility.reason, round_number=model.round
             )
-            return
+            return None
         self._publish_status("training", snapshot, round_number=model.round)
+        return snapshot
+
+    def _round_seed(self, model: GlobalModel) -> np.random.SeedSequence:
         # One seed per (fleet seed, device, round): training and attack stages repeat exactly.
-        seed_seq = np.random.SeedSequence([self.config.seed, self._device_salt, model.round])
+        return np.random.SeedSequence([self.config.seed, self._device_salt, model.round])
+
+    def _next_counter(self) -> int:
+        counter = max(int(self._state["update_counter"]) + 1, time.time_ns() // 1000)
+        self._state["update_counter"] = counter
+        return counter
+
+    def _train_and_publish(self, model: GlobalModel) -> None:
+        device = self.config.device_id
+        snapshot = self._eligible(model)
+        if snapshot is None:
+            return
+        seed_seq = self._round_seed(model)
         try:
             delta = self._train(model, seed=int(seed_seq.generate_state(1)[0]))
         except (ValueError, TrainingWorkerError) as exc:
@@ -377,8 +431,6 @@ class Agent:
             _LOGGER.error("device %s round %d: training failed: %s", device, model.round, exc)
             self._publish_status("skipped", snapshot, reason=str(exc), round_number=model.round)
             return
-        counter = max(self._state["update_counter"] + 1, time.time_ns() // 1000)
-        self._state["update_counter"] = counter
         context = RoundContext(
             device_id=device,
             round=model.round,
@@ -391,22 +443,105 @@ class Agent:
             key=self._key,
             fleet=self.config.fleet,
             base_version=model.version,
-            counter=counter,
+            counter=self._next_counter(),
         )
+        self._send(model, prepared, snapshot, save_first=False)
+
+    def _step_and_publish(self, model: GlobalModel, plan: RoundPlan) -> None:
+        """A training method's round: device step, seal, commit, save, then publish.
+
+        The state is saved before the update goes out, so a device killed in between
+        re-sends the very update its state has committed (never one it does not know).
+        """
+        device = self.config.device_id
+        snapshot = self._eligible(model)
+        if snapshot is None:
+            return
+        seed_seq = self._round_seed(model)
+        try:
+            proposal = self._propose(model, plan, seed=int(seed_seq.generate_state(1)[0]))
+        except (ValueError, TrainingWorkerError) as exc:
+            _LOGGER.error(
+                "device %s round %d: %s step failed: %s", device, model.round, plan.algorithm, exc
+            )
+            self._publish_status("skipped", snapshot, reason=str(exc), round_number=model.round)
+            return
+        if proposal is None:
+            reason = f"{plan.algorithm}: waiting for the next full-gradient round"
+            _LOGGER.info(
+                "device %s round %d: %s (no previous model to difference)",
+                device,
+                model.round,
+                reason,
+            )
+            self._publish_status("skipped", snapshot, reason=reason, round_number=model.round)
+            return
+        context = RoundContext(
+            device_id=device,
+            round=model.round,
+            global_params=model.params,
+            rng=np.random.default_rng(seed_seq),
+        )
+        try:
+            pipeline = self._method.pipeline(plan)
+        except ValueError as exc:  # a codec this agent does not know
+            _LOGGER.error("device %s round %d: %s", device, model.round, exc)
+            self._publish_status("skipped", snapshot, reason=str(exc), round_number=model.round)
+            return
+        prepared = pipeline.prepare(
+            proposal.vector,
+            context,
+            key=self._key,
+            fleet=self.config.fleet,
+            base_version=model.version,
+            counter=self._next_counter(),
+            method_meta=proposal.message.to_meta(),
+            dense=proposal.dense,
+        )
+        if prepared.sent is None:  # prepare always decodes method messages
+            raise RuntimeError("the pipeline did not return the sent vector")
+        self._method.commit(plan, proposal, prepared.sent)
+        self._send(model, prepared, snapshot, save_first=True)
+
+    def _propose(self, model: GlobalModel, plan: RoundPlan, seed: int) -> Proposal | None:
+        job = DeviceStepJob(
+            model_name=self.config.model,
+            plan=plan,
+            params=model.params,
+            previous=self._method.previous_for(plan),
+            data=self._source.read(model.round),
+            state=self._method.state,
+            device_id=self.config.device_id,
+            seed=seed,
+        )
+        if self.config.training.isolation == "process":
+            return self._worker.call(propose, job)
+        return propose(job)
+
+    def _send(
+        self,
+        model: GlobalModel,
+        prepared: PreparedUpdate,
+        snapshot: TelemetrySnapshot,
+        *,
+        save_first: bool,
+    ) -> None:
         self._sent = SentUpdate(
             round=model.round,
             base_version=model.version,
             expires_ms=prepared.envelope.header.expires_ms,
             messages=tuple((m.topic_device, m.payload) for m in prepared.messages),
         )
+        if save_first:
+            self._save_state()
         self._publish_update(self._sent, resend=False)
         self.updates_sent += 1
         _LOGGER.info(
             "device %s round %d: sent %d-byte update (%s)",
-            device,
+            self.config.device_id,
             model.round,
             len(prepared.wire_bytes),
-            self._pipeline.codec.name,
+            prepared.envelope.header.codec,
         )
         self._publish_status("online", snapshot, round_number=model.round)
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +37,8 @@ from byzedge.edge_agent.config import TrainingSettings
 from byzedge.edge_agent.seams import LocalData
 
 __all__ = ["TrainingWorker", "TrainingWorkerError", "train_in_worker"]
+
+_T = TypeVar("_T")
 
 
 class TrainingWorkerError(RuntimeError):
@@ -83,11 +86,24 @@ class TrainingWorker:
         ValueError
             As :func:`byzedge.edge_agent.training.train_local` raises it (bad data, bad config).
         """
+        return self.call(_train, model, global_params, data, settings, seed)
+
+    def call(self, job: Callable[..., _T], *args: Any) -> _T:
+        """Run ``job(*args)`` in the worker (started if needed) and return its result.
+
+        ``job`` must be a module-level function (it is pickled by name): training, or a
+        training method's device step (:func:`byzedge.edge_agent.method_step.propose`).
+
+        Raises
+        ------
+        TrainingWorkerError
+            If the worker process died; the next call starts a new one.
+        """
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
         try:
-            future = self._pool.submit(_train, model, global_params, data, settings, seed)
+            future = self._pool.submit(job, *args)
             return future.result()
         except BrokenProcessPool as exc:
             self.close()

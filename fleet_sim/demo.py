@@ -35,6 +35,8 @@ class DemoOptions:
     byzantine_fraction: float = 0.2
     attack: str = "sign-flip"
     defenses: tuple[str, ...] = ("mean", "clipping-vr")
+    algorithm: str = "fedavg"
+    step_size: float = 0.5
     compression: str = "dense"
     sparsity: float = 0.1
     broker: str = "auto"
@@ -53,6 +55,7 @@ class RunResult:
     defense: str
     attack: str | None
     byzantine_fraction: float
+    algorithm: str
     byzantine_devices: list[str]
     compression: str
     sparsity: float | None
@@ -80,6 +83,7 @@ def run_demo(
         else frozenset()
     )
     attack = options.attack if byzantine else None
+    method = options.algorithm != "fedavg"
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="byzedge-demo-") as scratch:
         base = workdir or Path(scratch)
@@ -90,9 +94,10 @@ def run_demo(
                     defense=defense,
                     attack=attack,
                     byzantine_fraction=options.byzantine_fraction if attack else 0.0,
+                    algorithm=options.algorithm,
                     byzantine_devices=sorted(byzantine),
                     compression=options.compression,
-                    sparsity=options.sparsity if options.compression == "top-k" else None,
+                    sparsity=options.sparsity if options.compression != "dense" else None,
                     devices=options.devices,
                     seed=options.seed,
                     broker=broker.kind,
@@ -122,13 +127,16 @@ def run_demo(
                     defense=defense,
                     attack=attack,
                     byzantine=byzantine,
-                    compression=options.compression,
+                    # A training method's messages use the coordinator's compression (it
+                    # travels in the signed plan), FedAvg's updates the agents' own.
+                    compression=options.compression if not method else "dense",
                     sparsity=options.sparsity,
                     seed=options.seed,
                     model=options.model,
                     partition=options.partition,
                     epochs=options.epochs,
                     learning_rate=options.learning_rate,
+                    coordinator_overrides=_method_overrides(options),
                 )
                 started = time.monotonic()
                 fleet = InProcessFleet(spec, base / spec.fleet, on_round=record)
@@ -139,6 +147,20 @@ def run_demo(
                     result.final_accuracy = result.rounds[-1]["accuracy"]
                 results.append(result)
     return results
+
+
+def _method_overrides(options: DemoOptions) -> dict[str, Any]:
+    """The coordinator keys of a training method other than FedAvg (none for FedAvg)."""
+    if options.algorithm == "fedavg":
+        return {}
+    return {
+        "algorithm": options.algorithm,
+        "method": {
+            "step_size": options.step_size,
+            "compression": options.compression,
+            "sparsity": options.sparsity,
+        },
+    }
 
 
 def write_outputs(options: DemoOptions, results: Sequence[RunResult]) -> dict[str, Path]:
@@ -163,8 +185,8 @@ def write_outputs(options: DemoOptions, results: Sequence[RunResult]) -> dict[st
 def _title(options: DemoOptions) -> str:
     attack = options.attack if options.byzantine_fraction > 0 else "no attack"
     return (
-        f"{options.devices} devices, {options.byzantine_fraction:.0%} compromised ({attack}), "
-        f"{options.compression} uplink"
+        f"{options.algorithm}, {options.devices} devices, "
+        f"{options.byzantine_fraction:.0%} compromised ({attack}), {options.compression} uplink"
     )
 
 

@@ -211,11 +211,17 @@ class Proposal:
     dense:
         Send with the lossless ``dense`` codec whatever ``compression`` says (full
         gradients of MARINA, resets of a mirror).
+    carry:
+        Device-side vectors :meth:`TrainingMethod.commit` needs and that are never sent
+        (Clip21-SGD2M's new momentum and un-noised clipped step, DASHA's new PAGE
+        estimator): computed once in ``propose``, folded into the state only once the
+        message is sealed, so a proposal that is never sent leaves the state untouched.
     """
 
     vector: Vector
     message: MethodMessage
     dense: bool = False
+    carry: Mapping[str, Vector] = field(default_factory=dict)
 
 
 # -- the device's gradients ---------------------------------------------------------------
@@ -429,6 +435,14 @@ class TrainingMethod(Protocol):
         Calls ``state.publish(params)`` (the plan's ``previous_sha256``). The coin is
         seeded by the round, so a coordinator restarted from the state saved after round
         ``r - 1`` makes the same plan again.
+        """
+        ...
+
+    def asks_everyone(self, plan: RoundPlan) -> bool:
+        """Whether round ``plan`` must ask every device, whatever the cohort sampling.
+
+        MARINA-PP's full rounds do (a cohort ``C-hat = n`` keeps an honest-majority anchor);
+        the other methods leave the cohort to the configuration.
         """
         ...
 

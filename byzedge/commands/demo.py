@@ -36,8 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="mean,clipping-vr",
         help="comma-separated aggregation rules, one run each (default mean,clipping-vr)",
     )
-    parser.add_argument("--compression", default="dense", help="dense, float16 or top-k")
-    parser.add_argument("--sparsity", type=float, default=0.1, help="top-k: share kept")
+    parser.add_argument(
+        "--algorithm",
+        default="fedavg",
+        help="training method: fedavg (default), byz-vr-marina, byz-vr-marina-pp, byz-ef21, "
+        "byz-ef21-bc, byz-dasha-page or clip21-sgd2m",
+    )
+    parser.add_argument(
+        "--step-size", type=float, default=0.5, help="a method's step gamma (default 0.5)"
+    )
+    parser.add_argument(
+        "--compression",
+        default="dense",
+        help="uplink codec: dense, float16, top-k, top-k-q8, rand-k, rand-k-q8, natural, qsgd",
+    )
+    parser.add_argument(
+        "--sparsity", type=float, default=0.1, help="sparsifying codecs: share kept"
+    )
     parser.add_argument(
         "--broker",
         default="auto",
@@ -51,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
     parser.add_argument("--verbose", action="store_true", help="log every round and message")
     return parser
+
+
+def _method_problems(algorithm: str, compression: str, step_size: float) -> list[str]:
+    """What is wrong with a training method's flags, as the coordinator's config would say."""
+    from byzedge.coordinator.training_method import (  # noqa: PLC0415 - lazy by design
+        MethodConfig,
+        build_training_method,
+    )
+
+    try:
+        table = MethodConfig(compression=compression, step_size=step_size)
+        build_training_method(algorithm, table, seed=0)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        return [f"--algorithm {algorithm}: {exc}"]
+    return []
 
 
 def main(argv: Sequence[str]) -> int:
@@ -71,6 +101,8 @@ def main(argv: Sequence[str]) -> int:
         problems.append(f"unknown attack {args.attack!r}; known: {', '.join(sorted(ATTACKS))}")
     if args.compression not in CODECS:
         problems.append(f"unknown compression {args.compression!r}")
+    if args.algorithm != "fedavg":
+        problems.extend(_method_problems(args.algorithm, args.compression, args.step_size))
     if not 0 <= args.byzantine_fraction < 1:
         problems.append("--byzantine-fraction must be in [0, 1)")
     if args.devices < 1 or args.rounds < 1:
@@ -88,6 +120,8 @@ def main(argv: Sequence[str]) -> int:
         byzantine_fraction=args.byzantine_fraction if args.attack != "none" else 0.0,
         attack=args.attack,
         defenses=defenses,
+        algorithm=args.algorithm,
+        step_size=args.step_size,
         compression=args.compression,
         sparsity=args.sparsity,
         broker=args.broker,
