@@ -63,6 +63,8 @@ from byzedge.coordinator.anomaly import MIN_UPDATES, AnomalyDetector, AnomalyFla
 from byzedge.coordinator.certified import Certificate, certify, pre_round_centre
 from byzedge.coordinator.ingest import Accepted, IngestOutcome, Redelivered, Rejected
 from byzedge.coordinator.reputation import ReputationBook
+from byzedge.methods.base import MethodMessage, RoundPlan, TrainingMethod
+from byzedge.methods.base import ServerState as MethodServerState
 
 __all__ = [
     "DEFAULT_FALLBACK",
@@ -72,6 +74,7 @@ __all__ = [
     "ServerStepResult",
     "aggregate_with_fallback",
     "cohort_size",
+    "method_server_step",
     "sample_cohort",
     "samples_cohorts",
     "server_step",
@@ -650,3 +653,77 @@ def server_step(
         clip_threshold=result.diagnostics.clip_threshold,
         certificate=certificate,
     )
+
+
+# -- a training method's server round (byzedge.methods) ----------------------------------
+
+
+def _method_messages(
+    accepted: Mapping[str, Accepted],
+) -> tuple[dict[str, tuple[MethodMessage, NDArray[np.float32]]], dict[str, str]]:
+    """Each accepted update's method message (``meta["method"]``); unreadable ones dropped."""
+    messages: dict[str, tuple[MethodMessage, NDArray[np.float32]]] = {}
+    malformed: dict[str, str] = {}
+    for device, update in sorted(accepted.items()):
+        try:
+            message = MethodMessage.from_meta(update.header.meta.get("method"))
+        except ValueError as exc:
+            malformed[device] = f"not a method message: {exc}"
+            continue
+        messages[device] = (message, update.update)
+    return messages, malformed
+
+
+def method_server_step(
+    method: TrainingMethod,
+    plan: RoundPlan,
+    params: NDArray[np.float32],
+    accepted: Mapping[str, Accepted],
+    state: MethodServerState,
+    **step_kwargs: Any,
+) -> tuple[ServerStepResult, dict[str, str]]:
+    """One server round of a training method: its rows, then :func:`server_step`.
+
+    ``ids, rows, dropped = method.rows(plan, messages, state)`` (MARINA: ``g + Q(Δ)``;
+    EF21/DASHA/Clip21: every mirror), then :func:`server_step` over those rows with the
+    method's model step (``apply``), so anomaly scoring, reputation and the robust rule
+    judge what the method aggregates. The coordinator daemon and the simulator both call
+    this.
+
+    Parameters
+    ----------
+    method, plan:
+        The method and the plan it made for this round.
+    params:
+        float32 ``(d,)``: ``x_r``, the model the plan was made for.
+    accepted:
+        The round's accepted updates by device (:attr:`Intake.accepted`); each header's
+        ``meta["method"]`` says what the message is.
+    state:
+        The method's server state, updated in place (mirrors, ``g``, resync list).
+    step_kwargs:
+        :func:`server_step`'s keywords (``settings``, ``reputation``, ``aggregator``...);
+        not ``apply``.
+
+    Returns
+    -------
+    result, dropped:
+        The step's result and the messages not used, ``device -> reason`` (a header that
+        is not a method message, a difference onto a mirror of another round...).
+    """
+    if "apply" in step_kwargs:
+        raise TypeError("method_server_step takes its model step from the method")
+    messages, dropped = _method_messages(accepted)
+    ids, rows, method_dropped = method.rows(plan, messages, state)
+    dropped.update(method_dropped)
+    for device in dropped:
+        if device not in messages:  # unreadable header: the device must resync anyway
+            state.resync.add(device)
+    result = server_step(
+        params,
+        ids,
+        rows or None,
+        apply=lambda current, aggregate: method.apply(plan, current, aggregate, state),
+        **step_kwargs,
+    )
+    return result, dropped
