@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from byzedge.protocol.codecs.base import CodecContext, CompressorClass, as_update_vector
 from byzedge.protocol.codecs.bits import field_bytes, pack_fields, unpack_fields
+from byzedge.protocol.codecs.stochastic import RoundingSource
 from byzedge.protocol.errors import CodecError
 
 __all__ = ["NaturalCodec"]
@@ -44,7 +45,8 @@ class NaturalCodec:
     Parameters
     ----------
     seed:
-        Seed of the stochastic rounding (fresh entropy when ``None``).
+        Seed of the stochastic rounding (see
+        :class:`~byzedge.protocol.codecs.stochastic.RoundingSource`).
     """
 
     name: ClassVar[str] = "natural"
@@ -52,7 +54,7 @@ class NaturalCodec:
     sparse: ClassVar[bool] = False
 
     def __init__(self, *, seed: int | None = None) -> None:
-        self._rng = np.random.default_rng(seed)
+        self._rounding = RoundingSource(seed)
 
     def omega(self, dim: int) -> float:
         """``1/8`` (Horváth et al. 2019, Theorem 1)."""
@@ -70,7 +72,8 @@ class NaturalCodec:
         mantissas = (bits & np.uint32((1 << _MANTISSA_BITS) - 1)).astype(np.int64)
         finite = exponents < _INFINITE_EXPONENT
         # Up with probability m / 2^23: an integer draw keeps that probability exact.
-        up = self._rng.integers(0, 1 << _MANTISSA_BITS, size=bits.shape[0]) < mantissas
+        rng = self._rounding(self.name, context)
+        up = rng.integers(0, 1 << _MANTISSA_BITS, size=bits.shape[0]) < mantissas
         rounded = np.where(
             finite, np.minimum(exponents + (up & finite), _MAX_FINITE_EXPONENT), exponents
         )

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from byzedge.protocol.codecs.base import CodecContext, CompressorClass, as_update_vector
 from byzedge.protocol.codecs.bits import pack_fields, unpack_fields
+from byzedge.protocol.codecs.stochastic import RoundingSource
 from byzedge.protocol.errors import CodecError
 
 __all__ = ["QSGDCodec"]
@@ -52,7 +53,8 @@ class QSGDCodec:
     levels:
         ``s``, in ``1 .. 32767`` (``s = 1`` is the 1-level ternary QSGD of algorithms.md §8).
     seed:
-        Seed of the stochastic rounding (fresh entropy when ``None``).
+        Seed of the stochastic rounding (see
+        :class:`~byzedge.protocol.codecs.stochastic.RoundingSource`).
     """
 
     name: ClassVar[str] = "qsgd"
@@ -67,7 +69,7 @@ class QSGDCodec:
             msg = f"levels must be in 1..{_MAX_LEVELS}, got {levels}"
             raise ValueError(msg)
         self.levels = levels
-        self._rng = np.random.default_rng(seed)
+        self._rounding = RoundingSource(seed)
 
     def omega(self, dim: int) -> float:
         """``min(d/s^2, sqrt(d)/s)`` (Alistarh et al. 2017, Lemma 3.1)."""
@@ -94,7 +96,8 @@ class QSGDCodec:
         if norm32 > 0:
             scaled = np.abs(values) * (s / float(norm32))
             floor = np.floor(scaled)
-            levels = floor + (self._rng.random(values.shape[0]) < scaled - floor)
+            rng = self._rounding(self.name, context)
+            levels = floor + (rng.random(values.shape[0]) < scaled - floor)
             levels = np.clip(levels, 0, s).astype(np.int64)
         else:
             levels = np.zeros(values.shape[0], dtype=np.int64)

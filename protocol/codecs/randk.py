@@ -49,6 +49,7 @@ from byzedge.protocol.codecs.base import (
     kept_count,
 )
 from byzedge.protocol.codecs.stochastic import (
+    RoundingSource,
     q8_decode,
     q8_encode,
     q8_omega,
@@ -121,7 +122,8 @@ class RandKCodec:
     sparsity:
         Fraction of coordinates kept, in ``(0, 1]`` (config key ``sparsity``).
     seed:
-        Seed of the stochastic rounding (fresh entropy when ``None``); the support does not
+        Seed of the stochastic rounding (see
+        :class:`~byzedge.protocol.codecs.stochastic.RoundingSource`); the support does not
         depend on it.
     """
 
@@ -134,7 +136,7 @@ class RandKCodec:
     def __init__(self, sparsity: float = 0.1, *, seed: int | None = None) -> None:
         self._fraction = check_sparsity(sparsity)
         self.sparsity = sparsity
-        self._rng = np.random.default_rng(seed)
+        self._rounding = RoundingSource(seed)
         self._support = _SharedSupport()
 
     def omega(self, dim: int) -> float:
@@ -149,8 +151,8 @@ class RandKCodec:
         k = kept_count(self._fraction, dim)
         return dim / k * (1.0 + value_omega) - 1.0 if k else 0.0
 
-    def _encode_values(self, values: NDArray[np.float32]) -> bytes:
-        return stochastic_float16(values, self._rng)
+    def _encode_values(self, values: NDArray[np.float32], rng: np.random.Generator) -> bytes:
+        return stochastic_float16(values, rng)
 
     def _decode_values(self, data: bytes, k: int) -> NDArray[np.float32]:
         return np.frombuffer(data, dtype="<f2").astype(np.float32)
@@ -172,7 +174,8 @@ class RandKCodec:
         seed = shared_seed(context)
         indices = self._support(seed, dim, k)
         prefix = seed[:TAG_BYTES] + k.to_bytes(4, "little")
-        return prefix + self._encode_values(vector[indices])
+        rng = self._rounding(self.name, context)
+        return prefix + self._encode_values(vector[indices], rng)
 
     def decode(
         self, data: bytes, dim: int, *, context: CodecContext | None = None
@@ -231,8 +234,8 @@ class RandKQ8Codec(RandKCodec):
         """``(d/K)(1 + omega_q8(K)) - 1``."""
         return self._omega_with(dim, q8_omega(kept_count(self._fraction, dim)))
 
-    def _encode_values(self, values: NDArray[np.float32]) -> bytes:
-        return q8_encode(values, self._rng)
+    def _encode_values(self, values: NDArray[np.float32], rng: np.random.Generator) -> bytes:
+        return q8_encode(values, rng)
 
     def _decode_values(self, data: bytes, k: int) -> NDArray[np.float32]:
         return q8_decode(data, k, self.name)

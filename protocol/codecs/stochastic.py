@@ -8,6 +8,7 @@ QSGD and natural compression are built on). Its variance is ``(v - a)(b - v)``, 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from typing import Final
@@ -15,11 +16,13 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from byzedge.protocol.codecs.base import CodecContext
 from byzedge.protocol.codecs.float16 import FLOAT16_MAX, FLOAT16_REL_ERROR
 from byzedge.protocol.errors import CodecError
 
 __all__ = [
     "Q8_HEADER_BYTES",
+    "RoundingSource",
     "Q8_LEVELS",
     "q8_decode",
     "q8_encode",
@@ -33,6 +36,31 @@ Q8_LEVELS: Final = 127
 Q8_HEADER_BYTES: Final = 8
 """``f4 lo, f4 hi``: the magnitude range of an 8-bit block."""
 _SIGN: Final = 0x80
+_ROUNDING_DOMAIN: Final = b"byzedge/rounding/v1\x00"
+
+
+class RoundingSource:
+    """Where a codec's stochastic rounding draws its randomness.
+
+    With a ``seed``: one generator for the codec's life (reproducible draws in tests).
+    Without: a generator seeded by SHA-256 of the codec's name and the message's context,
+    so a simulation replays exactly and each (fleet, round, sender) gets its own draws;
+    without a context either, fresh entropy. Unbiasedness never depends on which: only the
+    draws' independence from the value being rounded matters.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        self._own = np.random.default_rng(seed) if seed is not None else None
+
+    def __call__(self, codec: str, context: CodecContext | None) -> np.random.Generator:
+        """The generator for one encode of ``codec`` in ``context``."""
+        if self._own is not None:
+            return self._own
+        if context is None:
+            return np.random.default_rng()
+        material = "\x00".join((codec, context.fleet, context.sender, str(context.round)))
+        digest = hashlib.sha256(_ROUNDING_DOMAIN + material.encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
 def stochastic_float16(values: NDArray[np.float32], rng: np.random.Generator) -> bytes:

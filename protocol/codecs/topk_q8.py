@@ -42,7 +42,13 @@ from byzedge.protocol.codecs.base import (
     kept_count,
 )
 from byzedge.protocol.codecs.bits import field_bytes, pack_fields, unpack_fields
-from byzedge.protocol.codecs.stochastic import Q8_HEADER_BYTES, q8_decode, q8_encode, q8_omega
+from byzedge.protocol.codecs.stochastic import (
+    Q8_HEADER_BYTES,
+    RoundingSource,
+    q8_decode,
+    q8_encode,
+    q8_omega,
+)
 from byzedge.protocol.codecs.topk import TopKCodec
 from byzedge.protocol.errors import CodecError
 
@@ -88,7 +94,8 @@ class TopKQ8Codec:
     sparsity:
         Fraction of coordinates kept, in ``(0, 1]`` (config key ``sparsity``).
     seed:
-        Seed of the values' stochastic rounding (fresh entropy when ``None``).
+        Seed of the values' stochastic rounding (see
+        :class:`~byzedge.protocol.codecs.stochastic.RoundingSource`).
     """
 
     name: ClassVar[str] = "top-k-q8"
@@ -99,7 +106,7 @@ class TopKQ8Codec:
         self._fraction = check_sparsity(sparsity)
         self.sparsity = sparsity
         self._select = TopKCodec(sparsity).select
-        self._rng = np.random.default_rng(seed)
+        self._rounding = RoundingSource(seed)
 
     def omega(self, dim: int) -> float | None:
         """``None``: TopK is biased."""
@@ -124,7 +131,7 @@ class TopKQ8Codec:
             (
                 k.to_bytes(4, "little"),
                 bytes([r]),
-                q8_encode(vector[indices], self._rng),
+                q8_encode(vector[indices], self._rounding(self.name, context)),
                 pack_fields(gaps & ((1 << r) - 1), r),
                 _quotient_stream(gaps >> r),
             )

@@ -351,3 +351,13 @@ def test_qsgd_refuses_levels_outside_its_field() -> None:
         QSGDCodec(levels=0)
     with pytest.raises(ValueError, match="levels"):
         QSGDCodec(levels=1 << 15)
+
+
+@pytest.mark.parametrize("name", ["top-k-q8", "rand-k", "rand-k-q8", "natural", "qsgd"])
+def test_unseeded_rounding_is_replayed_per_context_and_fresh_per_round(name: str) -> None:
+    x = gaussian(2000, seed=4)
+    again = CodecContext("fleet-a", 8, "dev-001")
+
+    first = build_codec(name).encode(x, context=CONTEXT)
+    assert build_codec(name).encode(x, context=CONTEXT) == first
+    assert build_codec(name).encode(x, context=again) != first
