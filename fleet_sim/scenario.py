@@ -17,6 +17,17 @@ Example ``scenario.toml``::
 Keys follow the coordinator's vocabulary (``participation_rate``, ``devices_per_round``,
 ``compression``, ``sparsity``, ``anomaly_detection``, ``anomaly_threshold``,
 ``device_reputation``, ``reputation_decay``, ``momentum1``, ``error_feedback``).
+
+A training method (:mod:`byzedge.methods`) instead of FedAvg::
+
+    algorithm = "byz-vr-marina"        # or defense = "byz-vr-marina", the seed's spelling
+    method = { step_size = 0.5, full_gradient_probability = 0.1, batch_size = 32 }
+    compression = "rand-k"             # of the class the method needs (unbiased here)
+    sparsity = 0.01
+
+``defense`` naming a method selects it with the aggregation its paper runs (coordinate-wise
+median over buckets of 2); a method with ``defense`` unset aggregates the same way; a
+``defense`` naming an aggregation rule keeps its meaning.
 """
 
 from __future__ import annotations
@@ -35,8 +46,12 @@ from pydantic import (
 )
 
 from byzedge.faults import check_fault_name
+from byzedge.methods import FEDAVG, METHODS, build_method
 
-__all__ = ["Scenario", "load_scenario"]
+__all__ = ["METHOD_DEFENSE", "Scenario", "load_scenario"]
+
+METHOD_DEFENSE = "bucketing+coordinate-median"
+"""The aggregation of a training method whose scenario names no rule (buckets of 2, CM)."""
 
 
 class Scenario(BaseModel):
@@ -79,6 +94,17 @@ class Scenario(BaseModel):
     attack_params: dict[str, Any] = Field(
         default_factory=dict, description="Hyperparameters of the attack."
     )
+    algorithm: str = Field(
+        FEDAVG,
+        description="Training method: fedavg (local epochs, the delta) or a name in "
+        "byzedge.methods.METHODS (byz-vr-marina, byz-ef21, ...).",
+    )
+    method: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The training method's options (step_size, full_gradient_probability, "
+        "reference_update_frequency, batch_size, clip_multiplier, momentum1, momentum2, "
+        "clip_norm, dp_noise_multiplier, ...); checked by the method.",
+    )
     defense: str = Field("clipping-vr", description="Registry name of the aggregation rule.")
     aggregation: dict[str, Any] = Field(
         default_factory=dict, description="Hyperparameters of the defense (build() keywords)."
@@ -118,6 +144,34 @@ class Scenario(BaseModel):
     eval_every: int = Field(1, ge=1, description="Evaluate the global model every k rounds.")
     seed: int = Field(0, ge=0, description="Seed of everything.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defense(cls, data: Any) -> Any:
+        # The seed's spelling: a defense naming a method selects it, aggregated as its
+        # paper does; a method with no rule named aggregates that way too.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        defense = data.get("defense")
+        if isinstance(defense, str) and defense in METHODS:
+            algorithm = data.get("algorithm", FEDAVG)
+            if algorithm not in (FEDAVG, defense):
+                msg = f"defense {defense!r} names a method but algorithm is {algorithm!r}"
+                raise ValueError(msg)
+            data["algorithm"] = defense
+            data["defense"] = METHOD_DEFENSE
+        elif data.get("algorithm", FEDAVG) in METHODS and "defense" not in data:
+            data["defense"] = METHOD_DEFENSE
+        return data
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, value: str) -> str:
+        if value != FEDAVG and value not in METHODS:
+            known = ", ".join([FEDAVG, *sorted(METHODS)])
+            raise ValueError(f"unknown algorithm {value!r}; known: {known}")
+        return value
+
     @field_validator("attack", mode="before")
     @classmethod
     def _none_means_no_attack(cls, value: object) -> object:
@@ -136,6 +190,10 @@ class Scenario(BaseModel):
         if self.devices_per_round is not None and self.devices_per_round > self.devices:
             msg = f"devices_per_round {self.devices_per_round} > devices {self.devices}"
             raise ValueError(msg)
+        if self.algorithm == FEDAVG and self.method:
+            raise ValueError("method options need a training method (algorithm)")
+        if self.algorithm != FEDAVG:
+            build_method(self.algorithm, **self.method)  # its own checks, its own message
         return self
 
     def with_changes(self, **changes: Any) -> Scenario:

@@ -28,6 +28,17 @@ ages). Device-local update attacks run in the pipeline, after momentum (they rew
 the device would have sent); colluding attackers send their vectors as is (no momentum, no
 error feedback), as the Byzantine workers of the bucketing paper do.
 
+A training method (``scenario.algorithm``, :mod:`byzedge.methods`) runs the same way with
+the method's halves: each round the method plans (one
+:class:`~byzedge.methods.base.ServerState`; a full round of MARINA(-PP) asks every
+device), each asked device proposes from its own :class:`~byzedge.methods.base.DeviceState`
+and the torch gradient oracle (:mod:`byzedge.edge_agent.gradients`) on what its sensor
+source reads, colluding attackers forge from the honest proposals, every message goes
+through the device's pipeline with its method header, the device commits what the
+coordinator will decode, and :func:`~byzedge.coordinator.round_engine.method_server_step`
+runs the server half. Every device remembers the last model it saw (all see every
+published model, asked or not) as the ``x_{r-1}`` of its next difference.
+
 Seeds follow the agent and the MQTT fleet (partition, initial model, cohort sampling,
 per-round training seeds, injector seeds), so for the same scenario the in-memory run and
 :class:`fleet_sim.fleet.InProcessFleet` agree (``tests/sim/test_transport_parity.py``).
@@ -60,6 +71,7 @@ from byzedge.coordinator.round_engine import (
     Intake,
     RoundSettings,
     aggregate_with_fallback,
+    method_server_step,
     sample_cohort,
     server_step,
     with_automatic_radius,
@@ -75,10 +87,13 @@ from byzedge.faults.omniscient import (
 )
 from byzedge.faults.plan import read_fault_plan
 from byzedge.fleet_sim.scenario import Scenario
+from byzedge.methods import FEDAVG, BuiltMethod, build_method
+from byzedge.methods.base import DeviceState, Proposal, RoundPlan, ServerState
 from byzedge.models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
 from byzedge.models.datasets import DigitsSplit, load_digits_split
 from byzedge.models.partition import get_partitioner
 from byzedge.protocol import topics
+from byzedge.protocol.codecs import CODECS, build_codec
 from byzedge.protocol.signing import SigningKey
 
 __all__ = [
@@ -183,6 +198,11 @@ class RoundRecord:
     certified_bound: float | None = None
     certified_basis: str | None = None
     measured_deviation: float | None = None
+    # Training methods only (None under fedavg): the round's coin, the wire bytes of every
+    # message sent (envelopes included), and the messages the method did not use.
+    full_round: bool | None = None
+    uplink_bytes: int | None = None
+    method_dropped: int | None = None
 
 
 @dataclass(slots=True)
@@ -245,6 +265,9 @@ class _Device:
     injector: FaultInjector
     colluding: bool
     counter: int = 0
+    # Training methods: the device's state, and the last model it saw (digest, params).
+    method_state: DeviceState = field(default_factory=DeviceState)
+    seen: tuple[str, NDArray[np.float32]] | None = None
 
 
 def _round_seed(seed: int, device_id: str, round_number: int) -> np.random.SeedSequence:
@@ -329,6 +352,10 @@ class Simulator:
         self.params = self.initial_params.copy()
         self.model_version = 0
         self._backdoor = self._backdoor_probe()
+        self.method: BuiltMethod | None = None
+        self.method_state = ServerState()
+        if scenario.algorithm != FEDAVG:
+            self.method = self._build_method()
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -467,6 +494,8 @@ class Simulator:
 
     def step(self, round_number: int) -> tuple[RoundRecord, FlagCounts]:
         """Simulate one round; return its record and flag counts."""
+        if self.method is not None:
+            return self._method_step(self.method, round_number)
         scenario = self.scenario
         sampled = sample_cohort(
             self.ids,
@@ -626,6 +655,200 @@ class Simulator:
             momentum_applied=True,  # by _train_cohort; forged vectors are sent as they are
         )
         return [(topics.update_topic(_FLEET, m.topic_device), m.payload) for m in prepared.messages]
+
+    # -- training methods ----------------------------------------------------------------
+
+    def _build_method(self) -> BuiltMethod:
+        """The scenario's method, with the fleet seed and its codec's variance.
+
+        The compression must be of the class the method needs (the coordinator's check,
+        :func:`~byzedge.coordinator.training_method.check_compression`). DASHA's momentum
+        defaults from the codec's ``omega`` at this model's size; Clip21-SGD2M's noise is
+        drawn from the round's seed so runs repeat (it is then not private; see
+        :mod:`byzedge.methods.clip21_sgd2m`).
+        """
+        from byzedge.coordinator.training_method import (  # noqa: PLC0415 - methods only
+            check_compression,
+        )
+
+        scenario = self.scenario
+        options = dict(scenario.method)
+        cls = type(build_method(scenario.algorithm, **options))
+        if "seed" in cls.option_names:
+            options.setdefault("seed", scenario.seed)
+        if "secret_noise" in cls.option_names:
+            options.setdefault("secret_noise", False)
+        if "compression_omega" in cls.option_names and "compression_omega" not in options:
+            sparse = CODECS[scenario.compression].sparse
+            codec = build_codec(
+                scenario.compression, **({"sparsity": scenario.sparsity} if sparse else {})
+            )
+            omega = codec.omega(self.spec.dim)
+            options["compression_omega"] = 0.0 if omega is None else float(omega)
+        method = build_method(scenario.algorithm, **options)
+        check_compression(method, scenario.compression)
+        return method
+
+    def _propose(
+        self, method: BuiltMethod, plan: RoundPlan, device: _Device, round_number: int
+    ) -> Proposal | None:
+        from byzedge.edge_agent.gradients import TorchGradientOracle  # noqa: PLC0415 - torch
+
+        seen = device.seen
+        previous = seen[1] if seen is not None and seen[0] == plan.previous_sha256 else None
+        seed = _round_seed(self.scenario.seed, device.device_id, round_number)
+        return method.propose(
+            plan,
+            self.params,
+            previous,
+            TorchGradientOracle(self.spec, device.source.read(round_number)),
+            device.method_state,
+            device_id=device.device_id,
+            seed=int(seed.generate_state(1)[0]),
+        )
+
+    def _method_step(
+        self, method: BuiltMethod, round_number: int
+    ) -> tuple[RoundRecord, FlagCounts]:
+        """One round of a training method (see the module docstring)."""
+        scenario = self.scenario
+        plan = method.plan(round_number, self.params, self.method_state)
+        sampled = (
+            None
+            if method.asks_everyone(plan)
+            else sample_cohort(
+                self.ids,
+                round_number,
+                scenario.seed,
+                scenario.devices_per_round,
+                scenario.participation_rate,
+            )
+        )
+        cohort = [d for d in self.devices if sampled is None or d.device_id in sampled]
+        window = RoundWindow(round_number, self.model_version, self.spec.dim, sampled)
+        proposals: dict[str, Proposal] = {}
+        for device in cohort:
+            proposal = self._propose(method, plan, device, round_number)
+            if proposal is not None:
+                proposals[device.device_id] = proposal
+        published = (self.method_state.current_sha256 or "", self.params)
+        for device in self.devices:  # the retained model reaches every device
+            device.seen = published
+        self._forge(proposals, cohort, round_number)
+        intake = Intake()
+        uplink = 0
+        for device in cohort:
+            proposal = proposals.get(device.device_id)
+            if proposal is None:
+                continue
+            frames, sent = self._send_method_message(device, plan, proposal, round_number)
+            method.commit(plan, proposal, sent, device.method_state)
+            for topic, frame in frames:
+                uplink += len(frame)
+                intake.take(self.ingest.submit(topic, frame, window))
+        outcome_step, dropped = method_server_step(
+            method,
+            plan,
+            self.params,
+            intake.accepted,
+            self.method_state,
+            settings=self.settings,
+            reputation=self.reputation,
+            aggregator=self.aggregator,
+            fallback=self.fallback,
+            misbehaving=intake.misbehaving,
+            detector=self.detector,
+        )
+        if outcome_step.model_changed:
+            self.params = outcome_step.params
+            self.model_version += 1
+        ids = list(outcome_step.device_ids)
+        counts = (
+            flag_counts(ids, outcome_step.flagged, self.compromised)
+            if outcome_step.scores is not None
+            else FlagCounts()
+        )
+        evaluate = round_number % scenario.eval_every == 0 or round_number == scenario.rounds
+        accuracy, backdoor = self.evaluate() if evaluate else (None, None)
+        record = RoundRecord(
+            round=round_number,
+            accuracy=accuracy,
+            cohort_size=len(cohort),
+            byzantine_in_cohort=sum(d.device_id in self.compromised for d in cohort),
+            accepted=len(intake.accepted),
+            rejected=dict(intake.rejected),
+            flagged=list(outcome_step.flagged),
+            fallback=outcome_step.fallback,
+            backdoor_success=backdoor,
+            full_round=plan.full,
+            uplink_bytes=uplink,
+            method_dropped=len(dropped),
+        )
+        if outcome_step.certificate is not None:
+            record.certified_bound = outcome_step.certificate.bound
+            record.certified_basis = outcome_step.certificate.basis
+        return record, counts
+
+    def _forge(
+        self, proposals: dict[str, Proposal], cohort: Sequence[_Device], round_number: int
+    ) -> None:
+        """Colluders replace their proposals with vectors forged from the honest ones.
+
+        They see the honest proposals of their own message kind (a MARINA difference
+        beside differences, a reset beside resets) and keep their header and the state
+        they would commit, so their mirror on the server stays in step with their device.
+        """
+        colluders = [d.device_id for d in cohort if d.colluding and d.device_id in proposals]
+        if not colluders:
+            return
+        honest = [
+            d.device_id
+            for d in cohort
+            if d.device_id in proposals and d.device_id not in self.compromised
+        ]
+        for kind in sorted({proposals[d].message.kind for d in colluders}):
+            liars = [d for d in colluders if proposals[d].message.kind == kind]
+            seen = [d for d in honest if proposals[d].message.kind == kind] or liars
+            forged = self._collude(
+                np.stack([proposals[d].vector for d in seen]),
+                len(liars),
+                round_number,
+                len(cohort),
+            )
+            for device, vector in zip(liars, forged, strict=True):
+                own = proposals[device]
+                proposals[device] = Proposal(
+                    np.asarray(vector, dtype=np.float32), own.message, own.dense, own.carry
+                )
+
+    def _send_method_message(
+        self, device: _Device, plan: RoundPlan, proposal: Proposal, round_number: int
+    ) -> tuple[list[tuple[str, bytes]], NDArray[np.float32]]:
+        """Seal a method message through the device's pipeline; frames and what is decoded."""
+        device.counter += 1
+        context = RoundContext(
+            device_id=device.device_id,
+            round=round_number,
+            global_params=self.params,
+            rng=np.random.default_rng(
+                _round_seed(self.scenario.seed, device.device_id, round_number)
+            ),
+        )
+        prepared = device.pipeline.prepare(
+            proposal.vector,
+            context,
+            key=device.key,
+            fleet=_FLEET,
+            base_version=self.model_version,
+            counter=device.counter,
+            method_meta=proposal.message.to_meta(),
+            dense=proposal.dense,
+        )
+        assert prepared.sent is not None  # noqa: S101 - method messages always return it
+        frames = [
+            (topics.update_topic(_FLEET, m.topic_device), m.payload) for m in prepared.messages
+        ]
+        return frames, prepared.sent
 
     # -- evaluation --------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """``byzedge sim``: attack-vs-defense fleets simulated in memory (no broker).
 
-``byzedge sim run SCENARIO.toml [--out DIR]`` runs one scenario and writes
-``result.json``, ``accuracy.png`` and ``report.md``.
+``byzedge sim run SCENARIO.toml [--out DIR] [--algorithm NAME]`` runs one scenario and
+writes ``result.json``, ``accuracy.png`` and ``report.md``; ``--algorithm`` overrides the
+scenario's training method (``fedavg``, ``byz-vr-marina``, ``byz-ef21``, ...).
 ``byzedge sim matrix --devices N --rounds R --attacks A,B --defenses X,Y --fractions F1,F2
 --partition P --seed S --out DIR [--workers 2]`` sweeps attacks x defenses x fractions and
 writes ``matrix.json``, ``heatmap.png`` and ``report.md``. An attack is any name a
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one scenario (TOML)")
     run.add_argument("scenario", type=Path, help="scenario file (see fleet_sim/scenario.py)")
     run.add_argument("--out", type=Path, default=Path("sim-out"), help="output folder")
+    run.add_argument(
+        "--algorithm",
+        help="training method, overriding the scenario's: fedavg or a byzedge.methods name "
+        "(byz-vr-marina, byz-vr-marina-pp, byz-ef21, byz-ef21-bc, byz-dasha-page, "
+        "clip21-sgd2m)",
+    )
 
     matrix = commands.add_parser("matrix", help="sweep attacks x defenses x fractions")
     matrix.add_argument("--base", type=Path, help="scenario TOML the sweep starts from")
@@ -145,8 +152,9 @@ def main(argv: Sequence[str]) -> int:
 def _run(args: argparse.Namespace) -> int:
     from byzedge.fleet_sim.scenario import load_scenario  # noqa: PLC0415 - lazy by design
 
+    overrides = {"algorithm": args.algorithm} if args.algorithm is not None else None
     try:
-        scenario = load_scenario(args.scenario)
+        scenario = load_scenario(args.scenario, overrides)
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     from tqdm import tqdm  # noqa: PLC0415
