@@ -659,19 +659,33 @@ def server_step(
 
 
 def _method_messages(
-    accepted: Mapping[str, Accepted],
-) -> tuple[dict[str, tuple[MethodMessage, NDArray[np.float32]]], dict[str, str]]:
-    """Each accepted update's method message (``meta["method"]``); unreadable ones dropped."""
+    plan: RoundPlan, accepted: Mapping[str, Accepted]
+) -> tuple[dict[str, tuple[MethodMessage, NDArray[np.float32]]], dict[str, str], set[str]]:
+    """Each accepted update's method message (``meta["method"]``); the others dropped.
+
+    Dropped: a header without a readable method message, and a message in a codec the
+    plan did not ask for (the compression is the coordinator's choice, signed into the
+    plan; a full gradient or a reset may also travel ``dense``). Only the key holder can
+    sign either, so the codec violators are returned too (they lose reputation).
+    """
+    expected = plan.options.get("compression")
     messages: dict[str, tuple[MethodMessage, NDArray[np.float32]]] = {}
-    malformed: dict[str, str] = {}
+    dropped: dict[str, str] = {}
+    violators: set[str] = set()
     for device, update in sorted(accepted.items()):
         try:
             message = MethodMessage.from_meta(update.header.meta.get("method"))
         except ValueError as exc:
-            malformed[device] = f"not a method message: {exc}"
+            dropped[device] = f"not a method message: {exc}"
+            continue
+        codec = update.header.codec
+        allowed = {expected} if message.kind == "difference" else {expected, "dense"}
+        if expected is not None and codec not in allowed:
+            dropped[device] = f"codec {codec!r}; the plan asks for {expected!r}"
+            violators.add(device)
             continue
         messages[device] = (message, update.update)
-    return messages, malformed
+    return messages, dropped, violators
 
 
 def method_server_step(
@@ -713,17 +727,19 @@ def method_server_step(
     """
     if "apply" in step_kwargs:
         raise TypeError("method_server_step takes its model step from the method")
-    messages, dropped = _method_messages(accepted)
+    messages, dropped, violators = _method_messages(plan, accepted)
     ids, rows, method_dropped = method.rows(plan, messages, state)
     dropped.update(method_dropped)
     for device in dropped:
-        if device not in messages:  # unreadable header: the device must resync anyway
+        if device not in messages:  # unreadable or refused: the device must resync anyway
             state.resync.add(device)
+    misbehaving = set(step_kwargs.pop("misbehaving", ())) | violators
     result = server_step(
         params,
         ids,
         rows or None,
         apply=lambda current, aggregate: method.apply(plan, current, aggregate, state),
+        misbehaving=misbehaving,
         **step_kwargs,
     )
     return result, dropped
