@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("protocol", "daemon", "models", "edge_agent", "coordinator", "faults", "fleet_sim")
+SUBPACKAGES = (
+    "protocol",
+    "daemon",
+    "models",
+    "methods",
+    "edge_agent",
+    "coordinator",
+    "faults",
+    "fleet_sim",
+)
 
 
 @pytest.fixture(scope="module")
