@@ -41,7 +41,13 @@ from byzedge.methods.base import (
     ServerState,
     TrainingMethod,
 )
-from byzedge.methods.options import check_fraction, check_positive, check_positive_int, plan_int
+from byzedge.methods.options import (
+    check_fraction,
+    check_positive,
+    check_positive_int,
+    clip,
+    plan_int,
+)
 
 __all__ = [
     "Identity",
@@ -265,7 +271,9 @@ class MomentumSGD:
     """BR-SGDm: ``v_i <- β v_i + (1 - β) grad f_iJ(x)``, ``x <- x - γ ARAgg(v)`` (dense).
 
     ``momentum1 = β`` (0.9 in the paper's comparison). The baseline Byz-VR-MARINA is
-    compared with; not a registered method.
+    compared with; not a registered method. With ``clip_norm = τ`` each device sends
+    ``clip_τ(v_i)``; with ``momentum1 = 0`` too, that is plain clipped SGD, the baseline
+    of Clip21-SGD2M (whose error feedback removes the clipping bias this one keeps).
     """
 
     name: ClassVar[str] = "br-sgdm"
@@ -275,6 +283,8 @@ class MomentumSGD:
         self.step_size = check_positive("step_size", options.get("step_size", 0.1))
         self.momentum1 = check_fraction("momentum1", options.get("momentum1", 0.9))
         self.batch_size = check_positive_int("batch_size", options.get("batch_size", 32))
+        clip_norm = options.get("clip_norm")
+        self.clip_norm = None if clip_norm is None else check_positive("clip_norm", clip_norm)
 
     def asks_everyone(self, plan: RoundPlan) -> bool:
         """No requirement."""
@@ -325,11 +335,12 @@ class MomentumSGD:
         beta = np.float32(plan.number("momentum1", self.momentum1))
         v = state.vectors.get("v", np.zeros_like(gradient))
         v_next = (beta * v + (1 - beta) * gradient).astype(np.float32)
-        return Proposal(v_next, MethodMessage("full"), dense=True)
+        sent = v_next if self.clip_norm is None else clip(v_next, self.clip_norm)
+        return Proposal(sent, MethodMessage("full"), dense=True, carry={"v": v_next})
 
     def commit(self, plan: RoundPlan, proposal: Proposal, sent: Vector, state: DeviceState) -> None:
         """Keep the momentum."""
-        state.vectors["v"] = np.array(proposal.vector, dtype=np.float32, copy=True)
+        state.vectors["v"] = np.array(proposal.carry["v"], dtype=np.float32, copy=True)
         state.base_round = plan.round
 
 

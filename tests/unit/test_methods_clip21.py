@@ -154,3 +154,21 @@ def test_the_server_scales_messages_by_beta_hat_from_a_zero_mirror() -> None:
     assert ids == ["a"]
     assert not dropped
     np.testing.assert_array_equal(rows[0], [1.0, 2.0])
+
+
+def test_the_clipped_sgd_baseline_sends_clipped_momenta_and_keeps_them_unclipped(
+    problem: tuple[LogisticOracle, float, dict[str, LogisticOracle]],
+) -> None:
+    from byzedge.methods.testing import MomentumSGD  # noqa: PLC0415
+
+    oracle, _, shards = problem
+    method = MomentumSGD(step_size=0.5, momentum1=0.0, clip_norm=0.01)
+    plan = method.plan(1, np.zeros(oracle.dim, np.float32), ServerState())
+    state = DeviceState()
+    proposal = method.propose(
+        plan, np.zeros(oracle.dim, np.float32), None, shards["dev-0"], state, device_id="d", seed=1
+    )
+    assert proposal is not None
+    assert np.linalg.norm(proposal.vector) == pytest.approx(0.01, rel=1e-5)
+    method.commit(plan, proposal, proposal.vector, state)
+    assert np.linalg.norm(state.vectors["v"]) > 0.1  # the raw minibatch gradient
