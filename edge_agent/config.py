@@ -28,6 +28,7 @@ from byzedge.daemon.config import (
     resolve_paths,
 )
 from byzedge.daemon.mqtt import MqttSettings
+from byzedge.models.tasks import LossName
 from byzedge.protocol.codecs import CODECS
 
 __all__ = [
@@ -44,26 +45,55 @@ class _Strict(StrictModel):
 
 
 class DataConfig(_Strict):
-    """Where the device's local training data comes from."""
+    """Where the device's local training data comes from (read again every round)."""
 
-    source: Literal["digits", "npz"] = Field(
+    source: Literal["digits", "basic-motions", "npz", "csv", "function"] = Field(
         "digits",
-        description="`digits`: one shard of sklearn's bundled digits; `npz`: a file of "
-        "`features` (m, 64) float32 in [0, 1] and `labels` (m,) int.",
+        description="`digits` / `basic-motions`: one shard of a bundled dataset; `npz`: a "
+        "file of `features` (m, *input_shape) or (m, input_dim) float32 and `labels` (m,) "
+        "(or (m, outputs) targets for mse); `csv`: a table with a header row, target "
+        "column(s) `label_columns`, every other column a feature; `function`: "
+        "`function = 'package.module:name'` returns the round's (features, labels).",
     )
-    path: Path | None = Field(None, description="The .npz file, for source = 'npz'.")
+    path: Path | None = Field(None, description="The .npz or .csv file (source npz / csv).")
+    function: str | None = Field(
+        None,
+        description="source = 'function': 'package.module:name' of a callable taking the "
+        "round number (or nothing) and returning (features, labels) arrays, a mapping with "
+        "those keys, or a LocalData: a live sensor pipeline.",
+    )
+    label_columns: list[str] = Field(
+        default_factory=lambda: ["label"],
+        min_length=1,
+        description="source = 'csv': the target column(s); one class-index column for "
+        "cross-entropy, one per model output for mse.",
+    )
+    feature_shape: list[int] | None = Field(
+        None,
+        description="Reshape each row's features to this shape, e.g. [6, 50] for windows "
+        "of 6 channels (a CSV row is flat): sensor faults then act per channel (axis 1).",
+    )
     partition: Literal["iid", "dirichlet", "label-sorted"] = Field(
-        "iid", description="How digits are dealt (a `byzedge.models.partition` registry name)."
+        "iid",
+        description="How a bundled dataset is dealt (a `byzedge.models.partition` name).",
     )
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (partition only).")
-    num_partitions: int = Field(20, ge=1, description="Number of shards the digits are cut in.")
+    num_partitions: int = Field(20, ge=1, description="Number of shards the dataset is cut in.")
     partition_index: int = Field(0, ge=0, description="This device's shard.")
     seed: int = Field(0, description="Seed of the partition (the same on every device).")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        if self.source == "npz" and self.path is None:
-            msg = "data.path is required when data.source = 'npz'"
+        if self.source in ("npz", "csv") and self.path is None:
+            msg = f"data.path is required when data.source = {self.source!r}"
+            raise ValueError(msg)
+        if self.source == "function":
+            module, _, name = (self.function or "").partition(":")
+            if not module or not name:
+                msg = "data.function = 'package.module:name' is required for source 'function'"
+                raise ValueError(msg)
+        if self.feature_shape is not None and any(d < 1 for d in self.feature_shape):
+            msg = f"data.feature_shape must be positive, got {self.feature_shape}"
             raise ValueError(msg)
         if self.partition_index >= self.num_partitions:
             msg = f"partition_index {self.partition_index} >= num_partitions"
@@ -78,6 +108,11 @@ class TrainingSettings(_Strict):
     learning_rate: float = Field(0.1, gt=0, description="Local SGD step size.")
     batch_size: int = Field(16, ge=1, description="Local mini-batch size.")
     momentum: float = Field(0.0, ge=0, lt=1, description="Local SGD momentum.")
+    loss: LossName = Field(
+        "cross-entropy",
+        description="cross-entropy: classification (labels are class indices; the fleet "
+        "reports accuracy); mse: regression (real targets; the fleet reports r2).",
+    )
     isolation: Literal["process", "in-process"] = Field(
         "process",
         description=(
@@ -140,7 +175,11 @@ class AgentConfig(_Strict):
         description="top-k, top-k-q8, rand-k, rand-k-q8: fraction of coordinates sent.",
     )
     error_feedback: bool = Field(
-        True, description="Keep what compression dropped and add it to the next update."
+        True,
+        description=(
+            "Keep what a contractive codec (top-k, top-k-q8) dropped and add it to the next "
+            "update; unbiased codecs (rand-k, natural, qsgd) are always sent without it."
+        ),
     )
     momentum1: float = Field(
         0.0,
