@@ -45,6 +45,7 @@ from byzedge.daemon.config import (
 )
 from byzedge.daemon.mqtt import MqttSettings
 from byzedge.methods import METHODS
+from byzedge.models.tasks import LossName
 
 __all__ = [
     "AggregationConfig",
@@ -275,8 +276,18 @@ class CoordinatorConfig(_Strict):
     suspicious_device_alerts: bool = Field(
         True, description="Publish an alert when a device is flagged or rejected."
     )
-    validation: Literal["digits", "none"] = Field(
-        "digits", description="Held-out set for the round summary's validation accuracy."
+    validation: Literal["digits", "basic-motions", "npz", "none"] = Field(
+        "digits",
+        description="Held-out set for the round summary's validation metric: a bundled "
+        "dataset's test split, 'npz' (validation_path: features and labels), or none.",
+    )
+    validation_path: Path | None = Field(
+        None, description="validation = 'npz': a file of `features` and `labels` (targets)."
+    )
+    loss: LossName = Field(
+        "cross-entropy",
+        description="The fleet's task, as the agents' [training] loss: cross-entropy "
+        "(validation reports accuracy) or mse (validation reports r2).",
     )
     max_update_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest reassembled update accepted."
@@ -322,6 +333,12 @@ class CoordinatorConfig(_Strict):
             known = ", ".join([FEDAVG, *sorted(METHODS)])
             raise ValueError(f"unknown algorithm {value!r}; known: {known}")
         return value
+
+    @model_validator(mode="after")
+    def _check_validation_path(self) -> Self:
+        if self.validation == "npz" and self.validation_path is None:
+            raise ValueError("validation = 'npz' needs validation_path")
+        return self
 
     @model_validator(mode="after")
     def _check_method_builds(self) -> Self:
@@ -429,7 +446,9 @@ def load_coordinator_config(
     """
     raw = read_toml(path)
     raw.update(overrides or {})
-    resolve_paths(raw, ("signing_key", "devices_dir", "state_dir"), path.parent)
+    resolve_paths(
+        raw, ("signing_key", "devices_dir", "state_dir", "validation_path"), path.parent
+    )
     resolve_mqtt_paths(raw, path.parent)
     try:
         return CoordinatorConfig.model_validate(raw)

@@ -98,7 +98,8 @@ from byzedge.daemon.rotating import RotatingJsonl
 from byzedge.daemon.transport import Endpoint, TransportFactory, mqtt_transport
 from byzedge.methods.base import RoundPlan, ServerState, TrainingMethod
 from byzedge.models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
-from byzedge.models.datasets import DigitsSplit, load_digits_split
+from byzedge.models.datasets import DigitsSplit, load_dataset, load_validation_npz
+from byzedge.models.tasks import get_task
 from byzedge.protocol import topics
 from byzedge.protocol.manifest import seal_global_model
 from byzedge.protocol.signing import SigningKey
@@ -163,6 +164,8 @@ class RoundSummary:
     full_round: bool | None = None
     method_dropped: dict[str, str] = field(default_factory=dict)
     audit_head: dict[str, Any] | None = None
+    # What validation_accuracy holds: the task's metric (accuracy, or r2 under mse).
+    validation_metric: str = "accuracy"
 
     def to_json(self) -> str:
         """Serialise as one line of JSON."""
@@ -251,9 +254,12 @@ class Coordinator:
         self._method_state = ServerState()
         self._plan: RoundPlan | None = None
         self._settings = RoundSettings.from_config(config)
-        if validation is None and config.validation == "digits":
-            validation = load_digits_split()
+        if validation is None and config.validation not in ("none", "npz"):
+            validation = load_dataset(config.validation)
+        elif validation is None and config.validation == "npz":
+            validation = load_validation_npz(config.validation_path)
         self._validation = validation
+        self._task = get_task(config.loss)
         self.metrics = CoordinatorMetrics(config.fleet, defense=config.byzantine_defense)
         burst = config.logs.rejections_per_minute
         self._rejection_log = RateLimitedLog(_LOGGER, what="rejections", burst=burst)
@@ -730,6 +736,7 @@ class Coordinator:
             flagged=list(step.flagged),
             reputations={k: round(v, 4) for k, v in self._reputation.snapshot().items()},
             validation_accuracy=self._validate(state.params),
+            validation_metric=self._task.metric_name,
             uplink_bytes=sum(a.wire_bytes for a in accepted.values()),
             dense_uplink_bytes=sum(
                 a.wire_bytes - a.body_bytes + 4 * a.header.dim for a in accepted.values()
@@ -791,8 +798,11 @@ class Coordinator:
     def _validate(self, params: NDArray[np.float32]) -> float | None:
         if self._validation is None:
             return None
-        classifier = OnnxClassifier(export_onnx(self._spec, params))
-        return round(classifier.accuracy(self._validation.test_x, self._validation.test_y), 4)
+        # The task's metric (accuracy, or r2 for a regression) on the held-out set; samples
+        # of any shape (sensor windows, images) go to the graph as flat rows.
+        x = self._validation.test_x
+        outputs = OnnxClassifier(export_onnx(self._spec, params)).logits(x.reshape(len(x), -1))
+        return round(self._task.metric(outputs, self._validation.test_y), 4)
 
     # -- reporting -----------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """A device's local loss for the training methods: gradients of the registered model in torch.
 
 :class:`TorchGradientOracle` is the :class:`~byzedge.methods.base.GradientOracle` of a real
-device (and of the simulator): the mean cross-entropy of the registered model over the
+device (and of the simulator): the mean loss (cross-entropy, or mse for regression) of the
+registered model over the
 device's usable rows (:func:`~byzedge.edge_agent.training.usable_rows`), its gradient over
 all of them, and gradients at several models over ONE minibatch (Byz-VR-MARINA's and
 PAGE's ``grad f_iJ(x_r) - grad f_iJ(x_{r-1})`` need the same samples at both points).
@@ -16,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch.nn import functional
 
+from byzedge.edge_agent.losses import mean_loss
 from byzedge.edge_agent.seams import LocalData
 from byzedge.edge_agent.training import _configure_torch_once, usable_rows
 from byzedge.models.params import load_vector_into
@@ -28,7 +29,7 @@ __all__ = ["TorchGradientOracle"]
 
 
 class TorchGradientOracle:
-    """Gradients of the mean cross-entropy of ``spec`` over a device's local data.
+    """Gradients of the mean loss of ``spec`` over a device's local data.
 
     Parameters
     ----------
@@ -37,6 +38,8 @@ class TorchGradientOracle:
     data:
         The device's samples; rows with a non-finite feature or a label out of range are
         dropped first, as in local training.
+    loss:
+        ``cross-entropy`` (default) or ``mse`` (:mod:`byzedge.models.tasks`).
 
     Notes
     -----
@@ -47,9 +50,10 @@ class TorchGradientOracle:
     touched); a batch larger than the data is the whole data.
     """
 
-    def __init__(self, spec: ModelSpec, data: LocalData) -> None:
+    def __init__(self, spec: ModelSpec, data: LocalData, loss: str = "cross-entropy") -> None:
         self._spec = spec
-        features, labels = usable_rows(spec, data)
+        self._loss = loss
+        features, labels = usable_rows(spec, data, loss)
         _configure_torch_once()
         self._x = torch.from_numpy(np.ascontiguousarray(features))
         self._y = torch.from_numpy(np.ascontiguousarray(labels))
@@ -73,7 +77,7 @@ class TorchGradientOracle:
         self._module.zero_grad(set_to_none=True)
         x = self._x if rows is None else self._x[rows]
         y = self._y if rows is None else self._y[rows]
-        loss = functional.cross_entropy(self._module(x), y)
+        loss = mean_loss(self._loss, self._module(x), y)
         loss.backward()  # type: ignore[no-untyped-call]
         parts = [
             torch.zeros_like(p).reshape(-1) if p.grad is None else p.grad.reshape(-1)

@@ -11,8 +11,8 @@ stacked parameters:
   :func:`~byzedge.edge_agent.training.shuffled_batches` (a ``torch.Generator`` seeded with the
   device's seed, one ``randperm`` per epoch, batches cut in order, the last one smaller);
 * the batches are padded to ``batch_size`` with a mask, and the loss of a device is the
-  masked sum of per-sample cross-entropies divided by its real batch size, i.e. the same
-  mean ``train_local`` uses;
+  masked sum of per-sample losses (``config.loss``: cross-entropy or mse) divided by its
+  real batch size, i.e. the same mean ``train_local`` uses;
 * devices with fewer steps than the longest get all-masked steps, whose gradient is zero,
   so plain SGD leaves them unchanged (hence local momentum must be 0: a heavy-ball buffer
   would keep moving them).
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch.func import functional_call, grad, vmap
-from torch.nn import functional
 
+from byzedge.edge_agent.losses import per_sample_loss
 from byzedge.edge_agent.seams import LocalData
 from byzedge.edge_agent.training import TrainingConfig, shuffled_batches, usable_rows
 from byzedge.models.spec import ModelSpec
@@ -80,7 +80,7 @@ def train_many(
     count = len(datasets)
     if count == 0:
         return np.zeros((0, spec.dim), dtype=np.float32)
-    usable = [usable_rows(spec, data) for data in datasets]
+    usable = [usable_rows(spec, data, config.loss) for data in datasets]
     plans = [
         shuffled_batches(len(labels), config, int(seed))
         for (_, labels), seed in zip(usable, seeds, strict=True)
@@ -89,7 +89,9 @@ def train_many(
     width = config.batch_size
     rows = max(1, *(len(labels) for _, labels in usable))
     features = torch.zeros((count, rows, spec.input_dim), dtype=torch.float32)
-    labels_t = torch.zeros((count, rows), dtype=torch.int64)
+    # Class indices (count, rows), or real targets (count, rows, outputs) for mse.
+    target_dtype = torch.int64 if usable[0][1].dtype == np.int64 else torch.float32
+    labels_t = torch.zeros((count, rows, *usable[0][1].shape[1:]), dtype=target_dtype)
     index = torch.zeros((count, max(steps, 1), width), dtype=torch.int64)
     mask = torch.zeros((count, max(steps, 1), width), dtype=torch.float32)
     for k, ((x, y), plan) in enumerate(zip(usable, plans, strict=True)):
@@ -114,7 +116,7 @@ def train_many(
         p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
     ) -> torch.Tensor:
         logits = functional_call(module, p, (x,))
-        per_sample = functional.cross_entropy(logits, y, reduction="none")
+        per_sample = per_sample_loss(config.loss, logits, y)
         return (per_sample * w).sum() / w.sum().clamp(min=1.0)
 
     step_grad = vmap(grad(loss))
@@ -124,7 +126,7 @@ def train_many(
         for s in range(steps):
             batch = index[:, s]  # (K, width)
             inputs = features[device_index, batch]  # (K, width, input_dim)
-            targets = labels_t[device_index, batch]  # (K, width)
+            targets = labels_t[device_index, batch]  # (K, width) or (K, width, outputs)
             grads = step_grad(params, inputs, targets, mask[:, s])
             params = {name: params[name] - lr * grads[name] for name in names}
     flat = torch.cat([params[name].reshape(count, -1) for name in names], dim=1)

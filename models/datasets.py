@@ -1,4 +1,7 @@
-"""Datasets for the demo and simulator; currently scikit-learn's bundled 8x8 digits.
+"""Datasets for the demo and simulator: scikit-learn's 8x8 digits and sktime's BasicMotions.
+
+:func:`load_dataset` serves both by name (:data:`DATASETS`); BasicMotions, a wearable
+sensor task of 6-channel windows, lives in :mod:`byzedge.models.basic_motions`.
 
 The digits set ships inside scikit-learn's wheel (``sklearn/datasets/data/digits.csv.gz``,
 no download), so the demo works offline. It is read from that file directly and split here,
@@ -21,10 +24,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "DATASETS",
+    "DEFAULT_MODELS",
     "DIGITS_NUM_CLASSES",
+    "DatasetSplit",
     "DigitsSplit",
     "digits_file",
+    "load_dataset",
     "load_digits_split",
+    "load_validation_npz",
     "stratified_split",
 ]
 
@@ -35,20 +43,77 @@ _DIGITS_MAX_VALUE = 16.0
 
 @dataclass(frozen=True, slots=True)
 class DigitsSplit:
-    """A train/test split of the digits set.
+    """A train/test split of a dataset (the digits set, or any other: :data:`DatasetSplit`).
 
     Attributes
     ----------
     train_x, test_x:
-        float32 arrays ``(n, 64)`` with values in ``[0, 1]``.
+        float32 arrays ``(n, *sample_shape)`` with values in ``[0, 1]``: ``(n, 64)`` for
+        the digits, ``(n, 6, 50)`` windows for BasicMotions.
     train_y, test_y:
-        int64 arrays ``(n,)`` with labels ``0..9``.
+        int64 arrays ``(n,)`` with class labels (``0..9`` for the digits).
     """
 
     train_x: NDArray[np.float32]
     train_y: NDArray[np.int64]
     test_x: NDArray[np.float32]
     test_y: NDArray[np.int64]
+
+
+DatasetSplit = DigitsSplit
+"""Any dataset's train/test split (the digits' class, kept under its first name)."""
+
+DATASETS: tuple[str, ...] = ("digits", "basic-motions")
+"""Names :func:`load_dataset` knows (scenario ``dataset``, ``byzedge demo --dataset``)."""
+
+# The model each dataset is demonstrated with (its registry name).
+DEFAULT_MODELS: dict[str, str] = {"digits": "mlp", "basic-motions": "sensor-cnn"}
+
+
+def load_dataset(name: str, seed: int = 0) -> DatasetSplit:
+    """Load the dataset called ``name`` (one of :data:`DATASETS`), split for train and test.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the known ones).
+    FileNotFoundError
+        When the package that ships the data is not installed.
+    """
+    if name == "digits":
+        return load_digits_split(seed=seed)
+    if name == "basic-motions":
+        # Imported here: basic_motions builds on this module's split class.
+        from byzedge.models.basic_motions import load_basic_motions_split  # noqa: PLC0415
+
+        return load_basic_motions_split(seed=seed)
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+def load_validation_npz(path: Path | None) -> DatasetSplit:
+    """A held-out set from an ``.npz`` of ``features`` and ``labels`` (the test half only).
+
+    Labels stay as stored: integers are class indices, floats regression targets.
+
+    Raises
+    ------
+    ValueError
+        When the file lacks the arrays or their row counts differ.
+    OSError
+        When it cannot be read.
+    """
+    if path is None:
+        raise ValueError("a validation .npz path is needed")
+    with np.load(path, allow_pickle=False) as archive:
+        try:
+            x = np.asarray(archive["features"], dtype=np.float32)
+            y = np.asarray(archive["labels"])
+        except KeyError as exc:
+            raise ValueError(f"{path} must hold arrays 'features' and 'labels'") from exc
+    if x.ndim < 2 or y.shape[:1] != x.shape[:1]:
+        raise ValueError(f"{path}: features {x.shape} and labels {y.shape} disagree")
+    empty_x = np.zeros((0, *x.shape[1:]), dtype=np.float32)
+    return DigitsSplit(train_x=empty_x, train_y=y[:0], test_x=x, test_y=y)
 
 
 def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:

@@ -28,7 +28,12 @@ only its own parameters::
 
 Its signature, as :func:`inspect.signature` reports it (``byzedge faults list``, the
 injector's parameter check), is written out in full: ``(source, *, intensity=0.05,
-magnitude=1.0, start_round=0, probability=1.0, seed=0)``.
+magnitude=1.0, channels=None, start_round=0, probability=1.0, seed=0)``.
+
+Channels are axis 1 of the features, whatever their shape: the columns of tabular rows
+``(m, d)``, the sensor channels of windows ``(m, channels, length)``, the colour planes of
+images ``(m, planes, h, w)``. A fault given ``channels`` (``[2]``: the third axis of an
+accelerometer) rewrites those channels only and leaves the others as read.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ from numpy.typing import NDArray
 
 from byzedge.edge_agent.seams import LocalData, SensorSource
 from byzedge.faults._schedule import Scheduled
+from byzedge.faults.errors import FaultConfigError
 
-__all__ = ["IntensityCheck", "SensorFault", "SensorOptions", "as_features"]
+__all__ = ["IntensityCheck", "SensorFault", "SensorOptions", "as_features", "check_channels"]
 
 IntensityCheck = Callable[[str, object], float]
 """``check(name, value) -> float``: one of :mod:`byzedge.faults._validate`'s checks."""
@@ -54,6 +60,7 @@ class SensorOptions(TypedDict, total=False):
     """The keyword arguments every sensor fault takes (see :class:`SensorFault`)."""
 
     intensity: float | None
+    channels: list[int] | None
     start_round: int
     probability: float
     seed: int
@@ -69,6 +76,10 @@ class SensorFault(Scheduled, ABC):
     intensity:
         The fault's strength; its meaning, range and default are given by each subclass
         (``None``: the default).
+    channels:
+        Indices along axis 1 of the features (the channels of ``(m, channels, length)``
+        windows, the columns of ``(m, d)`` rows) the fault acts on; ``None`` (default):
+        all of them. A read whose features have fewer channels is a ``ValueError``.
     start_round:
         First round in which the fault may be active (``>= 0``); earlier rounds pass the
         wrapped data through unchanged.
@@ -116,6 +127,7 @@ class SensorFault(Scheduled, ABC):
         source: SensorSource,
         *,
         intensity: float | None = None,
+        channels: list[int] | None = None,
         start_round: int = 0,
         probability: float = 1.0,
         seed: int = 0,
@@ -123,6 +135,7 @@ class SensorFault(Scheduled, ABC):
         self.source = source
         chosen = self.default_intensity if intensity is None else intensity
         self.intensity = self.intensity_check("intensity", chosen)
+        self.channels = check_channels(channels)
         self._init_schedule(start_round, probability, seed)
 
     @abstractmethod
@@ -145,11 +158,37 @@ class SensorFault(Scheduled, ABC):
         data = self.source.read(round_number)
         if not self.is_active(round_number):
             return data
-        return self._apply(data, round_number, self.schedule.draws(round_number))
+        if self.channels is not None:
+            self._check_width(data)
+        faulty = self._apply(data, round_number, self.schedule.draws(round_number))
+        if self.channels is None:
+            return faulty
+        return self._on_channels(data, faulty)
+
+    def _check_width(self, data: LocalData) -> None:
+        shape = np.shape(data.features)
+        assert self.channels is not None  # noqa: S101 - the caller checked
+        if len(shape) < 2 or max(self.channels) >= shape[1]:
+            msg = (
+                f"{self.name}: channels {list(self.channels)} do not fit features of shape "
+                f"{shape} (channels are axis 1)"
+            )
+            raise ValueError(msg)
+
+    def _on_channels(self, data: LocalData, faulty: LocalData) -> LocalData:
+        """Keep the fault's rewrite on :attr:`channels` only; the rest reads as it was."""
+        if np.shape(faulty.features) != np.shape(data.features):
+            msg = f"{self.name}: a fault that removes rows cannot act on single channels"
+            raise ValueError(msg)
+        features = np.array(data.features, dtype=np.float32, copy=True)
+        chosen = list(self.channels or ())
+        features[:, chosen] = np.asarray(faulty.features, dtype=np.float32)[:, chosen]
+        return LocalData(features=features, labels=data.labels)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(intensity={self.intensity!r}, "
+            f"channels={None if self.channels is None else list(self.channels)!r}, "
             f"start_round={self.start_round!r}, probability={self.probability!r}, "
             f"seed={self.seed!r}, source={self.source!r})"
         )
@@ -158,9 +197,9 @@ class SensorFault(Scheduled, ABC):
 def _full_signature(cls: type[SensorFault]) -> inspect.Signature:
     """``cls``'s constructor as callers see it: the shared options written out in full.
 
-    ``(source, *, intensity=<cls default>, <cls's own parameters>, start_round=0,
-    probability=1.0, seed=0)``, whether ``cls`` defines ``__init__`` (taking the shared
-    options as ``**options``) or inherits it.
+    ``(source, *, intensity=<cls default>, <cls's own parameters>, channels=None,
+    start_round=0, probability=1.0, seed=0)``, whether ``cls`` defines ``__init__``
+    (taking the shared options as ``**options``) or inherits it.
     """
     shared = inspect.signature(SensorFault.__init__).parameters
     own = [
@@ -169,8 +208,31 @@ def _full_signature(cls: type[SensorFault]) -> inspect.Signature:
         if name not in shared and parameter.kind is not inspect.Parameter.VAR_KEYWORD
     ]
     intensity = shared["intensity"].replace(default=cls.default_intensity, annotation="float")
-    schedule = [shared[name] for name in ("start_round", "probability", "seed")]
+    schedule = [shared[name] for name in ("channels", "start_round", "probability", "seed")]
     return inspect.Signature([shared["source"], intensity, *own, *schedule])
+
+
+def check_channels(channels: object) -> tuple[int, ...] | None:
+    """``None``, or a non-empty list of distinct channel indices ``>= 0``, as a sorted tuple.
+
+    Raises
+    ------
+    ValueError
+        (:class:`~faults.errors.FaultConfigError`) naming ``channels`` otherwise.
+    """
+    if channels is None:
+        return None
+    if isinstance(channels, int) and not isinstance(channels, bool):
+        channels = [channels]  # a plan may write one channel as a number
+    if (
+        not isinstance(channels, (list, tuple))
+        or not channels
+        or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in channels)
+        or len(set(channels)) != len(channels)
+    ):
+        msg = f"channels must be a non-empty list of distinct indices >= 0, got {channels!r}"
+        raise FaultConfigError(msg)
+    return tuple(sorted(int(c) for c in channels))
 
 
 def as_features(values: NDArray[np.floating]) -> NDArray[np.float32]:

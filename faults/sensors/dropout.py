@@ -62,6 +62,9 @@ class Dropout(SensorFault, intensity=0.1, check=check_fraction):
         if missing and unit != "row":
             msg = f"missing=True needs unit='row', got unit={unit!r}"
             raise FaultConfigError(msg)
+        if missing and options.get("channels") is not None:
+            msg = "missing=True removes whole rows; it cannot act on single channels"
+            raise FaultConfigError(msg)
         self.missing = missing
         super().__init__(source, **options)
 

@@ -23,8 +23,9 @@ class StuckAt(SensorFault, intensity=1.0, check=check_fraction):
     source:
         The wrapped sensor source.
     intensity:
-        Fraction in ``[0, 1]`` of the feature columns (channels) that are stuck; ``1.0``
-        (default) freezes every channel. Which channels are stuck is drawn once from
+        Fraction in ``[0, 1]`` of the channels (axis 1 of the features: the columns of
+        rows, the axes of a sensor's windows) that are stuck, among ``channels`` when
+        given; ``1.0`` (default) freezes every one. Which are stuck is drawn once from
         ``seed`` and kept for life.
     value:
         If given (in ``[0, 1]``), stuck channels read this constant. If ``None``
@@ -57,9 +58,14 @@ class StuckAt(SensorFault, intensity=1.0, check=check_fraction):
         self._frozen: NDArray[np.float32] | None = None
 
     def stuck_columns(self, num_columns: int) -> NDArray[np.intp]:
-        """Return the sorted indices of the stuck channels among ``num_columns``."""
-        count = math.floor(self.intensity * num_columns + 0.5)
-        chosen = self.schedule.fixed_draws().permutation(num_columns)[:count]
+        """Return the sorted indices of the stuck channels among ``num_columns``.
+
+        With ``channels`` given, the fraction ``intensity`` is drawn among those channels
+        (``channels=[2]`` and the default intensity: exactly channel 2 is stuck).
+        """
+        candidates = np.arange(num_columns) if self.channels is None else np.array(self.channels)
+        count = math.floor(self.intensity * candidates.shape[0] + 0.5)
+        chosen = candidates[self.schedule.fixed_draws().permutation(candidates.shape[0])[:count]]
         return np.sort(chosen)
 
     def first_active_round(self, up_to: int) -> int | None:
@@ -85,10 +91,10 @@ class StuckAt(SensorFault, intensity=1.0, check=check_fraction):
             features[:, columns] = np.float32(self.value)
             return LocalData(features=features, labels=data.labels)
         frozen = self._frozen_features(data, round_number)
-        if frozen.shape[1] != features.shape[1]:
+        if frozen.shape[1:] != features.shape[1:]:
             msg = (
-                f"stuck-at: the source changed width from {frozen.shape[1]} to "
-                f"{features.shape[1]} channels"
+                f"stuck-at: the source changed its sample shape from {frozen.shape[1:]} to "
+                f"{features.shape[1:]}"
             )
             raise ValueError(msg)
         if frozen.shape[0] == 0 or features.shape[0] == 0:

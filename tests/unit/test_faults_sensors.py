@@ -238,7 +238,10 @@ def test_every_sensor_faults_signature_lists_its_defaults_in_full() -> None:
     signatures = {
         name: str(inspect.signature(cls)).replace("'", "") for name, cls in SENSOR_FAULTS.items()
     }
-    schedule = "start_round: int = 0, probability: float = 1.0, seed: int = 0"
+    schedule = (
+        "channels: list[int] | None = None, "
+        "start_round: int = 0, probability: float = 1.0, seed: int = 0"
+    )
 
     assert signatures["drift"] == f"(source: SensorSource, *, intensity: float = 0.01, {schedule})"
     assert signatures["spikes"] == (
