@@ -1,4 +1,8 @@
-"""``byzedge bench aggregators``: time every aggregation rule against ``mean``.
+"""``byzedge bench aggregators`` and ``byzedge bench fleet``.
+
+``aggregators`` times every aggregation rule against ``mean``. ``fleet`` drives one real
+coordinator with a load generator of simulated devices over a private mosquitto and
+reports how far it goes (:mod:`byzedge.bench_fleet`).
 
 The installed command measures our rules only. The comparison with ByzFL is run from a
 checkout of the repository, ``python benchmarks/aggregators.py`` (the same flags plus
@@ -12,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from byzedge.commands._common import fail
 
@@ -42,7 +46,69 @@ def build_parser() -> argparse.ArgumentParser:
     add_aggregator_arguments(aggregators)
     # Accepted, and ignored, for scripts written when this command also timed ByzFL.
     aggregators.add_argument("--no-byzfl", action="store_true", help=argparse.SUPPRESS)
+    fleet = sub.add_parser(
+        "fleet",
+        help="how far one coordinator goes: updates per second, round time, memory",
+        description=(
+            "Drive a real coordinator (its own process) with simulated devices that sign "
+            "and publish real updates over a private mosquitto, for every combination of "
+            "devices per round, model and compression; compare its ingest throughput with "
+            "a plain subscriber's on the same broker in the same run. Needs mosquitto."
+        ),
+    )
+    add_fleet_arguments(fleet)
     return parser
+
+
+def _csv(kind: type[int] | type[str]) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        if not values:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        return values
+
+    return parse
+
+
+def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the fleet benchmark's flags (shared with benchmarks/scale.py)."""
+    parser.add_argument(
+        "--devices",
+        type=_csv(int),
+        default=[100, 1000, 10000],
+        help="devices per round, comma-separated (default 100,1000,10000)",
+    )
+    parser.add_argument(
+        "--model",
+        type=_csv(str),
+        default=["mlp", "mlp-wide"],
+        help="registered models, comma-separated (default mlp,mlp-wide)",
+    )
+    parser.add_argument(
+        "--compression",
+        type=_csv(str),
+        default=["dense", "top-k-q8"],
+        help="codecs, comma-separated; sparse ones keep 1%% (default dense,top-k-q8)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per configuration")
+    parser.add_argument(
+        "--connections", type=int, default=4, help="MQTT connections of the load generator"
+    )
+    parser.add_argument(
+        "--max-round-gb",
+        type=float,
+        default=4.0,
+        help="skip configurations whose decoded rows (2 x n x d x 4 bytes) exceed this",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="folder for scale.md, scale.json and scale.png (optional)"
+    )
+    parser.add_argument(
+        "--before", type=Path, help="an earlier scale.json to compare with (before/after)"
+    )
 
 
 def add_aggregator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +162,63 @@ def run(args: argparse.Namespace, command: str, comparisons: Sequence[Comparison
     return 0
 
 
+def run_fleet(args: argparse.Namespace, command: str) -> int:
+    """Run the fleet benchmark for parsed ``args``; print (and write) the report."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from byzedge.bench_fleet import (  # noqa: PLC0415
+        load_report,
+        render_markdown,
+        run_fleet_bench,
+        write_outputs,
+    )
+    from byzedge.fleet_sim.brokers import find_mosquitto  # noqa: PLC0415
+    from byzedge.models import MODELS  # noqa: PLC0415
+    from byzedge.protocol.codecs import CODECS  # noqa: PLC0415
+
+    unknown = sorted(set(args.model) - set(MODELS)) + sorted(set(args.compression) - set(CODECS))
+    if unknown:
+        return fail("bench", f"unknown model or codec {', '.join(unknown)}")
+    if any(c.startswith("rand-k") for c in args.compression):
+        return fail("bench", "rand-k codecs derive their support per device: use top-k-q8")
+    if min(args.devices) < 1 or args.rounds < 1 or args.connections < 1:
+        return fail("bench", "need --devices >= 1, --rounds >= 1 and --connections >= 1")
+    if find_mosquitto() is None:
+        return fail("bench", "mosquitto is not installed (apt-get install -y mosquitto)")
+    before = load_report(args.before) if args.before is not None else None
+    total = len(args.devices) * len(args.model) * len(args.compression)
+    with tqdm(total=total, unit="config", dynamic_ncols=True) as bar:
+        seen: set[str] = set()
+
+        def progress(label: str, stage: str) -> None:
+            if label not in seen:
+                if seen:
+                    bar.update(1)
+                seen.add(label)
+            bar.set_postfix_str(f"{label}: {stage}")
+
+        report = run_fleet_bench(
+            devices=args.devices,
+            models=args.model,
+            compressions=args.compression,
+            rounds=args.rounds,
+            connections=args.connections,
+            max_round_bytes=int(args.max_round_gb * 1e9),
+            command=command,
+            progress=progress,
+        )
+        bar.update(total - bar.n)
+    if args.out is not None:
+        print(write_outputs(report, args.out, before), end="")
+    else:
+        print(render_markdown(report, before), end="")
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``byzedge bench``."""
     args = build_parser().parse_args(argv)
-    return run(args, shlex.join(["byzedge", "bench", *argv]))
+    command = shlex.join(["byzedge", "bench", *argv])
+    if args.suite == "fleet":
+        return run_fleet(args, command)
+    return run(args, command)
