@@ -849,9 +849,12 @@ class Coordinator:
         self.metrics.set_reputations(self._reputation.snapshot())
         for device in summary.flagged:
             self.metrics.device_flagged(device)
-        self._client.publish(
-            topics.coordinator_status_topic(fleet), summary.to_json().encode(), retain=True
-        )
+        status = summary.to_json().encode()
+        # A fleet of thousands makes the summary (every device's reputation) larger than one
+        # message: chunks cannot be retained, so it goes out chunked, like a large model,
+        # instead of stopping the coordinator.
+        retain = len(status) <= self.config.mqtt.max_message_bytes
+        self._client.publish(topics.coordinator_status_topic(fleet), status, retain=retain)
         if self.config.suspicious_device_alerts:
             for device in summary.flagged:
                 # "anomalous-norm", "anomalous-direction", "anomalous-persistent", ...
