@@ -10,10 +10,12 @@ fresh messages and nothing unverified ever enters a round.
 Format: one file, ``state_dir/round.journal``, a sequence of frames
 ``length (u32 LE) | crc32 (u32 LE) | msgpack body``. The first body is the header
 ``{"format", "round", "model_version"}``; each later one ``{"device", "payload"}``. Frames
-are appended, flushed and fsynced one at a time (a few per second at most: one per device
-per round), so a crash or power cut loses at most the frame being written; reading stops
-at the first short or corrupt frame, keeping every complete one before it. A journal for
-another round than the one the coordinator resumes is stale and ignored.
+are appended, flushed and fsynced one at a time, or as one group for the updates the
+coordinator took from its inbox together (:meth:`RoundJournal.append_many`: one fsync for
+many), so a crash or power cut loses at most the frames being written, none of which has
+counted yet; reading stops at the first short or corrupt frame, keeping every complete one
+before it. A journal for another round than the one the coordinator resumes is stale and
+ignored.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -138,6 +141,17 @@ class RoundJournal:
             raise RuntimeError("RoundJournal.append() before open_round()")
         self._write({"device": device_id, "payload": payload})
 
+    def append_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        """Journal several accepted updates, ``(device_id, payload)``, with one fsync.
+
+        When this returns every one of them is on disk, as after as many :meth:`append`
+        calls.
+        """
+        if self._handle is None:
+            raise RuntimeError("RoundJournal.append_many() before open_round()")
+        if entries:
+            self._write_all([{"device": device, "payload": payload} for device, payload in entries])
+
     def clear(self) -> None:
         """Forget the journal once its round is saved in the coordinator's state."""
         self.close()
@@ -153,9 +167,13 @@ class RoundJournal:
     # -- internals ---------------------------------------------------------------------
 
     def _write(self, body: dict[str, Any]) -> None:
+        self._write_all([body])
+
+    def _write_all(self, bodies: list[dict[str, Any]]) -> None:
         assert self._handle is not None  # noqa: S101 - checked by the public callers
-        data = msgpack.packb(body, use_bin_type=True)
-        self._handle.write(_FRAME.pack(len(data), zlib.crc32(data)) + data)
+        for body in bodies:
+            data = msgpack.packb(body, use_bin_type=True)
+            self._handle.write(_FRAME.pack(len(data), zlib.crc32(data)) + data)
         self._handle.flush()
         os.fsync(self._handle.fileno())
 

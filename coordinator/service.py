@@ -108,6 +108,8 @@ __all__ = ["Coordinator", "RoundSummary"]
 
 _LOGGER = logging.getLogger(__name__)
 _INBOX_LIMIT = 20_000
+# Most queued updates ingested together, journaled with one fsync (see _take_batch).
+_INGEST_BATCH = 256
 _STATUS_INBOX_LIMIT = 100_000
 # Statuses delivered this soon after a (re)connect may be the broker's backlog (retained
 # messages, the persistent session's queue), not news: see coordinator.liveness.
@@ -624,12 +626,49 @@ class Coordinator:
                 self._session_lost.clear()
                 _LOGGER.info("round %d: broker lost our session; model sent again", round_number)
                 self._send_manifest()
+            # Each message answers at most one device, so a batch no longer than the
+            # devices still awaited ends, at the latest, where the round may close: the
+            # checks above run where they ran when messages were taken one at a time.
+            missing = len(expected - answered - intake.unavailable)
             try:
-                topic, frame = self._updates.get(timeout=min(remaining, 0.25))
+                batch = self._next_updates(min(remaining, 0.25), limit=max(1, missing))
             except queue.Empty:
                 continue
-            self._take(self._ingest.submit(topic, frame, window), intake)
+            self._take_batch(batch, window, intake)
         return self._finish_round(intake)
+
+    def _next_updates(self, timeout_s: float, *, limit: int) -> list[tuple[str, bytes]]:
+        """Wait up to ``timeout_s`` for a message, then take what else is queued (``limit``).
+
+        Raises
+        ------
+        queue.Empty
+            When nothing arrived in time.
+        """
+        batch = [self._updates.get(timeout=timeout_s)]
+        limit = min(limit, _INGEST_BATCH)
+        while len(batch) < limit:
+            try:
+                batch.append(self._updates.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _take_batch(
+        self, batch: list[tuple[str, bytes]], window: RoundWindow, intake: _Intake
+    ) -> None:
+        """Ingest ``batch``, journal its accepted updates with one fsync, then count them.
+
+        One fsync per batch rather than per update (group commit): at about 5 ms each, an
+        fsync per update capped a coordinator at some 200 updates per second. Every
+        accepted update is still on disk before it counts.
+        """
+        outcomes = [self._ingest.submit(topic, frame, window) for topic, frame in batch]
+        self._journal.append_many(
+            [(o.device_id, o.payload) for o in outcomes if isinstance(o, Accepted)]
+        )
+        for outcome in outcomes:
+            self._take(outcome, intake, journaled=True)
 
     def _replay_journal(self, window: RoundWindow, intake: _Intake) -> None:
         """Open the round's journal; after a restart, re-ingest what it holds."""
