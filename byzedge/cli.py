@@ -31,6 +31,7 @@ COMMANDS = {
     "monitor": ("byzedge.commands.monitor", "watch a fleet: rounds, accuracy, devices, alerts"),
     "faults": ("byzedge.commands.faults", "validate and describe fault plans"),
     "bench": ("byzedge.commands.bench", "run speed benchmarks"),
+    "model": ("byzedge.commands.model", "export a PyTorch model's ONNX template, show a layout"),
 }
 
 _USAGE = "usage: byzedge [-h] [--version] {" + ",".join(COMMANDS) + "} ..."

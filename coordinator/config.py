@@ -45,6 +45,7 @@ from byzedge.daemon.config import (
 )
 from byzedge.daemon.mqtt import MqttSettings
 from byzedge.methods import METHODS
+from byzedge.models.factory import is_factory_reference
 from byzedge.models.tasks import LossName
 
 __all__ = [
@@ -193,7 +194,20 @@ class CoordinatorConfig(_Strict):
         description="Folder of enrolled devices' public keys, one `<device_id>.pub` each."
     )
     state_dir: Path = Field(description="Where state, audit log and round summaries live.")
-    model: str = Field("mlp", description="Registry name of the model architecture.")
+    model: str = Field(
+        "mlp",
+        description=(
+            "The model: a registry name (mlp, cnn, ...) or a factory reference "
+            "'package.module:function' (then model_template is required)."
+        ),
+    )
+    model_template: Path | None = Field(
+        None,
+        description=(
+            "ONNX template of a factory-reference model, written by `byzedge model export "
+            "<model> --out <file>` where torch is installed (the coordinator never imports it)."
+        ),
+    )
     seed: int = Field(0, description="Seed of the initial model and of cohort sampling.")
     rounds: int = Field(0, ge=0, description="Rounds to run, then exit; 0 runs forever.")
     round_timeout_s: float = Field(
@@ -335,6 +349,20 @@ class CoordinatorConfig(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _check_model_template(self) -> Self:
+        """A factory reference needs its template; a registered model ships its own."""
+        if is_factory_reference(self.model) and self.model_template is None:
+            msg = (
+                f"model {self.model!r} needs model_template: run `byzedge model export "
+                f"{self.model} --out model.onnx` where torch is installed"
+            )
+            raise ValueError(msg)
+        if not is_factory_reference(self.model) and self.model_template is not None:
+            msg = f"model {self.model!r} is not a factory reference: drop model_template"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
     def _check_validation_path(self) -> Self:
         if self.validation == "npz" and self.validation_path is None:
             raise ValueError("validation = 'npz' needs validation_path")
@@ -447,7 +475,9 @@ def load_coordinator_config(
     raw = read_toml(path)
     raw.update(overrides or {})
     resolve_paths(
-        raw, ("signing_key", "devices_dir", "state_dir", "validation_path"), path.parent
+        raw,
+        ("signing_key", "devices_dir", "state_dir", "validation_path", "model_template"),
+        path.parent,
     )
     resolve_mqtt_paths(raw, path.parent)
     try:

@@ -97,7 +97,13 @@ from byzedge.daemon.mqtt import ConnectInfo, Will
 from byzedge.daemon.rotating import RotatingJsonl
 from byzedge.daemon.transport import Endpoint, TransportFactory, mqtt_transport
 from byzedge.methods.base import RoundPlan, ServerState, TrainingMethod
-from byzedge.models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
+from byzedge.models import (
+    OnnxClassifier,
+    export_onnx,
+    get_model_spec,
+    initial_parameters,
+    layout_meta,
+)
 from byzedge.models.datasets import DigitsSplit, load_dataset, load_validation_npz
 from byzedge.models.tasks import get_task
 from byzedge.protocol import topics
@@ -223,7 +229,9 @@ class Coordinator:
         self._key = signing_key
         self._devices = devices
         self._on_round = on_round
-        self._spec = get_model_spec(config.model)
+        # A factory reference's layout and graph come from its template file: no torch here.
+        self._spec = get_model_spec(config.model, template=config.model_template)
+        self._layout = layout_meta(self._spec)
         self._updates: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=_INBOX_LIMIT)
         # (topic, payload, fresh): a status from the broker's backlog may be stale.
         self._statuses: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(
@@ -567,6 +575,7 @@ class Coordinator:
             final=final,
             ttl_s=self.config.model_ttl_s,
             plan=self._plan.to_meta() if self._plan is not None and not final else None,
+            layout=self._layout,
         )
         self._last_manifest = envelope.to_bytes()
         self._send_manifest()

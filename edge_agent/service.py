@@ -49,7 +49,7 @@ from byzedge.edge_agent.telemetry import TelemetrySnapshot, check_eligibility, r
 from byzedge.edge_agent.worker import TrainingWorker, TrainingWorkerError
 from byzedge.methods import METHODS
 from byzedge.methods.base import Proposal, RoundPlan
-from byzedge.models import get_model_spec
+from byzedge.models import get_model_spec, layout_mismatch
 from byzedge.protocol import topics
 from byzedge.protocol.errors import ProtocolError
 from byzedge.protocol.manifest import GlobalModel, open_global_model
@@ -156,6 +156,7 @@ class Agent:
         self._state: dict[str, Any] = self._load_state()
         self._device_salt = zlib.crc32(config.device_id.encode())
         self.refused_models = 0
+        self.last_model_refusal: str | None = None
         self.updates_sent = 0
         self.updates_resent = 0
         self.updates_refused = 0
@@ -301,6 +302,14 @@ class Agent:
                 model.version,
                 self._state["model_version"],
             )
+            return
+        # The signed layout says how the coordinator's model differs from this device's
+        # module (both shapes), also where name and length agree but the code drifted.
+        mismatch = layout_mismatch(self._spec, model.layout) if model.layout else None
+        if mismatch is not None and model.model == self.config.model:
+            self.refused_models += 1
+            self.last_model_refusal = mismatch
+            _LOGGER.warning("device %s: refusing model %r: %s", device, model.model, mismatch)
             return
         if model.model != self.config.model or model.params.shape != (self._spec.dim,):
             self.refused_models += 1

@@ -5,6 +5,9 @@ torch initialises ``nn.Linear`` and ``nn.Conv2d`` weights with
 ``b = gain * sqrt(3 / fan_in) = sqrt(2 / (1 + 5)) * sqrt(3 / fan_in) = 1 / sqrt(fan_in)``,
 and their biases with ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` where ``fan_in`` is the
 weight's. Reproducing it here lets the coordinator create round 0 without importing torch.
+
+A model whose template holds its own values (a user's export, :mod:`byzedge.models.template`)
+starts from those instead: its own initialisation, whatever layers it has.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from byzedge.models.spec import ModelSpec, ParamSpec
+from byzedge.models.template import template_values
 
 __all__ = ["fan_in_bounds", "initial_parameters"]
 
@@ -66,8 +70,12 @@ def initial_parameters(spec: ModelSpec, rng: np.random.Generator) -> NDArray[np.
     Returns
     -------
     NDArray[np.float32]
-        Shape ``(spec.dim,)``; each parameter ``~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+        Shape ``(spec.dim,)``: the template's own values when it holds them (``rng`` is
+        then unused), else each parameter ``~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
     """
+    stored = template_values(spec)
+    if stored is not None:
+        return stored
     bounds = fan_in_bounds(spec)
     vec = np.empty(spec.dim, dtype=np.float32)
     for name, view in spec.split(vec).items():

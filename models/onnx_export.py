@@ -1,25 +1,29 @@
-"""ONNX export and onnxruntime inference for the registered models, without torch.
+"""ONNX models of any registered or user model, and onnxruntime inference, without torch.
 
-The graph is built node by node with ``onnx.helper`` (no torch exporter, no onnxscript),
-so the coordinator can turn a flat parameter vector into a servable model and evaluate it.
-Every graph takes ``input`` float32 ``[batch, input_dim]`` (dynamic batch) and returns
-``logits`` float32 ``[batch, num_classes]``.
+A round's ONNX model is the model's template (exported by torch once, from the model
+itself: :mod:`byzedge.models.template`) with the round's parameters substituted into its
+initializers, so the coordinator can turn a flat parameter vector into a servable model and
+evaluate it. Every graph takes ``input`` float32 ``[batch, *input_shape]`` (dynamic batch)
+and returns ``logits`` float32 ``[batch, outputs]``; :class:`OnnxClassifier` also takes
+rows flattened to ``prod(input_shape)`` floats.
+
+The registered models used to be built node by node here; exporting them from their torch
+modules gives the same parameter layout and the same logits (tests/unit/test_models_onnx.py,
+below 1e-5), so one path now serves every model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+import math
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from numpy.typing import NDArray
-from onnx import TensorProto, helper, numpy_helper
 
-from byzedge.models.registry import get_model_spec
 from byzedge.models.spec import ModelSpec
+from byzedge.models.template import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, fill_template
 
 __all__ = [
     "INPUT_NAME",
@@ -30,65 +34,6 @@ __all__ = [
     "export_onnx",
 ]
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-ONNX_OPSET = 17
-# IR version 8 is the one that goes with opset 17; pinning it keeps the artefact loadable
-# by the older onnxruntime builds found on devices.
-_IR_VERSION = 8
-
-_Nodes = list[onnx.NodeProto]
-
-
-def _gemm(x: str, layer: str, out: str) -> onnx.NodeProto:
-    # torch's Linear stores weight as (out, in): y = x @ W^T + b, hence transB=1.
-    return helper.make_node(
-        "Gemm", [x, f"{layer}.weight", f"{layer}.bias"], [out], name=f"{layer}_gemm", transB=1
-    )
-
-
-def _mlp_nodes(spec: ModelSpec) -> tuple[_Nodes, list[onnx.TensorProto]]:
-    nodes = [
-        _gemm(INPUT_NAME, "fc1", "fc1_out"),
-        helper.make_node("Relu", ["fc1_out"], ["fc1_relu"], name="fc1_relu"),
-        _gemm("fc1_relu", "fc2", OUTPUT_NAME),
-    ]
-    return nodes, []
-
-
-def _conv(x: str, layer: str, out: str, stride: int) -> onnx.NodeProto:
-    return helper.make_node(
-        "Conv",
-        [x, f"{layer}.weight", f"{layer}.bias"],
-        [out],
-        name=f"{layer}_conv",
-        kernel_shape=[3, 3],
-        pads=[1, 1, 1, 1],
-        strides=[stride, stride],
-    )
-
-
-def _cnn_nodes(spec: ModelSpec) -> tuple[_Nodes, list[onnx.TensorProto]]:
-    shape = numpy_helper.from_array(
-        np.array((-1, *spec.input_shape), dtype=np.int64), "image_shape"
-    )
-    nodes = [
-        helper.make_node("Reshape", [INPUT_NAME, "image_shape"], ["image"], name="to_image"),
-        _conv("image", "conv1", "conv1_out", stride=1),
-        helper.make_node("Relu", ["conv1_out"], ["conv1_relu"], name="conv1_relu"),
-        _conv("conv1_relu", "conv2", "conv2_out", stride=2),
-        helper.make_node("Relu", ["conv2_out"], ["conv2_relu"], name="conv2_relu"),
-        # Flatten(axis=1) keeps (channel, row, col) order, as torch.flatten(start_dim=1) does.
-        helper.make_node("Flatten", ["conv2_relu"], ["features"], name="flatten", axis=1),
-        _gemm("features", "fc", OUTPUT_NAME),
-    ]
-    return nodes, [shape]
-
-
-_GRAPH_BUILDERS: Mapping[str, Callable[[ModelSpec], tuple[_Nodes, list[onnx.TensorProto]]]] = (
-    MappingProxyType({"mlp": _mlp_nodes, "cnn": _cnn_nodes, "mlp-wide": _mlp_nodes})
-)
-
 
 def export_onnx(spec: ModelSpec, vec: NDArray[np.float32], *, check: bool = True) -> bytes:
     """Serialise the model ``spec`` with parameters ``vec`` as an ONNX model.
@@ -96,14 +41,14 @@ def export_onnx(spec: ModelSpec, vec: NDArray[np.float32], *, check: bool = True
     Parameters
     ----------
     spec:
-        A registered model spec.
+        A model spec holding its template (every spec ``get_model_spec`` returns does).
     vec:
         Its flat float32 parameter vector, shape ``(spec.dim,)``.
     check:
         Run ONNX's full checker (with shape inference) on the result. Its operator schema
         registry stays in memory once loaded (about 7 MB), so the agent daemon, which
-        exports every model it receives, skips it: the graph comes from the same builder
-        the tests check, and onnxruntime validates the model when ``agent infer`` loads it.
+        exports every model it receives, skips it: the graph is the template the tests
+        check, and onnxruntime validates the model when ``agent infer`` loads it.
 
     Returns
     -------
@@ -113,37 +58,9 @@ def export_onnx(spec: ModelSpec, vec: NDArray[np.float32], *, check: bool = True
     Raises
     ------
     ValueError
-        If ``spec`` is not registered or ``vec`` has the wrong shape or dtype.
+        If ``spec`` has no template or ``vec`` has the wrong shape or dtype.
     """
-    if get_model_spec(spec.name) != spec:
-        raise ValueError(f"spec {spec.name!r} differs from the registered spec of that name")
-    builder = _GRAPH_BUILDERS.get(spec.name)
-    if builder is None:
-        raise ValueError(f"no ONNX graph builder for model {spec.name!r}")
-    weights = [
-        numpy_helper.from_array(np.ascontiguousarray(arr), name)
-        for name, arr in spec.split(vec).items()
-    ]
-    nodes, constants = builder(spec)
-    graph = helper.make_graph(
-        nodes,
-        f"byzedge_{spec.name}",
-        inputs=[
-            helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", spec.input_dim])
-        ],
-        outputs=[
-            helper.make_tensor_value_info(
-                OUTPUT_NAME, TensorProto.FLOAT, ["batch", spec.num_classes]
-            )
-        ],
-        initializer=weights + constants,
-    )
-    model = helper.make_model(
-        graph,
-        producer_name="byzedge",
-        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
-        ir_version=_IR_VERSION,
-    )
+    model = fill_template(spec, vec)
     if check:
         onnx.checker.check_model(model, full_check=True)
     data: bytes = model.SerializeToString()
@@ -156,7 +73,8 @@ class OnnxClassifier:
     Parameters
     ----------
     onnx_bytes:
-        A serialised model with input ``input`` ``[batch, d]`` and output ``logits``.
+        A serialised model with one input ``[batch, *input_shape]`` and one output
+        ``[batch, outputs]``.
 
     Raises
     ------
@@ -175,25 +93,38 @@ class OnnxClassifier:
             )
         except Exception as exc:  # onnxruntime raises its own untyped exception classes
             raise ValueError(f"cannot load ONNX model: {exc}") from exc
-        input_shape = self._session.get_inputs()[0].shape
-        output_shape = self._session.get_outputs()[0].shape
-        self.input_dim = int(input_shape[1])
-        self.num_classes = int(output_shape[1])
+        graph_input = self._session.get_inputs()[0]
+        graph_output = self._session.get_outputs()[0]
+        self._input_name = str(graph_input.name)
+        self._output_name = str(graph_output.name)
+        try:
+            self.input_shape = tuple(int(d) for d in graph_input.shape[1:])
+            self.num_classes = int(graph_output.shape[1])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"ONNX model needs fixed per-sample shapes: {exc}") from exc
+        self.input_dim = math.prod(self.input_shape)
 
     def logits(self, x: NDArray[np.floating]) -> NDArray[np.float32]:
-        """Return float32 logits of shape ``(m, num_classes)`` for ``x`` of shape ``(m, d)``.
+        """Return float32 logits ``(m, num_classes)`` for ``x`` ``(m, *input_shape)``.
+
+        Rows flattened to ``(m, input_dim)`` are accepted too.
 
         Raises
         ------
         ValueError
-            If ``x`` is not 2-D with ``input_dim`` columns.
+            If ``x`` is neither ``(m, *input_shape)`` nor ``(m, input_dim)``.
         """
         arr = np.ascontiguousarray(x, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != self.input_dim:
-            raise ValueError(f"expected inputs of shape (m, {self.input_dim}), got {arr.shape}")
+        if arr.ndim == 2 and arr.shape[1] == self.input_dim:
+            arr = arr.reshape(arr.shape[0], *self.input_shape)
+        elif arr.shape[1:] != self.input_shape:
+            shape = ", ".join(str(d) for d in self.input_shape)
+            flat = f" or (m, {self.input_dim})" if len(self.input_shape) > 1 else ""
+            msg = f"expected inputs of shape (m, {shape}){flat}, got {arr.shape}"
+            raise ValueError(msg)
         if arr.shape[0] == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
-        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: arr})
+        (out,) = self._session.run([self._output_name], {self._input_name: arr})
         return np.asarray(out, dtype=np.float32)
 
     def predict(self, x: NDArray[np.floating]) -> NDArray[np.int64]:
@@ -227,7 +158,7 @@ def check_onnx_parity(spec: ModelSpec, vec: NDArray[np.float32], x: NDArray[np.f
     spec, vec:
         The model and its flat parameters.
     x:
-        Inputs of shape ``(m, spec.input_dim)``, ``m >= 1``.
+        Inputs of shape ``(m, spec.input_dim)`` or ``(m, *spec.input_shape)``, ``m >= 1``.
     """
     import torch  # noqa: PLC0415  (torch stays out of coordinator imports)
 

@@ -2,14 +2,17 @@
 
 A :class:`ModelSpec` is what both sides agree on. The coordinator only ever sees the flat
 float32 vector of a model's parameters; the spec says how long that vector is and how it
-splits into named tensors (in the order of torch's ``named_parameters``).
+splits into named tensors (in the order of torch's ``named_parameters``). Specs are not
+written by hand: they are read from the model's ONNX template
+(:mod:`byzedge.models.template`), which torch exported from the model itself.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,28 +56,39 @@ class ModelSpec:
     Attributes
     ----------
     name:
-        Permanent registry name (travels in headers and config).
+        Permanent registry name (``mlp``) or the factory reference a user named
+        (``package.module:function``); travels in headers and config.
     input_shape:
-        Per-sample input shape the architecture works on, e.g. ``(64,)`` or ``(1, 8, 8)``.
-        On the wire and in ONNX every sample is flattened to ``prod(input_shape)`` floats.
+        Per-sample input shape the module takes, e.g. ``(64,)`` or ``(3, 32)``. Inputs
+        may also come flattened to ``prod(input_shape)`` floats per sample; the ONNX
+        classifier and the torch modules reshape them.
     num_classes:
-        Number of output logits.
+        Number of outputs per sample (logits; 1 for a single regression output).
     params:
         The parameters in flat-vector order (torch's ``named_parameters`` order).
+    template:
+        The serialised ONNX graph whose initializers named in ``params`` receive each
+        round's parameters (:func:`byzedge.models.template.fill_template`); ``None`` for
+        a bare layout. Not part of equality: two specs are equal when their layouts are.
+    factory:
+        Builds the torch module, for a model handed over from Python rather than named by
+        a factory reference; ``None`` otherwise. Not part of equality.
     """
 
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
     params: tuple[ParamSpec, ...]
+    template: bytes | None = field(default=None, compare=False, repr=False)
+    factory: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("ModelSpec name must be non-empty")
         if not self.input_shape or any(int(s) < 1 for s in self.input_shape):
             raise ValueError(f"input_shape must have positive dimensions, got {self.input_shape}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if not self.params:
             raise ValueError("params must list at least one ParamSpec")
         names = [p.name for p in self.params]

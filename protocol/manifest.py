@@ -6,7 +6,9 @@ to, who is sampled this round (``cohort``; absent means everyone), when the roun
 whether training is over (``final``), the body's SHA-256 (the model's identity in audit
 records) and, for a training method other than FedAvg, the round's plan (``plan``: the
 coin, step size, options and resync list of :class:`byzedge.methods.base.RoundPlan`,
-signed with the rest so no device can choose them). Devices refuse any model that is not
+signed with the rest so no device can choose them) and the model's layout (``layout``:
+input shape, parameter names and shapes, dtype and their SHA-256, so a device whose model
+code differs refuses the model, naming both shapes). Devices refuse any model that is not
 signed by the coordinator's key, is for another fleet, has expired, or is older than the
 one they already hold (no rollback).
 """
@@ -59,6 +61,9 @@ class GlobalModel:
     plan:
         The training method's round plan as a map (``RoundPlan.to_meta()``), ``None``
         for FedAvg.
+    layout:
+        The model's layout as a map (``byzedge.models.layout_meta``), ``None`` from a
+        coordinator that predates it.
     """
 
     round: int
@@ -71,6 +76,7 @@ class GlobalModel:
     sha256: str
     counter: int
     plan: Mapping[str, Any] | None = None
+    layout: Mapping[str, Any] | None = None
 
     def includes(self, device_id: str) -> bool:
         """Whether ``device_id`` should train this round."""
@@ -92,8 +98,9 @@ def seal_global_model(
     final: bool = False,
     ttl_s: float = 3600.0,
     plan: Mapping[str, Any] | None = None,
+    layout: Mapping[str, Any] | None = None,
 ) -> SealedEnvelope:
-    """Sign the global model for ``round_number`` (with the method's ``plan``, if any)."""
+    """Sign the global model for ``round_number``, with the method's ``plan`` and the layout."""
     body = DenseCodec().encode(as_update_vector(params))
     now_ms = int(time.time() * 1000)
     header = Header(
@@ -114,6 +121,7 @@ def seal_global_model(
             "final": final,
             "sha256": hashlib.sha256(body).hexdigest(),
             **({"plan": dict(plan)} if plan is not None else {}),
+            **({"layout": dict(layout)} if layout is not None else {}),
         },
     )
     return seal(header, body, key)
@@ -168,6 +176,10 @@ def open_global_model(
     if plan is not None and not isinstance(plan, dict):
         msg = "model meta's plan must be a map"
         raise EnvelopeError(msg)
+    layout = meta.get("layout")
+    if layout is not None and not isinstance(layout, dict):
+        msg = "model meta's layout must be a map"
+        raise EnvelopeError(msg)
     return GlobalModel(
         round=header.round,
         version=header.base_version,
@@ -179,4 +191,5 @@ def open_global_model(
         sha256=digest,
         counter=header.counter,
         plan=plan,
+        layout=layout,
     )

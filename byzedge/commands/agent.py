@@ -26,6 +26,7 @@ from byzedge.commands._common import (
     tls_problems,
     with_tls_key,
 )
+from byzedge.commands._model import describe, layout_problems, resolve_model
 
 if TYPE_CHECKING:
     from byzedge.edge_agent.config import AgentConfig
@@ -71,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also connect to the broker and check the ACL lets this device publish",
     )
+    check.add_argument(
+        "--coordinator-model",
+        metavar="FILE_OR_NAME",
+        help=(
+            "the coordinator's model (its model_template file, or a registry name): check "
+            "this device's model has the same layout and input shape"
+        ),
+    )
     return parser
 
 
@@ -99,6 +108,8 @@ def main(argv: Sequence[str]) -> int:
     if args.action == "infer":
         return _infer(config.state_dir, args.input)
     problems = _offline_problems(config, getattr(args, "enrolment", None))
+    if args.action == "check-config":
+        problems += _model_problems(config.model, args.coordinator_model)
     if problems:
         return report_problems("agent", problems)
     from byzedge.protocol.signing import SigningKey, VerifyKey  # noqa: PLC0415
@@ -138,6 +149,18 @@ def _offline_problems(config: AgentConfig, enrolment: Path | None) -> list[str]:
     problems += tls_problems(config.mqtt, config.device_id)
     problems += state_dir_problems(config.state_dir)
     return problems
+
+
+def _model_problems(model: str, coordinator_model: str | None) -> list[str]:
+    """The device's model must build (its layout), and match the coordinator's if given.
+
+    A factory reference is exported to learn its layout (torch, in a child process).
+    """
+    spec, reason = resolve_model(model)
+    if spec is None:
+        return [reason or f"model {model!r} cannot be resolved"]
+    print(describe(spec))
+    return layout_problems(spec, coordinator_model) if coordinator_model else []
 
 
 def _online(config: AgentConfig) -> int:

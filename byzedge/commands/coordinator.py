@@ -18,6 +18,7 @@ from byzedge.commands._common import (
     tls_problems,
     with_tls_key,
 )
+from byzedge.commands._model import describe, resolve_model
 
 if TYPE_CHECKING:
     from byzedge.coordinator.config import CoordinatorConfig
@@ -115,6 +116,8 @@ def main(argv: Sequence[str]) -> int:
             code = _online(config)
             if code:
                 return code
+        spec, _ = resolve_model(config.model, config.model_template)
+        print(describe(spec) if spec is not None else f"model {config.model}")
         print(f"{args.config}: ok (fleet {config.fleet}, {len(devices)} enrolled devices)")
         return 0
     from byzedge.coordinator.service import Coordinator  # noqa: PLC0415
@@ -142,6 +145,9 @@ def _offline_problems(config: CoordinatorConfig) -> list[str]:
         problems.append(f"devices_dir {config.devices_dir}: not a folder")
     problems += tls_problems(config.mqtt, ACCOUNT)
     problems += state_dir_problems(config.state_dir)
+    # The model's template, read without torch as the running coordinator reads it.
+    spec, reason = resolve_model(config.model, config.model_template)
+    problems += [reason] if spec is None and reason else []
     return problems
 
 

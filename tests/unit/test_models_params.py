@@ -84,7 +84,7 @@ def test_build_module_rejects_a_spec_that_differs_from_the_registry() -> None:
         build_module(fake)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", ["cnn", "mlp", "mlp-wide"])
 def test_module_maps_a_flat_batch_to_logits(name: str) -> None:
     module = build_module(MODELS[name])
     assert tuple(module(torch.zeros(5, 64)).shape) == (5, 10)

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from byzedge.models import MODELS, ModelSpec, ParamSpec, get_model_spec
 
+DIGITS_MODELS = ("cnn", "mlp", "mlp-wide")
+
 
 def test_mlp_dim_is_the_sum_of_its_layer_sizes() -> None:
     assert get_model_spec("mlp").dim == 64 * 64 + 64 + 10 * 64 + 10
@@ -19,8 +21,8 @@ def test_cnn_dim_is_the_sum_of_its_layer_sizes() -> None:
     assert get_model_spec("cnn").dim == 8 * 9 + 8 + 16 * 8 * 9 + 16 + 10 * 256 + 10
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_takes_64_flat_inputs_and_has_10_classes(name: str) -> None:
+@pytest.mark.parametrize("name", DIGITS_MODELS)
+def test_every_digits_model_takes_64_flat_inputs_and_has_10_classes(name: str) -> None:
     spec = MODELS[name]
     assert spec.input_dim == 64
     assert spec.num_classes == 10
