@@ -34,10 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from byzedge.cli import main as byzedge_main
 from byzedge.fleet_sim.brokers import start_mosquitto
+from byzedge.models.datasets import load_dataset
 
 BYZEDGE = str(Path(sys.executable).with_name("byzedge"))
 TARGET_MB = 100.0
@@ -92,6 +94,10 @@ class Peak:
                 )
 
 
+# The bundled dataset each model's device trains on (models.datasets.DEFAULT_MODELS inverted).
+DATASETS = {"sensor-cnn": "basic-motions"}
+
+
 def write_fleet(
     folder: Path, url: str, model: str, isolation: str, rounds: int
 ) -> tuple[Path, Path]:
@@ -111,7 +117,7 @@ def write_fleet(
         f'fleet = "mem"\ndevice_id = "dev-000"\nsigning_key = "keys/dev-000.key"\n'
         f'coordinator_key = "keys/coordinator.pub"\nstate_dir = "state/dev-000"\n'
         f'model = "{model}"\n[training]\nisolation = "{isolation}"\nworker_linger_s = {LINGER_S}\n'
-        "[data]\nnum_partitions = 4\n"
+        f'[data]\nsource = "{DATASETS.get(model, "digits")}"\nnum_partitions = 4\n'
         f'[mqtt]\nurl = "{url}"\n'
     )
     return coordinator, agent
@@ -161,8 +167,14 @@ def measure(model: str, isolation: str, rounds: int, url: str) -> Row:
                 wait_for(rounds_log.exists, 10)
             time.sleep(LINGER_S + 3.0)  # the worker has lingered and gone; the agent settles
             after = memory(psutil.Process(agent.pid))
+            inputs: list[str] = []
+            if model in DATASETS:  # `agent infer` reads the digits unless given an input
+                windows = folder / "inputs.npy"
+                test_x = load_dataset(DATASETS[model]).test_x
+                np.save(windows, test_x.reshape(len(test_x), -1))
+                inputs = ["--input", str(windows)]
             infer = subprocess.Popen(
-                [BYZEDGE, "agent", "infer", "--config", str(agent_toml)],
+                [BYZEDGE, "agent", "infer", "--config", str(agent_toml), *inputs],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -190,7 +202,8 @@ def render(rows: list[Row], rounds: int, seconds: float) -> str:
     lines = [
         "# Agent memory",
         "",
-        "Resident memory of `byzedge agent run` (one device, digits shard, a private mosquitto "
+        "Resident memory of `byzedge agent run` (one device, a shard of its model's dataset: "
+        "digits, or BasicMotions' sensor windows for sensor-cnn; a private mosquitto "
         f"on loopback) and of `byzedge agent infer`. Targets: idle agent <= {TARGET_MB:.0f} MB, "
         f"`agent infer` <= {TARGET_MB:.0f} MB (RSS). {rounds} rounds of training per row.",
         "",
@@ -226,7 +239,7 @@ def render(rows: list[Row], rounds: int, seconds: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "sensor-cnn"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/agent.md"))
     args = parser.parse_args()
     started = time.monotonic()

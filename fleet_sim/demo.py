@@ -42,6 +42,7 @@ class DemoOptions:
     broker: str = "auto"
     seed: int = 0
     model: str = "mlp"
+    dataset: str = "digits"
     partition: str = "iid"
     epochs: int = 3
     learning_rate: float = 0.1
@@ -133,10 +134,14 @@ def run_demo(
                     sparsity=options.sparsity,
                     seed=options.seed,
                     model=options.model,
+                    dataset=options.dataset,
                     partition=options.partition,
                     epochs=options.epochs,
                     learning_rate=options.learning_rate,
-                    coordinator_overrides=_method_overrides(options),
+                    coordinator_overrides={
+                        **_method_overrides(options),
+                        "validation": options.dataset,
+                    },
                 )
                 started = time.monotonic()
                 fleet = InProcessFleet(spec, base / spec.fleet, on_round=record)

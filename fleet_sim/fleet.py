@@ -51,6 +51,7 @@ class FleetSpec:
     """Every agent's worker momentum (``AgentConfig.momentum1``; 0 is off)."""
     seed: int = 0
     model: str = "mlp"
+    dataset: str = "digits"  # a bundled dataset (models.datasets.DATASETS) the agents shard
     partition: str = "iid"
     epochs: int = 1
     learning_rate: float = 0.1
@@ -142,7 +143,7 @@ class InProcessFleet:
                 mqtt=mqtt,
                 model=spec.model,
                 data={
-                    "source": "digits",
+                    "source": spec.dataset,
                     "partition": spec.partition,
                     "num_partitions": spec.devices,
                     "partition_index": index,

@@ -62,9 +62,16 @@ class Scenario(BaseModel):
     name: str = Field("scenario", description="Label used in reports.")
     devices: int = Field(25, ge=1, description="Number of devices in the fleet.")
     rounds: int = Field(20, ge=1, description="Rounds to simulate.")
-    model: str = Field("mlp", description="Registry name of the model (mlp or cnn).")
+    model: str = Field(
+        "mlp", description="Registry name of the model (mlp or cnn; sensor-cnn for basic-motions)."
+    )
+    dataset: Literal["digits", "basic-motions"] = Field(
+        "digits",
+        description="digits: scikit-learn's 8x8 digits; basic-motions: BasicMotions' "
+        "6-channel accelerometer/gyroscope windows (sktime's wheel), with model sensor-cnn.",
+    )
     partition: Literal["iid", "dirichlet", "label-sorted"] = Field(
-        "iid", description="How the digits training split is dealt to the devices."
+        "iid", description="How the dataset's training split is dealt to the devices."
     )
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet only).")
     participation_rate: float | None = Field(

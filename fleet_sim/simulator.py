@@ -90,7 +90,7 @@ from byzedge.fleet_sim.scenario import Scenario
 from byzedge.methods import FEDAVG, BuiltMethod, build_method
 from byzedge.methods.base import DeviceState, Proposal, RoundPlan, ServerState
 from byzedge.models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
-from byzedge.models.datasets import DigitsSplit, load_digits_split
+from byzedge.models.datasets import DigitsSplit, load_dataset
 from byzedge.models.partition import get_partitioner
 from byzedge.protocol import topics
 from byzedge.protocol.codecs import CODECS, build_codec
@@ -113,10 +113,10 @@ _FLEET = "sim"
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-@functools.lru_cache(maxsize=1)
-def _digits() -> DigitsSplit:
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str) -> DigitsSplit:
     # Loaded once per process (a matrix worker runs many scenarios); never mutated.
-    return load_digits_split()
+    return load_dataset(name)
 
 
 def omniscient_attacks() -> Mapping[str, Any]:
@@ -310,13 +310,14 @@ class Simulator:
     scenario:
         What to simulate.
     split:
-        The digits split (loaded when ``None``; pass it to share one across runs).
+        The dataset's split (``scenario.dataset``, loaded when ``None``; pass it to share
+        one across runs).
     """
 
     def __init__(self, scenario: Scenario, split: DigitsSplit | None = None) -> None:
         self.scenario = scenario
         self.spec = get_model_spec(scenario.model)
-        self.split = split if split is not None else _digits()
+        self.split = split if split is not None else _dataset(scenario.dataset)
         self.training = TrainingConfig(
             epochs=scenario.epochs,
             learning_rate=scenario.learning_rate,
@@ -855,7 +856,9 @@ class Simulator:
     def evaluate(self) -> tuple[float, float | None]:
         """Test accuracy of the global model and, under a backdoor, its success rate."""
         classifier = OnnxClassifier(export_onnx(self.spec, self.params))
-        accuracy = round(classifier.accuracy(self.split.test_x, self.split.test_y), 4)
+        # Samples of any shape (sensor windows) go to the graph as flat rows.
+        test_x = self.split.test_x.reshape(len(self.split.test_x), -1)
+        accuracy = round(classifier.accuracy(test_x, self.split.test_y), 4)
         backdoor = None
         if self._backdoor is not None:
             triggered, target = self._backdoor

@@ -58,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (mosquitto on PATH, else embedded), embedded, mosquitto, or mqtt://host:port",
     )
-    parser.add_argument("--model", default="mlp", help="mlp or cnn")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        choices=("digits", "basic-motions"),
+        help="digits (default), or basic-motions: smart-watch accelerometer + gyroscope "
+        "windows (sktime's wheel), trained with --model sensor-cnn unless one is given",
+    )
+    parser.add_argument("--model", default=None, help="mlp (default) or cnn; sensor-cnn")
     parser.add_argument("--partition", default="iid", help="iid or dirichlet")
     parser.add_argument("--epochs", type=int, default=3, help="local epochs per round")
     parser.add_argument("--learning-rate", type=float, default=0.1, help="local SGD step")
@@ -93,6 +100,7 @@ def main(argv: Sequence[str]) -> int:
     from byzedge.coordinator.aggregation import AGGREGATORS  # noqa: PLC0415 - lazy by design
     from byzedge.faults import ATTACKS  # noqa: PLC0415
     from byzedge.fleet_sim.demo import DemoOptions, format_table, run_demo, write_outputs  # noqa: PLC0415
+    from byzedge.models.datasets import DEFAULT_MODELS  # noqa: PLC0415
     from byzedge.protocol.codecs import CODECS  # noqa: PLC0415
 
     defenses = tuple(name.strip() for name in args.defense.split(",") if name.strip())
@@ -126,7 +134,8 @@ def main(argv: Sequence[str]) -> int:
         sparsity=args.sparsity,
         broker=args.broker,
         seed=args.seed,
-        model=args.model,
+        model=args.model or DEFAULT_MODELS[args.dataset],
+        dataset=args.dataset,
         partition=args.partition,
         epochs=args.epochs,
         learning_rate=args.learning_rate,
