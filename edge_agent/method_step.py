@@ -59,6 +59,8 @@ class DeviceStepJob:
         The method's device state as committed so far (the step does not change it).
     device_id, seed:
         Who steps, and the seed of its minibatches and noise this round.
+    loss:
+        The ``[training]`` loss (``cross-entropy`` or ``mse``).
     """
 
     model_name: str
@@ -69,6 +71,7 @@ class DeviceStepJob:
     state: DeviceState
     device_id: str
     seed: int
+    loss: str = "cross-entropy"
 
 
 def propose(job: DeviceStepJob) -> Proposal | None:
@@ -76,12 +79,21 @@ def propose(job: DeviceStepJob) -> Proposal | None:
 
     A module-level function so the training worker can run it; torch is imported here, in
     whichever process runs it.
+
+    Raises
+    ------
+    ValueError
+        When no local row is usable (the message says why): the agent reports the round
+        as skipped instead of sending a gradient of nothing.
     """
     from byzedge.edge_agent.gradients import TorchGradientOracle  # noqa: PLC0415 - torch
-
+    from byzedge.edge_agent.training import describe_unusable  # noqa: PLC0415
     from byzedge.models import get_model_spec  # noqa: PLC0415
 
-    oracle = TorchGradientOracle(get_model_spec(job.model_name), job.data)
+    spec = get_model_spec(job.model_name)
+    oracle = TorchGradientOracle(spec, job.data, job.loss)
+    if oracle.samples == 0:
+        raise ValueError(describe_unusable(spec, job.data, job.loss))
     method = build_method(job.plan.algorithm)
     return method.propose(
         job.plan,

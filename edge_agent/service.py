@@ -522,6 +522,7 @@ class Agent:
             state=self._method.state,
             device_id=self.config.device_id,
             seed=seed,
+            loss=self.config.training.loss,
         )
         if self.config.training.isolation == "process":
             return self._worker.call(propose, job)
