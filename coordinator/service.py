@@ -257,7 +257,7 @@ class Coordinator:
         self._fallback = self._build_rule(config.fallback_defense)
         # A training method other than FedAvg: its server half, its state, this round's plan.
         self._method: TrainingMethod | None = (
-            build_training_method(config.algorithm, config.method, config.seed)
+            build_training_method(config.algorithm, config.method, config.seed, self._spec.dim)
             if config.algorithm != FEDAVG
             else None
         )

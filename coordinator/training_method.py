@@ -15,19 +15,22 @@ ICLR 2023, section 4); ``byzantine_defense`` naming an aggregation rule keeps it
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, Literal
 
 from pydantic import Field
 
 from byzedge.daemon.config import StrictModel
-from byzedge.methods import METHODS, build_method
-from byzedge.methods.base import RoundPlan, TrainingMethod
-from byzedge.protocol.codecs import CODECS
+from byzedge.methods import FEDAVG, METHODS, BuiltMethod, build_method, is_method
+from byzedge.methods.base import OptionValue, RoundPlan, TrainingMethod
+from byzedge.protocol.codecs import CODECS, build_codec
 
 __all__ = [
+    "CODEC_KEYS",
     "FEDAVG",
     "METHOD_DEFAULT_RULE",
     "MethodConfig",
+    "build_method_for",
     "build_training_method",
     "check_compression",
     "cohort_for_plan",
@@ -36,9 +39,6 @@ __all__ = [
     "method_options",
     "with_compression",
 ]
-
-FEDAVG: Final = "fedavg"
-"""The algorithm that is not a :mod:`byzedge.methods` method: local epochs, send the delta."""
 
 METHOD_DEFAULT_RULE: Final[dict[str, Any]] = {
     "byzantine_defense": "bucketing",
@@ -89,16 +89,29 @@ class MethodConfig(StrictModel):
     sparsity: float = Field(
         0.1, gt=0, le=1, description="Fraction of coordinates kept by sparsifying codecs."
     )
+    rand_k_support: Literal["round", "device"] = Field(
+        "round",
+        description=(
+            "rand-k's coordinates: the same for every device of a round (coordinate-wise "
+            "robust rules compare like with like), or drawn per device."
+        ),
+    )
+
+
+CODEC_KEYS: Final = ("compression", "sparsity", "rand_k_support")
+"""``[method]`` keys about the codec of method messages, not options of the method."""
 
 
 def method_options(table: MethodConfig) -> dict[str, Any]:
-    """The method's own keys that the table sets (compression and sparsity excluded)."""
-    own = table.model_dump(exclude={"compression", "sparsity"})
+    """The method's own keys that the table sets (the :data:`CODEC_KEYS` excluded)."""
+    own = table.model_dump(exclude=set(CODEC_KEYS))
     return {key: value for key, value in own.items() if value is not None}
 
 
-def build_training_method(algorithm: str, table: MethodConfig, seed: int) -> TrainingMethod:
-    """Build ``algorithm`` with the table's options (and the fleet seed for its coin).
+def build_training_method(
+    algorithm: str, table: MethodConfig, seed: int, dim: int | None = None
+) -> BuiltMethod:
+    """Build ``algorithm`` from the coordinator's ``[method]`` table.
 
     Raises
     ------
@@ -106,10 +119,57 @@ def build_training_method(algorithm: str, table: MethodConfig, seed: int) -> Tra
         For an unknown method, an option it does not take, or a compression of the wrong
         class (:func:`check_compression`).
     """
-    options = method_options(table)
-    options.setdefault("seed", seed)
-    method = build_method(algorithm, **options)
-    check_compression(method, table.compression)
+    return build_method_for(
+        algorithm,
+        method_options(table),
+        compression=table.compression,
+        sparsity=table.sparsity,
+        seed=seed,
+        dim=dim,
+    )
+
+
+def build_method_for(
+    algorithm: str,
+    options: Mapping[str, OptionValue],
+    *,
+    compression: str,
+    sparsity: float,
+    seed: int,
+    dim: int | None,
+    secret_noise: bool = True,
+) -> BuiltMethod:
+    """Build ``algorithm`` as a fleet runs it; the coordinator and the simulator both call this.
+
+    What the configuration leaves unset is derived here once: the coin's seed (the fleet
+    seed), DASHA's momentum ``a = 1/(2 omega + 1)`` from the codec's ``omega`` at the
+    model's size ``dim`` (when given), and Clip21-SGD2M's noise source (``secret_noise``:
+    the simulator passes ``False`` so runs repeat; a device then gets no privacy from it).
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, an option it does not take, or a compression of the wrong
+        class (:func:`check_compression`).
+    """
+    if algorithm not in METHODS:
+        known = ", ".join(sorted(METHODS))
+        raise ValueError(f"unknown training method {algorithm!r}; known: {known}")
+    names = METHODS[algorithm].option_names
+    chosen: dict[str, OptionValue] = dict(options)
+    if "seed" in names:
+        chosen.setdefault("seed", seed)
+    if "secret_noise" in names and not secret_noise:
+        chosen.setdefault("secret_noise", False)
+    if "compression_omega" in names and "compression_omega" not in chosen and dim is not None:
+        codec_type = CODECS.get(compression)
+        if codec_type is not None:
+            params = {"sparsity": sparsity} if codec_type.sparse else {}
+            codec = build_codec(compression, **params)
+            omega = codec.omega(dim)
+            chosen["compression_omega"] = 0.0 if omega is None else float(omega)
+    method = build_method(algorithm, **chosen)
+    check_compression(method, compression)
     return method
 
 
@@ -148,13 +208,13 @@ def compatible_codecs(method: TrainingMethod) -> list[str]:
 
 def with_compression(plan: RoundPlan, table: MethodConfig) -> RoundPlan:
     """``plan`` with the fleet's compression for method messages in its options."""
-    options = {**plan.options, "compression": table.compression, "sparsity": table.sparsity}
+    options = {
+        **plan.options,
+        "compression": table.compression,
+        "sparsity": table.sparsity,
+        "rand_k_support": table.rand_k_support,
+    }
     return dataclasses.replace(plan, options=options)
-
-
-def is_method(name: str) -> bool:
-    """Whether ``name`` is a training method (not ``fedavg``, not an aggregation rule)."""
-    return name in METHODS
 
 
 def cohort_for_plan(

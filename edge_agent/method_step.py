@@ -131,7 +131,7 @@ class MethodDevice:
         self._previous: _PreviousModel | None = None
         self._stages = list(stages)
         self._wire_stages = list(wire_stages)
-        self._pipelines: dict[tuple[str, float], UpdatePipeline] = {}
+        self._pipelines: dict[tuple[str, float, str], UpdatePipeline] = {}
 
     # -- persistence -----------------------------------------------------------------
 
@@ -177,16 +177,19 @@ class MethodDevice:
     def pipeline(self, plan: RoundPlan) -> UpdatePipeline:
         """The pipeline with the codec the plan asks for (``compression``, ``sparsity``).
 
-        The coordinator decides the compression of method messages: it must match the
-        method's compressor class, which the coordinator checked at config load.
+        The coordinator decides the compression of method messages (and ``rand-k``'s
+        support): it must match the method's compressor class, which the coordinator
+        checked at config load.
         """
         compression = str(plan.option("compression", "dense"))
         sparsity = plan.number("sparsity", 0.1)
-        key = (compression, sparsity)
+        support = str(plan.option("rand_k_support", "device"))
+        key = (compression, sparsity, support)
         if key not in self._pipelines:
             self._pipelines[key] = UpdatePipeline(
                 compression,
                 sparsity=sparsity,
+                support=support,
                 error_feedback=False,  # methods carry their own error feedback
                 stages=self._stages,
                 wire_stages=self._wire_stages,

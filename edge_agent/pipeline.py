@@ -102,7 +102,10 @@ class UpdatePipeline:
     Parameters
     ----------
     codec_name, sparsity:
-        The codec (``compression`` in the config) and its sparsity for ``top-k``.
+        The codec (``compression`` in the config) and its sparsity for sparse codecs.
+    support:
+        ``rand-k``'s support: ``"device"`` or ``"round"`` (shared by every device of a
+        round; training methods ask for it in their plan).
     error_feedback:
         Keep and re-send what a contractive codec dropped (``top-k``, ``top-k-q8``,
         ``float16``'s rounding).
@@ -125,6 +128,7 @@ class UpdatePipeline:
         codec_name: str,
         *,
         sparsity: float = 0.1,
+        support: str = "device",
         error_feedback: bool = True,
         momentum1: float = 0.0,
         stages: Sequence[UpdateStage] = (),
@@ -133,7 +137,11 @@ class UpdatePipeline:
         if not 0.0 <= momentum1 < 1.0:
             raise ValueError(f"momentum1 must be in [0, 1), got {momentum1!r}")
         codec_type = CODECS.get(codec_name)
-        params = {"sparsity": sparsity} if codec_type is not None and codec_type.sparse else {}
+        params: dict[str, Any] = {}
+        if codec_type is not None and codec_type.sparse:
+            params["sparsity"] = sparsity
+        if codec_type is not None and codec_type.seeded_support:
+            params["support"] = support
         self.codec: Codec = build_codec(codec_name, **params)
         self._dense: Codec = build_codec("dense")
         # float16's rounding is fed back too (tiny, and contractive); dense loses nothing.

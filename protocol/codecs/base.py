@@ -69,11 +69,15 @@ class Codec(Protocol):
         wrong one at config check.
     sparse:
         Whether the codec takes the ``sparsity`` parameter (config key ``sparsity``).
+    seeded_support:
+        Whether its support comes from a seed both ends derive and it takes the
+        ``support`` parameter (``"device"`` or ``"round"``: ``rand-k``).
     """
 
     name: ClassVar[str]
     compressor_class: ClassVar[CompressorClass]
     sparse: ClassVar[bool]
+    seeded_support: ClassVar[bool]
 
     def encode(self, vector: NDArray[np.float32], *, context: CodecContext | None = None) -> bytes:
         """Encode a float32 vector of shape ``(d,)``."""

@@ -19,6 +19,7 @@ class DenseCodec:
     name: ClassVar[str] = "dense"
     compressor_class: ClassVar[CompressorClass] = "lossless"
     sparse: ClassVar[bool] = False
+    seeded_support: ClassVar[bool] = False
 
     def encode(self, vector: NDArray[np.float32], *, context: CodecContext | None = None) -> bytes:
         """Return the vector's raw little-endian float32 bytes."""

@@ -34,6 +34,7 @@ class Float16Codec:
     # method's analysis notices; values beyond +-65504 saturate.
     compressor_class: ClassVar[CompressorClass] = "lossless"
     sparse: ClassVar[bool] = False
+    seeded_support: ClassVar[bool] = False
 
     def encode(self, vector: NDArray[np.float32], *, context: CodecContext | None = None) -> bytes:
         """Return the vector's float16 bytes."""

@@ -52,6 +52,7 @@ class NaturalCodec:
     name: ClassVar[str] = "natural"
     compressor_class: ClassVar[CompressorClass] = "unbiased"
     sparse: ClassVar[bool] = False
+    seeded_support: ClassVar[bool] = False
 
     def __init__(self, *, seed: int | None = None) -> None:
         self._rounding = RoundingSource(seed)

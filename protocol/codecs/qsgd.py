@@ -60,6 +60,7 @@ class QSGDCodec:
     name: ClassVar[str] = "qsgd"
     compressor_class: ClassVar[CompressorClass] = "unbiased"
     sparse: ClassVar[bool] = False
+    seeded_support: ClassVar[bool] = False
 
     def __init__(self, levels: int = DEFAULT_LEVELS, *, seed: int | None = None) -> None:
         if isinstance(levels, bool) or not isinstance(levels, int):

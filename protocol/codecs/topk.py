@@ -53,6 +53,7 @@ class TopKCodec:
     name: ClassVar[str] = "top-k"
     compressor_class: ClassVar[CompressorClass] = "contractive"
     sparse: ClassVar[bool] = True
+    seeded_support: ClassVar[bool] = False
 
     def __init__(self, sparsity: float = 0.1) -> None:
         self._fraction = check_sparsity(sparsity)

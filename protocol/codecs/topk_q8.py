@@ -101,6 +101,7 @@ class TopKQ8Codec:
     name: ClassVar[str] = "top-k-q8"
     compressor_class: ClassVar[CompressorClass] = "contractive"
     sparse: ClassVar[bool] = True
+    seeded_support: ClassVar[bool] = False
 
     def __init__(self, sparsity: float = 0.1, *, seed: int | None = None) -> None:
         self._fraction = check_sparsity(sparsity)

@@ -196,6 +196,47 @@ def test_the_support_depends_on_fleet_round_and_sender() -> None:
     assert len(supports) == 4
 
 
+def test_the_round_support_is_sha_256_of_fleet_and_round_only() -> None:
+    material = (
+        b"byzedge/rand-k/round/v1\x00"
+        + (7).to_bytes(4, "little")
+        + b"fleet-a"
+        + (7).to_bytes(8, "little")
+    )
+
+    assert shared_seed(CONTEXT, "round") == hashlib.sha256(material).digest()
+
+
+@pytest.mark.parametrize("name", ["rand-k", "rand-k-q8"])
+def test_a_round_support_is_every_senders_and_decodes_like_a_device_one(name: str) -> None:
+    x = gaussian(2000)
+    codec = build_codec(name, sparsity=0.02, support="round")
+    other = CodecContext("fleet-a", 7, "dev-002")
+    first = codec.decode(codec.encode(x, context=CONTEXT), 2000, context=CONTEXT)
+    second = codec.decode(codec.encode(x, context=other), 2000, context=other)
+
+    np.testing.assert_array_equal(np.flatnonzero(first), np.flatnonzero(second))
+    # A default-built decoder (what ingest uses) reads it too.
+    plain = build_codec(name)
+    np.testing.assert_array_equal(
+        plain.decode(codec.encode(x, context=CONTEXT), 2000, context=CONTEXT) != 0,
+        first != 0,
+    )
+
+
+def test_a_round_support_of_another_round_is_a_support_mismatch() -> None:
+    codec = RandKCodec(0.02, support="round")
+    body = codec.encode(gaussian(500), context=CodecContext("fleet-a", 6, "dev-001"))
+
+    with pytest.raises(SupportMismatchError, match="round"):
+        codec.decode(body, 500, context=CONTEXT)
+
+
+def test_an_unknown_support_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="support"):
+        RandKCodec(0.1, support="fleet")  # type: ignore[arg-type]
+
+
 def test_supports_of_growing_k_are_nested() -> None:
     seed = shared_seed(CONTEXT)
     small, large = shared_support(seed, 5000, 20), shared_support(seed, 5000, 200)
