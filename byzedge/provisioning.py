@@ -41,9 +41,10 @@ import re
 import shutil
 import stat
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from byzedge.daemon import pki
 from byzedge.protocol.errors import TopicError
@@ -125,6 +126,12 @@ class FleetSpec:
         The coordinator's aggregation rule.
     partitions:
         Number of digits shards agents are configured with (the initial device count).
+    coordinator_settings:
+        More keys of ``coordinator.toml`` (``rounds``, ``anomaly_threshold``,
+        ``aggregation_config``, ...), written as given; tables become inline tables.
+    agent_settings:
+        More keys of every ``agent.toml`` (``model``, ``momentum1``, ``training``, ...);
+        a ``data`` table joins the ``[data]`` table init writes.
     """
 
     fleet: str
@@ -133,6 +140,8 @@ class FleetSpec:
     bind: str = ""
     byzantine_defense: str = "clipping-vr"
     partitions: int = 1
+    coordinator_settings: Mapping[str, Any] = field(default_factory=dict)
+    agent_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,6 +172,31 @@ def default_bind(host: str) -> str:
 def _toml_string(value: str) -> str:
     # JSON string escapes are valid TOML basic-string escapes.
     return json.dumps(value)
+
+
+def _toml_value(value: object) -> str:
+    """One TOML value: a string, bool, number, list, or a table as an inline table."""
+    if isinstance(value, str | Path):
+        return _toml_string(str(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    msg = f"cannot write {value!r} ({type(value).__name__}) to a config"
+    raise ProvisioningError(msg)
+
+
+def _toml_lines(settings: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
+    """``key = value`` lines, one per setting (``None`` means unset: no line)."""
+    return "".join(
+        f"{key} = {_toml_value(value)}\n"
+        for key, value in settings.items()
+        if key not in skip and value is not None
+    )
 
 
 def _url(host: str, port: int) -> str:
@@ -200,6 +234,13 @@ def _write_spec(root: Path, spec: FleetSpec) -> None:
         f"byzantine_defense = {_toml_string(spec.byzantine_defense)}\n"
         f"partitions = {spec.partitions}\n"
     )
+    # What init was given from Python (byzedge.init), so add-device writes the same.
+    for table, settings in (
+        ("coordinator", spec.coordinator_settings),
+        ("agent", spec.agent_settings),
+    ):
+        if settings:
+            text += f"\n[{table}]\n" + _toml_lines(settings)
     _write_text(root / FLEET_FILE, text)
 
 
@@ -222,6 +263,8 @@ def read_spec(root: Path) -> FleetSpec:
             bind=str(raw.get("bind", "")),
             byzantine_defense=str(raw.get("byzantine_defense", "clipping-vr")),
             partitions=int(raw.get("partitions", 1)),
+            coordinator_settings=dict(raw.get("coordinator", {})),
+            agent_settings=dict(raw.get("agent", {})),
         )
     except FileNotFoundError as exc:
         msg = (
@@ -268,12 +311,46 @@ def _validate_defense(spec: FleetSpec) -> None:
                 "devices_dir": "devices",
                 "state_dir": "state",
                 "byzantine_defense": spec.byzantine_defense,
+                **spec.coordinator_settings,
             }
         )
     except ValidationError as exc:
-        first = exc.errors()[0]["msg"]
-        msg = f"--byzantine-defense {spec.byzantine_defense!r}: {first}"
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if spec.coordinator_settings and where:
+            msg = f"coordinator {where}: {first['msg']}"
+        else:
+            msg = f"--byzantine-defense {spec.byzantine_defense!r}: {first['msg']}"
         raise ProvisioningError(msg) from exc
+    _validate_agent(spec)
+
+
+def _validate_agent(spec: FleetSpec) -> None:
+    """The agent settings as an ``agent.toml`` would hold them (before writing any)."""
+    if not spec.agent_settings:
+        return
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from byzedge.edge_agent.config import AgentConfig  # noqa: PLC0415
+
+    settings = dict(spec.agent_settings)
+    data = {"num_partitions": 1, "partition_index": 0, **settings.pop("data", {})}
+    try:
+        AgentConfig.model_validate(
+            {
+                "fleet": spec.fleet,
+                "device_id": "dev-000",
+                "signing_key": "device.key",
+                "coordinator_key": "coordinator.pub",
+                "state_dir": "state",
+                "data": data,
+                **settings,
+            }
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProvisioningError(f"agent {where}: {first['msg']}") from exc
 
 
 # -- the CA ---------------------------------------------------------------------------------
@@ -487,7 +564,8 @@ def _coordinator_config(spec: FleetSpec) -> str:
         'devices_dir = "../devices"        # one <device-id>.pub per enrolled device\n'
         'state_dir = "state"               # under systemd: --state-dir ${STATE_DIRECTORY}\n'
         f"byzantine_defense = {_toml_string(spec.byzantine_defense)}\n"
-        "\n"
+        + _toml_lines(spec.coordinator_settings)
+        + "\n"
         "[metrics]\n"
         "enabled = true                    # Prometheus on 127.0.0.1:9464\n"
         "\n" + _mqtt_table(spec)
@@ -506,12 +584,15 @@ def _agent_config(spec: FleetSpec, device_id: str, index: int, partitions: int) 
         'signing_key = "device.key"        # under systemd: --signing-key\n'
         'coordinator_key = "coordinator.pub"\n'
         'state_dir = "state"               # under systemd: --state-dir ${STATE_DIRECTORY}\n'
-        "\n"
+        + _toml_lines(spec.agent_settings, skip=("data",))
+        + "\n"
         "# The bundled digits data set, cut in one shard per device.\n"
         "[data]\n"
         f"num_partitions = {partitions}\n"
         f"partition_index = {index}\n"
-        "\n" + _mqtt_table(spec)
+        + _toml_lines(spec.agent_settings.get("data", {}))
+        + "\n"
+        + _mqtt_table(spec)
     )
 
 

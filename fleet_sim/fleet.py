@@ -27,6 +27,9 @@ from byzedge.edge_agent.sensors import build_source
 from byzedge.edge_agent.service import Agent
 from byzedge.edge_agent.telemetry import TelemetrySnapshot
 from byzedge.faults import FaultInjector
+from byzedge.fleet_sim.simulator import shard_indices
+from byzedge.models import get_model_spec, is_factory_reference
+from byzedge.models.datasets import DigitsSplit
 from byzedge.protocol.signing import SigningKey, VerifyKey
 
 __all__ = ["FleetSpec", "InProcessFleet", "choose_byzantine"]
@@ -56,6 +59,8 @@ class FleetSpec:
     epochs: int = 1
     learning_rate: float = 0.1
     batch_size: int = 16
+    loss: Literal["cross-entropy", "mse"] = "cross-entropy"
+    """The task (agents' ``[training]`` loss and the coordinator's metric)."""
     round_timeout_s: float = 15.0
     mqtt_protocol: Literal["auto", "5", "3.1.1"] = "auto"
     coordinator_overrides: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +108,14 @@ class InProcessFleet:
     transport:
         Builds every connection; MQTT to ``spec.broker_url`` by default (unit tests pass
         an :class:`~daemon.transport.InMemoryBroker`'s ``connect``).
+    data:
+        A user's arrays instead of the bundled ``spec.dataset``: the training half is
+        dealt as the simulator deals it (:func:`~byzedge.fleet_sim.simulator.shard_indices`)
+        and each device reads its shard from its own ``.npz`` (``source = "npz"``); the
+        test half is the coordinator's validation set.
+
+    A ``spec.model`` naming a factory reference is exported once into
+    ``workdir/model.onnx``, the coordinator's ``model_template``.
     """
 
     def __init__(
@@ -111,6 +124,7 @@ class InProcessFleet:
         workdir: Path,
         on_round: Callable[[RoundSummary], None] | None = None,
         transport: TransportFactory | None = None,
+        data: DigitsSplit | None = None,
     ) -> None:
         self.spec = spec
         self.workdir = workdir
@@ -129,6 +143,7 @@ class InProcessFleet:
         self.compromised: dict[str, FaultInjector] = {}
         registry: dict[str, VerifyKey] = {}
         ids = device_ids(spec.devices)
+        shards = self._write_shards(data, ids) if data is not None else None
         for index, device in enumerate(ids):
             key = SigningKey.generate()
             key.save(keys_dir / f"{device}.key")
@@ -142,17 +157,22 @@ class InProcessFleet:
                 state_dir=workdir / "agents" / device,
                 mqtt=mqtt,
                 model=spec.model,
-                data={
-                    "source": spec.dataset,
-                    "partition": spec.partition,
-                    "num_partitions": spec.devices,
-                    "partition_index": index,
-                    "seed": spec.seed,
-                },
+                data=(
+                    {"source": "npz", "path": shards[index]}
+                    if shards is not None
+                    else {
+                        "source": spec.dataset,
+                        "partition": spec.partition,
+                        "num_partitions": spec.devices,
+                        "partition_index": index,
+                        "seed": spec.seed,
+                    }
+                ),
                 training={
                     "epochs": spec.epochs,
                     "learning_rate": spec.learning_rate,
                     "batch_size": spec.batch_size,
+                    "loss": spec.loss,
                     # Many agents share this process and its torch: no worker per round.
                     "isolation": "in-process",
                 },
@@ -187,6 +207,8 @@ class InProcessFleet:
                 "devices_dir": devices_dir,
                 "state_dir": workdir / "coordinator",
                 "model": spec.model,
+                **self._model_template(),
+                "loss": spec.loss,
                 "seed": spec.seed,
                 "rounds": spec.rounds,
                 "round_timeout_s": spec.round_timeout_s,
@@ -203,9 +225,33 @@ class InProcessFleet:
             devices=DeviceRegistry(registry),
             on_round=on_round,
             transport=transport,
+            validation=data,
         )
         self._stop_agents = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _write_shards(self, data: DigitsSplit, ids: Sequence[str]) -> list[Path]:
+        """Write each device's shard of ``data``'s training half; return the files."""
+        spec = self.spec
+        folder = self.workdir / "data"
+        folder.mkdir(parents=True, exist_ok=True)
+        shards = shard_indices(data.train_y, spec.devices, spec.partition, seed=spec.seed)
+        paths = []
+        for device, shard in zip(ids, shards, strict=True):
+            path = folder / f"{device}.npz"
+            np.savez(path, features=data.train_x[shard], labels=data.train_y[shard])
+            paths.append(path)
+        return paths
+
+    def _model_template(self) -> dict[str, Path]:
+        """``model_template`` for a factory reference (exported here), else nothing."""
+        if not is_factory_reference(self.spec.model):
+            return {}
+        template = get_model_spec(self.spec.model).template
+        assert template is not None  # noqa: S101 - a factory's spec always carries one
+        path = self.workdir / "model.onnx"
+        path.write_bytes(template)
+        return {"model_template": path}
 
     def start_agents(self, wait_s: float = 30.0) -> None:
         """Start every agent and wait until all are connected."""

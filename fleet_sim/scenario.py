@@ -47,6 +47,7 @@ from pydantic import (
 
 from byzedge.faults import check_fault_name
 from byzedge.methods import FEDAVG, METHODS, build_method
+from byzedge.models.tasks import LossName
 
 __all__ = ["METHOD_DEFENSE", "Scenario", "load_scenario"]
 
@@ -135,6 +136,11 @@ class Scenario(BaseModel):
     learning_rate: float = Field(0.3, gt=0, description="Local SGD step size.")
     epochs: int = Field(2, ge=1, description="Local epochs per round.")
     batch_size: int = Field(8, ge=1, description="Local mini-batch size.")
+    loss: LossName = Field(
+        "cross-entropy",
+        description="The task: cross-entropy (class labels, metric accuracy) or mse "
+        "(real targets, metric r2), as the agents' [training] loss.",
+    )
     server_learning_rate: float = Field(1.0, gt=0, description="x <- x + rate * aggregate.")
     compression: str = Field("dense", description="Uplink codec: dense, float16 or top-k.")
     sparsity: float = Field(0.1, gt=0, le=1, description="top-k: share of coordinates kept.")

@@ -92,6 +92,8 @@ from byzedge.methods.base import DeviceState, Proposal, RoundPlan, ServerState
 from byzedge.models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
 from byzedge.models.datasets import DigitsSplit, load_dataset
 from byzedge.models.partition import get_partitioner
+from byzedge.models.spec import ModelSpec
+from byzedge.models.tasks import get_task
 from byzedge.protocol import topics
 from byzedge.protocol.codecs import CODECS, build_codec
 from byzedge.protocol.signing import SigningKey
@@ -104,6 +106,7 @@ __all__ = [
     "flag_counts",
     "omniscient_attacks",
     "run_scenario",
+    "shard_indices",
     "split_defense",
 ]
 
@@ -214,6 +217,8 @@ class SimulationResult:
     rounds: list[RoundRecord] = field(default_factory=list)
     flags: FlagCounts = field(default_factory=FlagCounts)
     duration_s: float = 0.0
+    metric: str = "accuracy"
+    """What ``accuracy`` holds: the task's metric (``accuracy``, or ``r2`` under mse)."""
 
     @property
     def accuracies(self) -> list[float | None]:
@@ -237,6 +242,7 @@ class SimulationResult:
             "scenario": self.scenario,
             "compromised": self.compromised,
             "final_accuracy": self.final_accuracy,
+            "metric": self.metric,
             "flag_precision": self.flags.precision,
             "flag_recall": self.flags.recall,
             "backdoor_success": self.backdoor_success,
@@ -275,6 +281,34 @@ def _round_seed(seed: int, device_id: str, round_number: int) -> np.random.SeedS
     return np.random.SeedSequence([seed, zlib.crc32(device_id.encode()), round_number])
 
 
+def shard_indices(
+    labels: NDArray[np.generic],
+    devices: int,
+    partition: str,
+    *,
+    alpha: float = 0.5,
+    seed: int = 0,
+) -> list[NDArray[np.int64]]:
+    """Deal a training split's rows to ``devices`` devices, as the simulator does.
+
+    Class labels go to the partitioner as they are; real-valued (regression) targets only
+    under ``iid``, which needs no classes (the others deal by class and refuse them).
+
+    Raises
+    ------
+    ValueError
+        For regression targets under a class-based partition, or too few rows.
+    """
+    targets = np.asarray(labels)
+    if not np.issubdtype(targets.dtype, np.integer):
+        if partition != "iid":
+            msg = f"partition {partition!r} deals by class; regression targets need 'iid'"
+            raise ValueError(msg)
+        targets = np.zeros(len(targets), dtype=np.int64)  # iid looks at the row count only
+    params = {"alpha": alpha} if partition == "dirichlet" else {}
+    return get_partitioner(partition, **params)(targets, devices, np.random.default_rng(seed))
+
+
 def split_defense(defense: str) -> tuple[str, str | None]:
     """Split ``"pre+inner"`` (e.g. ``"bucketing+krum"``) into the two registry names."""
     rule, _, inner = defense.partition("+")
@@ -311,17 +345,30 @@ class Simulator:
         What to simulate.
     split:
         The dataset's split (``scenario.dataset``, loaded when ``None``; pass it to share
-        one across runs).
+        one across runs, or to train on a user's arrays: class labels ``(n,)`` of integers
+        under ``loss = "cross-entropy"``, real targets under ``"mse"``).
+    spec:
+        The model (``scenario.model`` from the registry or its factory reference when
+        ``None``); a user's module handed over from Python
+        (:func:`byzedge.models.torch_export.spec_from_module`) comes this way.
     """
 
-    def __init__(self, scenario: Scenario, split: DigitsSplit | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        split: DigitsSplit | None = None,
+        *,
+        spec: ModelSpec | None = None,
+    ) -> None:
         self.scenario = scenario
-        self.spec = get_model_spec(scenario.model)
+        self.spec = spec if spec is not None else get_model_spec(scenario.model)
         self.split = split if split is not None else _dataset(scenario.dataset)
+        self.task = get_task(scenario.loss)
         self.training = TrainingConfig(
             epochs=scenario.epochs,
             learning_rate=scenario.learning_rate,
             batch_size=scenario.batch_size,
+            loss=scenario.loss,
         )
         self.attack_name = scenario.attack  # checked by Scenario (faults.check_fault_name)
         self._colluding_attack: ColludingAttack | None = None
@@ -393,9 +440,11 @@ class Simulator:
             if colluding and self._colluding_attack is None:
                 # One joint attack forges every colluder's vector (the first one's).
                 self._colluding_attack = injector.colluding_attack
+            # Class indices, or real targets under mse (as the agents' sources read them).
+            target_dtype = np.int64 if self.task.classification else np.float32
             data = LocalData(
                 features=self.split.train_x[shard].astype(np.float32),
-                labels=self.split.train_y[shard].astype(np.int64),
+                labels=self.split.train_y[shard].astype(target_dtype),
             )
             pipeline = UpdatePipeline(
                 scenario.compression,
@@ -424,14 +473,17 @@ class Simulator:
     def _shards(self, compromised: set[str]) -> list[NDArray[np.int64]]:
         """Each device's indices into the training split."""
         scenario = self.scenario
-        params = {"alpha": scenario.alpha} if scenario.partition == "dirichlet" else {}
-        partition = get_partitioner(scenario.partition, **params)
         labels = self.split.train_y
-        rng = np.random.default_rng(scenario.seed)
+
+        def deal(devices: int) -> list[NDArray[np.int64]]:
+            return shard_indices(
+                labels, devices, scenario.partition, alpha=scenario.alpha, seed=scenario.seed
+            )
+
         if scenario.byzantine_data == "own-shard" or not compromised:
-            return partition(labels, scenario.devices, rng)
+            return deal(scenario.devices)
         honest = [d for d in self.ids if d not in compromised]
-        dealt = iter(partition(labels, len(honest), rng))
+        dealt = iter(deal(len(honest)))
         size = len(labels) // scenario.devices
         sampler = np.random.default_rng([scenario.seed, 11])
         return [
@@ -483,6 +535,7 @@ class Simulator:
         result = SimulationResult(
             scenario=self.scenario.model_dump(mode="json"),
             compromised=sorted(self.compromised),
+            metric=self.task.metric_name,
         )
         for round_number in range(1, self.scenario.rounds + 1):
             record, counts = self.step(round_number)
@@ -854,11 +907,15 @@ class Simulator:
     # -- evaluation --------------------------------------------------------------------------
 
     def evaluate(self) -> tuple[float, float | None]:
-        """Test accuracy of the global model and, under a backdoor, its success rate."""
+        """The global model's test metric and, under a backdoor, its success rate.
+
+        The metric is the task's (:mod:`byzedge.models.tasks`): accuracy, or r2 under mse,
+        computed as the coordinator computes its validation metric.
+        """
         classifier = OnnxClassifier(export_onnx(self.spec, self.params))
         # Samples of any shape (sensor windows) go to the graph as flat rows.
         test_x = self.split.test_x.reshape(len(self.split.test_x), -1)
-        accuracy = round(classifier.accuracy(test_x, self.split.test_y), 4)
+        accuracy = round(self.task.metric(classifier.logits(test_x), self.split.test_y), 4)
         backdoor = None
         if self._backdoor is not None:
             triggered, target = self._backdoor
