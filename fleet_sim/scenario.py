@@ -46,7 +46,7 @@ from pydantic import (
 )
 
 from byzedge.faults import check_fault_name
-from byzedge.methods import FEDAVG, METHODS, build_method
+from byzedge.methods import FEDAVG, METHODS
 from byzedge.models.tasks import LossName
 
 __all__ = ["METHOD_DEFENSE", "Scenario", "load_scenario"]
@@ -111,7 +111,8 @@ class Scenario(BaseModel):
         default_factory=dict,
         description="The training method's options (step_size, full_gradient_probability, "
         "reference_update_frequency, batch_size, clip_multiplier, momentum1, momentum2, "
-        "clip_norm, dp_noise_multiplier, ...); checked by the method.",
+        "clip_norm, dp_noise_multiplier, ..., and rand_k_support: round or device); "
+        "checked as the coordinator checks its [method] table.",
     )
     defense: str = Field("clipping-vr", description="Registry name of the aggregation rule.")
     aggregation: dict[str, Any] = Field(
@@ -206,7 +207,23 @@ class Scenario(BaseModel):
         if self.algorithm == FEDAVG and self.method:
             raise ValueError("method options need a training method (algorithm)")
         if self.algorithm != FEDAVG:
-            build_method(self.algorithm, **self.method)  # its own checks, its own message
+            # The coordinator's checks and messages: options, and the codec's class.
+            from byzedge.coordinator.training_method import (  # noqa: PLC0415 - methods only
+                CODEC_KEYS,
+                build_method_for,
+            )
+
+            support = self.method.get("rand_k_support", "round")
+            if support not in ("round", "device"):
+                raise ValueError(f"rand_k_support must be 'round' or 'device', got {support!r}")
+            build_method_for(
+                self.algorithm,
+                {k: v for k, v in self.method.items() if k not in CODEC_KEYS},
+                compression=self.compression,
+                sparsity=self.sparsity,
+                seed=self.seed,
+                dim=None,
+            )
         return self
 
     def with_changes(self, **changes: Any) -> Scenario:

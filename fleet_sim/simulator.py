@@ -87,7 +87,7 @@ from byzedge.faults.omniscient import (
 )
 from byzedge.faults.plan import read_fault_plan
 from byzedge.fleet_sim.scenario import Scenario
-from byzedge.methods import FEDAVG, BuiltMethod, build_method
+from byzedge.methods import FEDAVG, BuiltMethod
 from byzedge.methods.base import DeviceState, Proposal, RoundPlan, ServerState
 from byzedge.models import OnnxClassifier, export_onnx, get_model_spec, initial_parameters
 from byzedge.models.datasets import DigitsSplit, load_dataset
@@ -95,7 +95,6 @@ from byzedge.models.partition import get_partitioner
 from byzedge.models.spec import ModelSpec
 from byzedge.models.tasks import get_task
 from byzedge.protocol import topics
-from byzedge.protocol.codecs import CODECS, build_codec
 from byzedge.protocol.signing import SigningKey
 
 __all__ = [
@@ -449,6 +448,7 @@ class Simulator:
             pipeline = UpdatePipeline(
                 scenario.compression,
                 sparsity=scenario.sparsity,
+                support=self._rand_k_support(),
                 # Colluders send their forged vectors exactly (no residual mixed in, and
                 # _send applies no momentum to them).
                 error_feedback=scenario.error_feedback and not colluding,
@@ -712,6 +712,15 @@ class Simulator:
 
     # -- training methods ----------------------------------------------------------------
 
+    def _rand_k_support(self) -> str:
+        """``rand-k``'s support: per round for a method, per device for FedAvg.
+
+        As the coordinator's ``[method] rand_k_support`` defaults.
+        """
+        if self.scenario.algorithm == "fedavg":
+            return "device"
+        return str(self.scenario.method.get("rand_k_support", "round"))
+
     def _build_method(self) -> BuiltMethod:
         """The scenario's method, with the fleet seed and its codec's variance.
 
@@ -722,26 +731,20 @@ class Simulator:
         :mod:`byzedge.methods.clip21_sgd2m`).
         """
         from byzedge.coordinator.training_method import (  # noqa: PLC0415 - methods only
-            check_compression,
+            CODEC_KEYS,
+            build_method_for,
         )
 
         scenario = self.scenario
-        options = dict(scenario.method)
-        cls = type(build_method(scenario.algorithm, **options))
-        if "seed" in cls.option_names:
-            options.setdefault("seed", scenario.seed)
-        if "secret_noise" in cls.option_names:
-            options.setdefault("secret_noise", False)
-        if "compression_omega" in cls.option_names and "compression_omega" not in options:
-            sparse = CODECS[scenario.compression].sparse
-            codec = build_codec(
-                scenario.compression, **({"sparsity": scenario.sparsity} if sparse else {})
-            )
-            omega = codec.omega(self.spec.dim)
-            options["compression_omega"] = 0.0 if omega is None else float(omega)
-        method = build_method(scenario.algorithm, **options)
-        check_compression(method, scenario.compression)
-        return method
+        return build_method_for(
+            scenario.algorithm,
+            {k: v for k, v in scenario.method.items() if k not in CODEC_KEYS},
+            compression=scenario.compression,
+            sparsity=scenario.sparsity,
+            seed=scenario.seed,
+            dim=self.spec.dim,
+            secret_noise=False,
+        )
 
     def _propose(
         self, method: BuiltMethod, plan: RoundPlan, device: _Device, round_number: int
