@@ -5,7 +5,8 @@ names it; the arrays are made here. The fleet (real agents and coordinator over 
 in-memory broker) deals the arrays as the simulator does, one ``.npz`` per device, and the
 coordinator exports the model's template; the simulator trains ``per-device`` (the agents'
 own ``train_local``), so after the same rounds under the same seed and attack the two
-global models are the same bits.
+global models are the same bits. The fleet runs once over the in-memory broker and once
+over a real mosquitto (the session's broker, each agent its own MQTT connection).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 import byzedge
 from byzedge.coordinator.service import RoundSummary
-from byzedge.daemon.transport import InMemoryBroker
+from byzedge.daemon.transport import InMemoryBroker, TransportFactory
+from byzedge.fleet_sim.brokers import BrokerHandle
 from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet, choose_byzantine
 from byzedge.models.datasets import DigitsSplit
 
@@ -54,7 +57,21 @@ def windows(seed: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     return x, labels.astype(np.int64)
 
 
-def test_simulate_and_a_fleet_of_agents_end_with_the_same_parameters(tmp_path: Path) -> None:
+@pytest.fixture(params=["in-memory", pytest.param("mosquitto", marks=pytest.mark.broker)])
+def transport(
+    request: pytest.FixtureRequest,
+) -> tuple[str, TransportFactory | None]:
+    """``(broker url, transport)``: the in-memory broker, or MQTT to a real mosquitto."""
+    if request.param == "in-memory":
+        return "mqtt://unused:1", InMemoryBroker().connect
+    broker: BrokerHandle = request.getfixturevalue("mosquitto_broker")
+    return broker.url, None
+
+
+def test_simulate_and_a_fleet_of_agents_end_with_the_same_parameters(
+    tmp_path: Path, transport: tuple[str, TransportFactory | None]
+) -> None:
+    broker_url, connect = transport
     train, test = windows(0, 160), windows(1, 80)
     training = {"epochs": 3, "learning_rate": 0.3, "batch_size": 16}
     result = byzedge.simulate(
@@ -73,8 +90,8 @@ def test_simulate_and_a_fleet_of_agents_end_with_the_same_parameters(tmp_path: P
     summaries: list[RoundSummary] = []
     fleet = InProcessFleet(
         FleetSpec(
-            fleet="api-parity",
-            broker_url="mqtt://unused:1",
+            fleet=f"api-parity-{tmp_path.name}",
+            broker_url=broker_url,
             devices=DEVICES,
             rounds=ROUNDS,
             defense="clipping-vr",
@@ -86,7 +103,7 @@ def test_simulate_and_a_fleet_of_agents_end_with_the_same_parameters(tmp_path: P
         ),
         tmp_path / "fleet",
         on_round=summaries.append,
-        transport=InMemoryBroker().connect,
+        transport=connect,
         data=DigitsSplit(*train, *test),
     )
 
