@@ -193,6 +193,21 @@ class CoordinatorConfig(_Strict):
     devices_dir: Path = Field(
         description="Folder of enrolled devices' public keys, one `<device_id>.pub` each."
     )
+    enrolment: Literal["files", "sqlite"] = Field(
+        "files",
+        description=(
+            "Where enrolled devices are read: 'files' (devices_dir, every key in memory) or "
+            "'sqlite' (enrolment_db, looked up by id; for fleets of 10^5-10^6 devices; fill "
+            "it with `byzedge coordinator enrol import DIR`)."
+        ),
+    )
+    enrolment_db: Path | None = Field(
+        None,
+        description=(
+            "The SQLite enrolment database when enrolment = 'sqlite'; "
+            "state_dir/enrolment.sqlite3 when unset."
+        ),
+    )
     state_dir: Path = Field(description="Where state, audit log and round summaries live.")
     model: str = Field(
         "mlp",
@@ -476,7 +491,14 @@ def load_coordinator_config(
     raw.update(overrides or {})
     resolve_paths(
         raw,
-        ("signing_key", "devices_dir", "state_dir", "validation_path", "model_template"),
+        (
+            "signing_key",
+            "devices_dir",
+            "enrolment_db",
+            "state_dir",
+            "validation_path",
+            "model_template",
+        ),
         path.parent,
     )
     resolve_mqtt_paths(raw, path.parent)

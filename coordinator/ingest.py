@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.enrolment import Enrolment
 from byzedge.protocol.chunking import Reassembler
 from byzedge.protocol.codecs import CODECS, CodecContext, SupportMismatchError
 from byzedge.protocol.envelope import Header, open_envelope
@@ -158,7 +158,7 @@ class Ingest:
     def __init__(
         self,
         fleet: str,
-        devices: DeviceRegistry,
+        devices: Enrolment,
         *,
         max_message_bytes: int,
         max_update_bytes: int,
@@ -181,12 +181,12 @@ class Ingest:
         self._round: int | None = None
 
     @property
-    def devices(self) -> DeviceRegistry:
+    def devices(self) -> Enrolment:
         """The enrolled devices whose signatures are accepted."""
         return self._devices
 
     @devices.setter
-    def devices(self, registry: DeviceRegistry) -> None:
+    def devices(self, registry: Enrolment) -> None:
         # Replay protection (nonces, per-device counters) is kept: a device enrolled again
         # under the same id cannot replay what it sent before.
         self._devices = registry

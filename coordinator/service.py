@@ -62,6 +62,7 @@ from byzedge.coordinator.anomaly import AnomalyDetector
 from byzedge.coordinator.audit import AuditLog, RecordBudget
 from byzedge.coordinator.config import CoordinatorConfig, rule_parameters
 from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.enrolment import Enrolment, SqliteEnrolment
 from byzedge.coordinator.ingest import (
     Accepted,
     Ingest,
@@ -216,7 +217,7 @@ class Coordinator:
         config: CoordinatorConfig,
         *,
         signing_key: SigningKey,
-        devices: DeviceRegistry,
+        devices: Enrolment,
         on_round: Callable[[RoundSummary], None] | None = None,
         validation: DigitsSplit | None = None,
         transport: TransportFactory | None = None,
@@ -457,8 +458,22 @@ class Coordinator:
 
         Enrols new devices and revokes removed ones without a restart. Reputations and
         replay protection of devices that stay are kept. An unreadable folder keeps the
-        current enrolment (logged); a bad file is skipped as at start-up.
+        current enrolment (logged); a bad file is skipped as at start-up. With the SQLite
+        store (``enrolment = "sqlite"``) the database is not re-read: the ids written since
+        the last reload are taken from it and their cached keys dropped.
         """
+        if isinstance(self._devices, SqliteEnrolment):
+            added, removed = self._devices.refresh()
+            for device in removed:
+                self._detector.forget(device)
+            _LOGGER.info(
+                "fleet %s: enrolment reloaded (sqlite): enrolled %s, revoked %s",
+                self.config.fleet,
+                added or "none",
+                removed or "none",
+            )
+            self._audit_event("enrolment-reloaded", added=added, removed=removed)
+            return added, removed
         folder = self.config.devices_dir
         try:
             if not folder.is_dir():  # a missing folder must not revoke the whole fleet

@@ -1,4 +1,4 @@
-"""``byzedge coordinator run | check-config | reputation list | reputation reset DEVICE``."""
+"""``byzedge coordinator run | check-config | reputation list|reset | enrol ...``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from byzedge.commands._model import describe, resolve_model
 
 if TYPE_CHECKING:
     from byzedge.coordinator.config import CoordinatorConfig
+    from byzedge.coordinator.enrolment import SqliteEnrolment
 
 __all__ = ["build_parser", "main"]
 
@@ -59,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     reputation.add_argument(
         "--state-dir", type=Path, help="override state_dir (systemd: /var/lib/byzedge-...)"
     )
+    enrol = sub.add_parser(
+        "enrol",
+        help='the SQLite enrolment store (enrolment = "sqlite"): import, add, revoke, count',
+    )
+    enrol.add_argument(
+        "verb",
+        choices=["import", "add", "revoke", "count"],
+        help="import DIR (its <device_id>.pub files), add DEVICE PUBFILE, revoke DEVICE, count",
+    )
+    enrol.add_argument("target", nargs="?", help="the folder (import) or the device id")
+    enrol.add_argument("pubfile", nargs="?", type=Path, help="the device's PEM key (add)")
+    enrol.add_argument("--config", type=Path, required=True, help="coordinator.toml")
+    enrol.add_argument(
+        "--db", type=Path, help="override enrolment_db (default state_dir/enrolment.sqlite3)"
+    )
     return parser
 
 
@@ -89,11 +105,13 @@ def main(argv: Sequence[str]) -> int:
     """
     args = build_parser().parse_args(argv)
     from byzedge.coordinator.config import ConfigError, load_coordinator_config  # noqa: PLC0415
-    from byzedge.coordinator.devices import DeviceRegistry  # noqa: PLC0415
+    from byzedge.coordinator.enrolment import open_enrolment  # noqa: PLC0415
     from byzedge.protocol.signing import SigningKey  # noqa: PLC0415
 
     if args.action == "reputation":
         return _reputation(args)
+    if args.action == "enrol":
+        return _enrol(args)
     overrides: dict[str, object] = dict(runtime_overrides(args))
     for name in ("rounds", "byzantine_defense", "max_byzantine_fraction", "certified_robustness"):
         if getattr(args, name, None) is not None:
@@ -104,13 +122,16 @@ def main(argv: Sequence[str]) -> int:
     except (ConfigError, ValueError) as exc:
         return fail("coordinator", str(exc))
     problems = _offline_problems(config)
-    enrolment = _enrolment_problems(config.devices_dir) if config.devices_dir.is_dir() else []
+    files = config.enrolment == "files"
+    enrolment = (
+        _enrolment_problems(config.devices_dir) if files and config.devices_dir.is_dir() else []
+    )
     if args.action == "check-config":
         problems += enrolment
     if problems:
         return report_problems("coordinator", problems)
     key = SigningKey.load(config.signing_key)
-    devices = DeviceRegistry.load(config.devices_dir)
+    devices = open_enrolment(config)
     if args.action == "check-config":
         if args.online:
             code = _online(config)
@@ -141,8 +162,16 @@ def _offline_problems(config: CoordinatorConfig) -> list[str]:
     # init and `keys generate` write it; under systemd the credential comes alone.
     publics = [("public key", beside)] if beside.exists() else []
     problems = pki.check_key_pair(config.signing_key, publics)
-    if not config.devices_dir.is_dir():
+    if config.enrolment == "files" and not config.devices_dir.is_dir():
         problems.append(f"devices_dir {config.devices_dir}: not a folder")
+    if config.enrolment == "sqlite":
+        from byzedge.coordinator.enrolment import enrolment_db_path  # noqa: PLC0415
+
+        database = enrolment_db_path(config)
+        if not database.is_file():
+            problems.append(
+                f"enrolment_db {database}: missing (fill it: byzedge coordinator enrol import DIR)"
+            )
     problems += tls_problems(config.mqtt, ACCOUNT)
     problems += state_dir_problems(config.state_dir)
     # The model's template, read without torch as the running coordinator reads it.
@@ -223,4 +252,61 @@ def _reputation(args: argparse.Namespace) -> int:
     print(f"fleet {state.fleet}, after round {state.completed_round} (lowest first)")
     for device, value in sorted(state.reputation.items(), key=lambda item: (item[1], item[0])):
         print(f"  {device:<24} {value:.4f}")
+    return 0
+
+
+def _enrol(args: argparse.Namespace) -> int:
+    """``byzedge coordinator enrol import DIR | add DEVICE PUBFILE | revoke DEVICE | count``.
+
+    Each write is one SQLite transaction. A running coordinator takes the change at its
+    next reload (SIGHUP, ``systemctl reload``).
+    """
+    import sqlite3  # noqa: PLC0415
+
+    from byzedge.coordinator.config import ConfigError, load_coordinator_config  # noqa: PLC0415
+    from byzedge.coordinator.enrolment import SqliteEnrolment, enrolment_db_path  # noqa: PLC0415
+    from byzedge.protocol.errors import ProtocolError  # noqa: PLC0415
+
+    try:
+        config = load_coordinator_config(args.config)
+    except ConfigError as exc:
+        return fail("coordinator", str(exc))
+    needs_target = args.verb in ("import", "add", "revoke")
+    if needs_target and not args.target:
+        return fail("coordinator", f"enrol {args.verb}: missing its argument")
+    if args.verb == "add" and args.pubfile is None:
+        return fail("coordinator", "enrol add: give DEVICE and its PEM key file")
+    path = args.db or enrolment_db_path(config)
+    if config.enrolment != "sqlite":
+        print(f'note: {args.config} reads enrolment from files; set enrolment = "sqlite"')
+    try:
+        store = SqliteEnrolment(path)
+    except (OSError, sqlite3.Error) as exc:
+        return fail("coordinator", f"enrolment database {path}: {exc}")
+    try:
+        return _enrol_apply(store, args)
+    except (OSError, ProtocolError, sqlite3.Error) as exc:
+        return fail("coordinator", f"enrol {args.verb}: {exc}")
+    finally:
+        store.close()
+
+
+def _enrol_apply(store: SqliteEnrolment, args: argparse.Namespace) -> int:
+    from byzedge.protocol.signing import VerifyKey  # noqa: PLC0415
+
+    path = store.path
+    if args.verb == "import":
+        imported, skipped = store.import_folder(Path(args.target))
+        for line in skipped:
+            print(f"skipped {line}")
+        print(f"{path}: imported {imported} device(s), skipped {len(skipped)}")
+    elif args.verb == "add":
+        store.enrol(args.target, VerifyKey.load(args.pubfile))
+        print(f"{path}: enrolled {args.target}")
+    elif args.verb == "revoke":
+        if not store.revoke(args.target):
+            return fail("coordinator", f"{path}: {args.target} is not an enrolled device")
+        print(f"{path}: revoked {args.target}")
+    else:
+        print(f"{path}: {len(store)} enrolled device(s)")
     return 0

@@ -1,0 +1,281 @@
+"""Enrolment stores: a folder of ``<device_id>.pub`` files, or an embedded SQLite database.
+
+A folder of one PEM file per device is read whole at start-up: every key is parsed and held
+in memory. That is fine for thousands of devices and does not scale to a million. The
+SQLite store keeps one row per device (id, raw 32-byte public key, enrolment time, revoked
+flag) in a single WAL-mode database; a lookup by id is one indexed query, and parsed keys
+are kept in a bounded LRU, so opening the store costs the same at 10^6 devices as at 10^4.
+
+Both stores are read-only ``Mapping[str, VerifyKey]`` views of the enrolled, non-revoked
+devices (:data:`Enrolment`), which is what ingest and the coordinator take.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.protocol.errors import ProtocolError
+from byzedge.protocol.signing import VerifyKey
+from byzedge.protocol.topics import validate_device_id
+
+if TYPE_CHECKING:
+    from byzedge.coordinator.config import CoordinatorConfig
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "Enrolment",
+    "SqliteEnrolment",
+    "enrolment_db_path",
+    "open_enrolment",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+Enrolment: TypeAlias = Mapping[str, VerifyKey]
+"""What ingest and the coordinator read: enrolled (non-revoked) device id -> public key."""
+
+DEFAULT_CACHE_SIZE = 65_536
+"""Parsed keys kept by :class:`SqliteEnrolment` (a round of 10,000 devices fits many times)."""
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS devices ("
+    " device_id TEXT PRIMARY KEY,"
+    " public_key BLOB NOT NULL CHECK (length(public_key) = 32),"
+    " enrolled_at REAL NOT NULL,"
+    " revoked INTEGER NOT NULL DEFAULT 0,"
+    " seq INTEGER NOT NULL DEFAULT 0"
+    ") WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS devices_seq ON devices (seq)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0)",
+)
+
+
+class SqliteEnrolment(Mapping[str, VerifyKey]):
+    """Enrolled devices in an embedded SQLite database (WAL mode).
+
+    The mapping holds the enrolled devices that are not revoked. Writes
+    (:meth:`enrol`, :meth:`enrol_many`, :meth:`revoke`, :meth:`import_folder`) are each one
+    transaction. Every write stamps the rows it changes with the next value of a change
+    counter, so a running coordinator learns what another process (the ``byzedge
+    coordinator enrol`` command) changed with :meth:`refresh`.
+
+    Parameters
+    ----------
+    path:
+        The database file; created (with its folder) when missing.
+    cache_size:
+        How many parsed keys the LRU keeps.
+    """
+
+    def __init__(self, path: Path, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        if cache_size < 1:
+            msg = f"cache_size must be at least 1, got {cache_size}"
+            raise ValueError(msg)
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The coordinator reads from its main loop and reloads on SIGHUP in the same loop;
+        # the lock keeps a shared connection safe if a caller uses another thread.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        self._cache: OrderedDict[str, VerifyKey] = OrderedDict()
+        self._cache_size = cache_size
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            with self._transaction():
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+            self._seen_seq = self._current_seq()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def __getitem__(self, device_id: str) -> VerifyKey:
+        with self._lock:
+            key = self._cache.get(device_id)
+            if key is not None:
+                self._cache.move_to_end(device_id)
+                return key
+            row = self._db.execute(
+                "SELECT public_key FROM devices WHERE device_id = ? AND revoked = 0",
+                (device_id,),
+            ).fetchone()
+            if row is None:
+                raise KeyError(device_id)
+            key = VerifyKey.from_raw(bytes(row[0]))
+            self._cache[device_id] = key
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return key
+
+    def __contains__(self, device_id: object) -> bool:
+        if not isinstance(device_id, str):
+            return False
+        with self._lock:
+            if device_id in self._cache:
+                return True
+            row = self._db.execute(
+                "SELECT 1 FROM devices WHERE device_id = ? AND revoked = 0", (device_id,)
+            ).fetchone()
+            return row is not None
+
+    def __iter__(self) -> Iterator[str]:
+        # Read into a list first: a cursor left open while the caller writes would lock.
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT device_id FROM devices WHERE revoked = 0 ORDER BY device_id"
+            ).fetchall()
+        return (row[0] for row in rows)
+
+    def __len__(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM devices WHERE revoked = 0").fetchone()
+        return int(row[0])
+
+    def is_revoked(self, device_id: str) -> bool:
+        """Whether ``device_id`` was enrolled and is now revoked."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT revoked FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return row is not None and bool(row[0])
+
+    def enrolled_at(self, device_id: str) -> float | None:
+        """When ``device_id`` was (last) enrolled, in Unix seconds; ``None`` if never."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT enrolled_at FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return None if row is None else float(row[0])
+
+    def refresh(self) -> tuple[list[str], list[str]]:
+        """Drop cached keys changed since the last refresh; return (enrolled, revoked) ids.
+
+        ``enrolled`` are the ids enrolled (or enrolled again under a new key) and
+        ``revoked`` those revoked since the last call (or since this store was opened).
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT device_id, revoked FROM devices WHERE seq > ? ORDER BY device_id",
+                (self._seen_seq,),
+            ).fetchall()
+            self._seen_seq = self._current_seq()
+            enrolled: list[str] = []
+            revoked: list[str] = []
+            for device_id, is_revoked in rows:
+                self._cache.pop(device_id, None)
+                (revoked if is_revoked else enrolled).append(device_id)
+        return enrolled, revoked
+
+    # -- writing -----------------------------------------------------------------------
+
+    def enrol(self, device_id: str, key: VerifyKey, *, enrolled_at: float | None = None) -> None:
+        """Enrol ``device_id`` with ``key`` (again, if it was revoked); one transaction."""
+        self.enrol_many([(device_id, key.raw)], enrolled_at=enrolled_at)
+
+    def enrol_many(
+        self, devices: Iterable[tuple[str, bytes]], *, enrolled_at: float | None = None
+    ) -> int:
+        """Enrol many ``(device_id, raw 32-byte key)`` pairs in one transaction.
+
+        Every id is validated and every key parsed before anything is written, so a bad
+        entry leaves the store unchanged (``ProtocolError``). Returns the number written.
+        """
+        when = time.time() if enrolled_at is None else enrolled_at
+        rows: list[tuple[str, bytes]] = []
+        for device_id, raw in devices:
+            validate_device_id(device_id)
+            VerifyKey.from_raw(raw)
+            rows.append((device_id, bytes(raw)))
+        with self._lock, self._transaction():
+            seq = self._next_seq()
+            self._db.executemany(
+                "INSERT INTO devices (device_id, public_key, enrolled_at, revoked, seq)"
+                " VALUES (?, ?, ?, 0, ?)"
+                " ON CONFLICT (device_id) DO UPDATE SET public_key = excluded.public_key,"
+                " enrolled_at = excluded.enrolled_at, revoked = 0, seq = excluded.seq",
+                ((device_id, raw, when, seq) for device_id, raw in rows),
+            )
+            for device_id, _ in rows:
+                self._cache.pop(device_id, None)
+        return len(rows)
+
+    def revoke(self, device_id: str) -> bool:
+        """Revoke ``device_id``; return False when it is unknown or already revoked."""
+        with self._lock, self._transaction():
+            seq = self._next_seq()
+            changed = self._db.execute(
+                "UPDATE devices SET revoked = 1, seq = ? WHERE device_id = ? AND revoked = 0",
+                (seq, device_id),
+            ).rowcount
+            self._cache.pop(device_id, None)
+        return changed > 0
+
+    def import_folder(self, folder: Path) -> tuple[int, list[str]]:
+        """Enrol every ``<device_id>.pub`` in ``folder`` in one transaction.
+
+        Returns the number imported and one line per skipped file (a bad name or key, as
+        the files store skips it with a warning).
+        """
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        pairs: list[tuple[str, bytes]] = []
+        skipped: list[str] = []
+        for path in sorted(folder.glob("*.pub")):
+            try:
+                pairs.append((validate_device_id(path.stem), VerifyKey.load(path).raw))
+            except (ProtocolError, OSError) as exc:
+                skipped.append(f"{path}: {exc}")
+        return self.enrol_many(pairs), skipped
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _current_seq(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        return int(row[0])
+
+    def _next_seq(self) -> int:
+        self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq'")
+        return self._current_seq()
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on an exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def enrolment_db_path(config: CoordinatorConfig) -> Path:
+    """The SQLite file of ``config``: ``enrolment_db``, or ``state_dir/enrolment.sqlite3``."""
+    return config.enrolment_db or config.state_dir / "enrolment.sqlite3"
+
+
+def open_enrolment(config: CoordinatorConfig) -> Enrolment:
+    """The enrolment store ``config`` selects (``enrolment = "files" | "sqlite"``)."""
+    if config.enrolment == "sqlite":
+        return SqliteEnrolment(enrolment_db_path(config))
+    return DeviceRegistry.load(config.devices_dir)

@@ -1,0 +1,224 @@
+"""The SQLite enrolment store (coordinator.enrolment) and its ``byzedge coordinator enrol``."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from byzedge.commands.coordinator import main as coordinator_main
+from byzedge.coordinator.config import CoordinatorConfig
+from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.enrolment import SqliteEnrolment, enrolment_db_path, open_enrolment
+from byzedge.coordinator.service import Coordinator, RoundSummary
+from byzedge.daemon.transport import InMemoryBroker
+from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet
+from byzedge.protocol.errors import ProtocolError
+from byzedge.protocol.signing import SigningKey
+
+KEY_A = SigningKey.generate().verify_key
+KEY_B = SigningKey.generate().verify_key
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteEnrolment:
+    return SqliteEnrolment(tmp_path / "enrolment.sqlite3")
+
+
+def test_an_enrolled_device_is_looked_up_by_id(store: SqliteEnrolment) -> None:
+    store.enrol("dev-a", KEY_A)
+    store.enrol("dev-b", KEY_B)
+
+    assert store["dev-a"] == KEY_A
+    assert store.get("dev-b") == KEY_B
+    assert "dev-a" in store
+    assert sorted(store) == ["dev-a", "dev-b"]
+    assert len(store) == 2
+
+
+def test_an_unknown_device_is_not_found(store: SqliteEnrolment) -> None:
+    store.enrol("dev-a", KEY_A)
+
+    assert store.get("dev-zz") is None
+    assert "dev-zz" not in store
+    with pytest.raises(KeyError):
+        store["dev-zz"]
+
+
+def test_a_revoked_device_is_no_longer_enrolled(store: SqliteEnrolment) -> None:
+    store.enrol("dev-a", KEY_A)
+    store.enrol("dev-b", KEY_B)
+    assert store["dev-a"] == KEY_A  # now cached
+
+    assert store.revoke("dev-a") is True
+
+    assert store.get("dev-a") is None
+    assert list(store) == ["dev-b"]
+    assert store.is_revoked("dev-a")
+    assert store.revoke("dev-a") is False
+    assert store.revoke("dev-unknown") is False
+
+
+def test_enrolling_a_revoked_device_again_restores_it_with_its_new_key(
+    store: SqliteEnrolment,
+) -> None:
+    store.enrol("dev-a", KEY_A)
+    store.revoke("dev-a")
+
+    store.enrol("dev-a", KEY_B)
+
+    assert store["dev-a"] == KEY_B
+    assert not store.is_revoked("dev-a")
+
+
+def test_enrolment_persists_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "enrolment.sqlite3"
+    first = SqliteEnrolment(path)
+    first.enrol("dev-a", KEY_A, enrolled_at=1234.5)
+    first.enrol("dev-b", KEY_B)
+    first.revoke("dev-b")
+    first.close()
+
+    again = SqliteEnrolment(path)
+
+    assert dict(again.items()) == {"dev-a": KEY_A}
+    assert again.enrolled_at("dev-a") == 1234.5
+    assert again.is_revoked("dev-b")
+
+
+def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "enrolment.sqlite3"
+    SqliteEnrolment(path).close()
+
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_batch_with_one_bad_entry_writes_nothing(store: SqliteEnrolment) -> None:
+    with pytest.raises(ProtocolError):
+        store.enrol_many([("dev-a", KEY_A.raw), ("dev-b", b"short")])
+
+    assert len(store) == 0
+
+
+def test_import_reads_a_devices_folder_and_skips_bad_files(
+    store: SqliteEnrolment, tmp_path: Path
+) -> None:
+    folder = tmp_path / "devices"
+    folder.mkdir()
+    (folder / "dev-a.pub").write_bytes(KEY_A.to_pem())
+    (folder / "dev-b.pub").write_bytes(KEY_B.to_pem())
+    (folder / "dev-c.pub").write_text("not a key")
+
+    imported, skipped = store.import_folder(folder)
+
+    assert imported == 2
+    assert len(skipped) == 1
+    assert "dev-c.pub" in skipped[0]
+    assert dict(store.items()) == dict(DeviceRegistry.load(folder).items())
+
+
+def test_refresh_reports_what_another_writer_changed(tmp_path: Path) -> None:
+    path = tmp_path / "enrolment.sqlite3"
+    running = SqliteEnrolment(path)
+    operator = SqliteEnrolment(path)
+    operator.enrol("dev-a", KEY_A)
+    operator.enrol("dev-b", KEY_B)
+    assert running.refresh() == (["dev-a", "dev-b"], [])
+    assert running["dev-a"] == KEY_A  # cached by the running coordinator
+
+    operator.revoke("dev-a")
+
+    assert running.refresh() == ([], ["dev-a"])
+    assert running.get("dev-a") is None
+    assert running.refresh() == ([], [])
+
+
+def test_the_lru_keeps_at_most_cache_size_keys(tmp_path: Path) -> None:
+    store = SqliteEnrolment(tmp_path / "e.sqlite3", cache_size=1)
+    store.enrol_many([("dev-a", KEY_A.raw), ("dev-b", KEY_B.raw)])
+
+    assert store["dev-a"] == KEY_A
+    assert store["dev-b"] == KEY_B
+    assert store["dev-a"] == KEY_A
+
+
+def test_config_selects_the_store(tmp_path: Path) -> None:
+    base = {
+        "fleet": "f",
+        "signing_key": tmp_path / "c.key",
+        "devices_dir": tmp_path / "devices",
+        "state_dir": tmp_path / "state",
+    }
+    (tmp_path / "devices").mkdir()
+
+    files = CoordinatorConfig.model_validate(base)
+    sqlite = CoordinatorConfig.model_validate({**base, "enrolment": "sqlite"})
+
+    assert files.enrolment == "files"
+    assert isinstance(open_enrolment(files), DeviceRegistry)
+    assert enrolment_db_path(sqlite) == tmp_path / "state" / "enrolment.sqlite3"
+    assert isinstance(open_enrolment(sqlite), SqliteEnrolment)
+
+
+def test_enrol_command_imports_revokes_and_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "devices"
+    folder.mkdir()
+    (folder / "dev-a.pub").write_bytes(KEY_A.to_pem())
+    (folder / "dev-b.pub").write_bytes(KEY_B.to_pem())
+    config = tmp_path / "coordinator.toml"
+    config.write_text(
+        'fleet = "f"\nsigning_key = "c.key"\ndevices_dir = "devices"\nstate_dir = "state"\n'
+        'enrolment = "sqlite"\n'
+    )
+    flags = ["--config", str(config)]
+
+    assert coordinator_main(["enrol", "import", str(folder), *flags]) == 0
+    assert coordinator_main(["enrol", "revoke", "dev-a", *flags]) == 0
+    assert coordinator_main(["enrol", "revoke", "dev-a", *flags]) == 2
+    assert coordinator_main(["enrol", "count", *flags]) == 0
+
+    out = capsys.readouterr().out
+    assert "imported 2 device(s), skipped 0" in out
+    assert "revoked dev-a" in out
+    assert "1 enrolled device(s)" in out
+    assert list(SqliteEnrolment(tmp_path / "state" / "enrolment.sqlite3")) == ["dev-b"]
+
+
+def test_the_coordinator_accepts_updates_of_devices_enrolled_only_in_sqlite(
+    tmp_path: Path,
+) -> None:
+    broker = InMemoryBroker()
+    summaries: list[RoundSummary] = []
+    spec = FleetSpec(
+        fleet="mem",
+        broker_url="mqtt://unused:1",
+        devices=3,
+        rounds=2,
+        epochs=1,
+        round_timeout_s=30.0,
+        coordinator_overrides={"validation": "none", "enrolment": "sqlite"},
+    )
+    fleet = InProcessFleet(spec, tmp_path, transport=broker.connect)
+    config = fleet.coordinator_config.model_copy(update={"state_dir": tmp_path / "sqlite-coord"})
+    store = SqliteEnrolment(enrolment_db_path(config))
+    imported, _ = store.import_folder(config.devices_dir)
+    assert imported == 3
+    for path in config.devices_dir.glob("*.pub"):  # enrolled in the database only
+        path.unlink()
+    store.revoke("dev-002")
+    fleet.coordinator = Coordinator(
+        config,
+        signing_key=SigningKey.load(config.signing_key),
+        devices=open_enrolment(config),
+        on_round=summaries.append,
+        transport=broker.connect,
+    )
+
+    assert fleet.run() == 0
+
+    assert [s.accepted_devices for s in summaries] == [["dev-000", "dev-001"]] * 2
+    assert all(s.closed_by == "all-answered" for s in summaries)
