@@ -10,6 +10,7 @@ mid-run and restarted from their state files.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -24,7 +25,6 @@ from byzedge.models import get_model_spec
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 DEVICES = ("dev-000", "dev-001", "dev-002")
-ROUNDS = 12
 DIM = get_model_spec("mlp").dim
 
 
@@ -53,16 +53,28 @@ def test_ef21_mirrors_survive_sigkills_of_a_device_and_the_coordinator(fleet: Fl
     coordinator = next(d for d in reversed(fleet.daemons) if d.name == "coordinator")
     coordinator.kill()
     time.sleep(0.5)
-    fleet.coordinator("--rounds", str(ROUNDS))  # resumes, runs to ROUNDS, publishes final
-    summaries = fleet.wait_for_rounds(ROUNDS, timeout_s=240)
+    # Rounds run back to back, so count where the killed coordinator got to: the restarted
+    # one resumes there, runs four more rounds and publishes the final model.
+    last = len(fleet.rounds()) + 4
+    fleet.coordinator("--rounds", str(last))
     restarted = next(d for d in reversed(fleet.daemons) if d.name == "coordinator")
-    assert restarted.process.wait(timeout=60) == 0
+    try:
+        code = restarted.process.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        fleet.fail(f"the restarted coordinator did not finish round {last}")
+    assert code == 0
     time.sleep(2.0)  # agents handle the final model (they do not train on it)
     for daemon in fleet.daemons:
         if daemon.name in DEVICES and daemon.process.poll() is None:
             assert daemon.stop() == 0
 
-    assert [s["round"] for s in summaries] == list(range(1, ROUNDS + 1))
+    summaries = fleet.rounds()
+    rounds = [s["round"] for s in summaries]
+    # A SIGKILL after a round's state is saved but before its summary line is written
+    # loses that line (the round itself is kept): allow that one gap, nothing else.
+    assert rounds == sorted(set(rounds))
+    assert rounds[-1] == last
+    assert len(rounds) >= last - 1
     assert all(s["algorithm"] == "byz-ef21" for s in summaries)
     accuracies = [s["validation_accuracy"] for s in summaries]
     assert accuracies[-1] > accuracies[0] + 0.2, accuracies
@@ -71,7 +83,7 @@ def test_ef21_mirrors_survive_sigkills_of_a_device_and_the_coordinator(fleet: Fl
     state = StateStore(fleet.root / "coordinator" / "state").load()
     assert state is not None
     server = ServerState.from_plain(state.method, DIM)
-    assert server.mirror_rounds == dict.fromkeys(DEVICES, ROUNDS)
+    assert server.mirror_rounds == dict.fromkeys(DEVICES, last)
     for name in DEVICES:
         document = AtomicStore(fleet.folder(name) / "state" / "agent.state").load()
         assert document is not None
