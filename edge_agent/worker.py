@@ -24,6 +24,8 @@ nothing from the network is unpickled.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -101,7 +103,12 @@ class TrainingWorker:
         """
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=context,
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         try:
             future = self._pool.submit(job, *args)
             return future.result()
@@ -126,6 +133,26 @@ class TrainingWorker:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+_PARENT_POLL_S = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In the worker: end it as soon as the agent that started it is gone.
+
+    Why: a SIGKILLed (or crashed) agent cannot close its pool, and a worker blocked on
+    its task queue never notices, so it would hold its ~250 MB of torch until reboot
+    (measured: every SIGKILL of an agent left one behind). A daemon thread watches the
+    parent; re-parenting (the agent died) ends the process at once.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-agent", daemon=True).start()
 
 
 def train_in_worker(
