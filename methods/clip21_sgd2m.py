@@ -70,7 +70,10 @@ from byzedge.methods.options import (
     check_non_negative,
     check_positive,
     check_positive_int,
+    check_seed,
     clip,
+    descend,
+    round_plan,
 )
 
 __all__ = ["Clip21SGD2M"]
@@ -134,10 +137,7 @@ class Clip21SGD2M:
         self.batch_size = check_positive_int("batch_size", options.get("batch_size", 32))
         self.full_batch = check_bool("full_batch", options.get("full_batch", False))
         self.secret_noise = check_bool("secret_noise", options.get("secret_noise", True))
-        seed = options.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(options.get("seed", 0))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.plan_options()!r})"
@@ -164,14 +164,13 @@ class Clip21SGD2M:
 
     def plan(self, round_number: int, params: Vector, state: ServerState) -> RoundPlan:
         """Publish ``x_r``; list the devices to resync."""
-        previous = state.publish(params)
-        return RoundPlan(
-            algorithm=self.name,
-            round=round_number,
+        return round_plan(
+            self.name,
+            round_number,
+            params,
+            state,
             full=False,
             step_size=self.step_size,
-            previous_sha256=previous,
-            resync=frozenset(state.resync),
             options=self.plan_options(),
         )
 
@@ -191,7 +190,7 @@ class Clip21SGD2M:
     ) -> Vector:
         """``g_r = ARAgg(mirrors)``; ``x_{r+1} = x_r - γ g_r``."""
         state.g = np.array(aggregate, dtype=np.float32, copy=True)
-        return (params - np.float32(plan.step_size) * state.g).astype(np.float32)
+        return descend(plan, params, state)
 
     # -- device half ----------------------------------------------------------------------
 

@@ -48,9 +48,12 @@ from byzedge.methods.options import (
     check_positive,
     check_positive_int,
     check_probability,
+    check_seed,
+    descend,
     full_round,
     plan_bool,
     plan_int,
+    round_plan,
 )
 
 __all__ = ["ByzDashaPage", "dasha_momentum"]
@@ -127,10 +130,7 @@ class ByzDashaPage:
         self.compression_omega = omega
         momentum = options.get("dasha_momentum", dasha_momentum(omega))
         self.dasha_momentum = check_probability("dasha_momentum", momentum)
-        seed = options.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(options.get("seed", 0))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.plan_options()!r})"
@@ -151,7 +151,6 @@ class ByzDashaPage:
 
     def plan(self, round_number: int, params: Vector, state: ServerState) -> RoundPlan:
         """Publish ``x_r``, draw PAGE's coin, list the devices to resync."""
-        previous = state.publish(params)
         full = full_round(
             round_number,
             seed=self.seed,
@@ -159,13 +158,13 @@ class ByzDashaPage:
             frequency=self.reference_update_frequency,
             first=state.g is None,
         )
-        return RoundPlan(
-            algorithm=self.name,
-            round=round_number,
+        return round_plan(
+            self.name,
+            round_number,
+            params,
+            state,
             full=full,
             step_size=self.step_size,
-            previous_sha256=previous,
-            resync=frozenset(state.resync),
             options=self.plan_options(),
         )
 
@@ -185,7 +184,7 @@ class ByzDashaPage:
     ) -> Vector:
         """``g_r = ARAgg(mirrors)``; ``x_{r+1} = x_r - γ g_r``."""
         state.g = np.array(aggregate, dtype=np.float32, copy=True)
-        return (params - np.float32(plan.step_size) * state.g).astype(np.float32)
+        return descend(plan, params, state)
 
     # -- device half ----------------------------------------------------------------------
 

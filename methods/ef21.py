@@ -44,8 +44,11 @@ from byzedge.methods.options import (
     check_bool,
     check_positive,
     check_positive_int,
+    check_seed,
+    descend,
     plan_bool,
     plan_int,
+    round_plan,
 )
 
 __all__ = ["ByzEF21", "local_gradient"]
@@ -102,10 +105,7 @@ class ByzEF21:
         self.step_size = check_positive("step_size", options.get("step_size", 0.1))
         self.full_batch = check_bool("full_batch", options.get("full_batch", True))
         self.batch_size = check_positive_int("batch_size", options.get("batch_size", 32))
-        seed = options.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(options.get("seed", 0))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.plan_options()!r})"
@@ -122,14 +122,13 @@ class ByzEF21:
 
     def plan(self, round_number: int, params: Vector, state: ServerState) -> RoundPlan:
         """Publish ``x_r``; list the devices whose mirrors are out of step."""
-        previous = state.publish(params)
-        return RoundPlan(
-            algorithm=self.name,
-            round=round_number,
+        return round_plan(
+            self.name,
+            round_number,
+            params,
+            state,
             full=False,
             step_size=self.step_size,
-            previous_sha256=previous,
-            resync=frozenset(state.resync),
             options=self.plan_options(),
         )
 
@@ -149,7 +148,7 @@ class ByzEF21:
     ) -> Vector:
         """``g_r = ARAgg(mirrors)``; ``x_{r+1} = x_r - γ g_r``."""
         state.g = np.array(aggregate, dtype=np.float32, copy=True)
-        return (params - np.float32(plan.step_size) * state.g).astype(np.float32)
+        return descend(plan, params, state)
 
     # -- device half ----------------------------------------------------------------------
 

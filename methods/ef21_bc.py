@@ -28,7 +28,7 @@ import numpy as np
 
 from byzedge.methods.base import OptionValue, RoundPlan, ServerState
 from byzedge.methods.ef21 import ByzEF21, Vector
-from byzedge.methods.options import check_probability
+from byzedge.methods.options import check_probability, descend
 
 __all__ = ["ByzEF21BC", "top_k"]
 
@@ -95,4 +95,4 @@ class ByzEF21BC(ByzEF21):
             self.last_downlink_bytes = _SPARSE_BYTES_PER_COORDINATE * int(
                 np.count_nonzero(broadcast)
             )
-        return (params - np.float32(plan.step_size) * state.g).astype(np.float32)
+        return descend(plan, params, state)

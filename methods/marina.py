@@ -47,9 +47,12 @@ from byzedge.methods.options import (
     check_positive,
     check_positive_int,
     check_probability,
+    check_seed,
+    descend,
     full_round,
     plan_bool,
     plan_int,
+    round_plan,
 )
 
 __all__ = ["ByzVRMarina", "DEFAULT_AGGREGATOR"]
@@ -120,10 +123,7 @@ class ByzVRMarina:
         )
         self.batch_size = check_positive_int("batch_size", options.get("batch_size", 32))
         self.full_batch = check_bool("full_batch", options.get("full_batch", True))
-        seed = options.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(options.get("seed", 0))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.plan_options()!r})"
@@ -146,7 +146,6 @@ class ByzVRMarina:
 
     def plan(self, round_number: int, params: Vector, state: ServerState) -> RoundPlan:
         """Publish ``x_r`` into ``state`` and draw the round's coin."""
-        previous = state.publish(params)
         full = full_round(
             round_number,
             seed=self.seed,
@@ -154,13 +153,13 @@ class ByzVRMarina:
             frequency=self.reference_update_frequency,
             first=state.g is None,
         )
-        return RoundPlan(
-            algorithm=self.name,
-            round=round_number,
+        return round_plan(
+            self.name,
+            round_number,
+            params,
+            state,
             full=full,
             step_size=self.step_size,
-            previous_sha256=previous,
-            resync=frozenset(state.resync),
             options=self.plan_options(),
         )
 
@@ -198,7 +197,7 @@ class ByzVRMarina:
     ) -> Vector:
         """``g_r = aggregate``; ``x_{r+1} = x_r - γ g_r``."""
         state.g = np.array(aggregate, dtype=np.float32, copy=True)
-        return (params - np.float32(plan.step_size) * state.g).astype(np.float32)
+        return descend(plan, params, state)
 
     # -- device half ----------------------------------------------------------------------
 

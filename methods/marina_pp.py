@@ -27,7 +27,7 @@ import numpy as np
 
 from byzedge.methods.base import OptionValue, RoundPlan, ServerState
 from byzedge.methods.marina import ByzVRMarina, Vector
-from byzedge.methods.options import check_positive, clip
+from byzedge.methods.options import check_positive, clip, descend
 
 __all__ = ["ByzVRMarinaPP"]
 
@@ -84,4 +84,4 @@ class ByzVRMarinaPP(ByzVRMarina):
             state.g = np.array(aggregate, dtype=np.float32, copy=True)
         else:
             state.g = (state.g + aggregate).astype(np.float32)
-        return (params - np.float32(plan.step_size) * state.g).astype(np.float32)
+        return descend(plan, params, state)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from byzedge.methods.base import OptionValue, RoundPlan
+from byzedge.methods.base import OptionValue, RoundPlan, ServerState
 
 __all__ = [
     "check_bool",
@@ -21,10 +21,13 @@ __all__ = [
     "check_positive",
     "check_positive_int",
     "check_probability",
+    "check_seed",
     "clip",
+    "descend",
     "full_round",
     "plan_bool",
     "plan_int",
+    "round_plan",
 ]
 
 
@@ -80,6 +83,49 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be true or false, got {value!r}")
     return value
+
+
+def check_seed(value: object) -> int:
+    """Return ``value`` as the coin's seed: an integer ``>= 0`` (never a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {value!r}")
+    return value
+
+
+def round_plan(
+    method: str,
+    round_number: int,
+    params: NDArray[np.float32],
+    state: ServerState,
+    *,
+    full: bool,
+    step_size: float,
+    options: dict[str, OptionValue],
+) -> RoundPlan:
+    """Publish ``x_r`` into ``state`` and make the round's plan (every method's ``plan``).
+
+    The plan names the previous model's digest (what a device differences against) and
+    the devices listed for a resync.
+    """
+    previous = state.publish(params)
+    return RoundPlan(
+        algorithm=method,
+        round=round_number,
+        full=full,
+        step_size=step_size,
+        previous_sha256=previous,
+        resync=frozenset(state.resync),
+        options=options,
+    )
+
+
+def descend(
+    plan: RoundPlan, params: NDArray[np.float32], state: ServerState
+) -> NDArray[np.float32]:
+    """``x_{r+1} = x_r - gamma g_r`` with the estimator ``state.g`` the method just set."""
+    if state.g is None:
+        raise ValueError("no estimator g to step with")
+    return (params - np.float32(plan.step_size) * state.g).astype(np.float32)
 
 
 def full_round(
