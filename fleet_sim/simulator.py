@@ -70,12 +70,14 @@ from byzedge.coordinator.round_engine import (
     DEFAULT_FALLBACK,
     Intake,
     RoundSettings,
+    ServerStepResult,
     aggregate_with_fallback,
     method_server_step,
     sample_cohort,
     server_step,
     with_automatic_radius,
 )
+from byzedge.coordinator.training_method import cohort_for_plan
 from byzedge.edge_agent.pipeline import UpdatePipeline
 from byzedge.edge_agent.seams import LocalData, RoundContext, SensorSource
 from byzedge.edge_agent.training import TrainingConfig, train_local
@@ -590,11 +592,29 @@ class Simulator:
             misbehaving=intake.misbehaving,
             detector=self.detector,
         )
+        record, counts = self._close_round(round_number, cohort, intake, outcome_step)
+        if outcome_step.certificate is not None:
+            record.measured_deviation = self._deviation(intake, outcome_step.aggregate)
+        return record, counts
+
+    def _close_round(
+        self,
+        round_number: int,
+        cohort: Sequence[_Device],
+        intake: Intake,
+        outcome_step: ServerStepResult,
+        **extra: Any,
+    ) -> tuple[RoundRecord, FlagCounts]:
+        """Take the step's model, evaluate when due, and record the round (both paths).
+
+        ``extra`` are the training-method fields of :class:`RoundRecord`.
+        """
+        scenario = self.scenario
         if outcome_step.model_changed:
             self.params = outcome_step.params
             self.model_version += 1
         counts = (
-            flag_counts(ids, outcome_step.flagged, self.compromised)
+            flag_counts(list(outcome_step.device_ids), outcome_step.flagged, self.compromised)
             if outcome_step.scores is not None
             else FlagCounts()
         )
@@ -605,16 +625,16 @@ class Simulator:
             accuracy=accuracy,
             cohort_size=len(cohort),
             byzantine_in_cohort=sum(d.device_id in self.compromised for d in cohort),
-            accepted=len(ids),
+            accepted=len(intake.accepted),
             rejected=dict(intake.rejected),
             flagged=list(outcome_step.flagged),
             fallback=outcome_step.fallback,
             backdoor_success=backdoor,
+            **extra,
         )
         if outcome_step.certificate is not None:
             record.certified_bound = outcome_step.certificate.bound
             record.certified_basis = outcome_step.certificate.basis
-            record.measured_deviation = self._deviation(intake, outcome_step.aggregate)
         return record, counts
 
     def _deviation(self, intake: Intake, aggregate: NDArray[np.float32] | None) -> float | None:
@@ -770,16 +790,16 @@ class Simulator:
         """One round of a training method (see the module docstring)."""
         scenario = self.scenario
         plan = method.plan(round_number, self.params, self.method_state)
-        sampled = (
-            None
-            if method.asks_everyone(plan)
-            else sample_cohort(
+        sampled = cohort_for_plan(
+            method,
+            plan,
+            sample_cohort(
                 self.ids,
                 round_number,
                 scenario.seed,
                 scenario.devices_per_round,
                 scenario.participation_rate,
-            )
+            ),
         )
         cohort = [d for d in self.devices if sampled is None or d.device_id in sampled]
         window = RoundWindow(round_number, self.model_version, self.spec.dim, sampled)
@@ -816,35 +836,15 @@ class Simulator:
             misbehaving=intake.misbehaving,
             detector=self.detector,
         )
-        if outcome_step.model_changed:
-            self.params = outcome_step.params
-            self.model_version += 1
-        ids = list(outcome_step.device_ids)
-        counts = (
-            flag_counts(ids, outcome_step.flagged, self.compromised)
-            if outcome_step.scores is not None
-            else FlagCounts()
-        )
-        evaluate = round_number % scenario.eval_every == 0 or round_number == scenario.rounds
-        accuracy, backdoor = self.evaluate() if evaluate else (None, None)
-        record = RoundRecord(
-            round=round_number,
-            accuracy=accuracy,
-            cohort_size=len(cohort),
-            byzantine_in_cohort=sum(d.device_id in self.compromised for d in cohort),
-            accepted=len(intake.accepted),
-            rejected=dict(intake.rejected),
-            flagged=list(outcome_step.flagged),
-            fallback=outcome_step.fallback,
-            backdoor_success=backdoor,
+        return self._close_round(
+            round_number,
+            cohort,
+            intake,
+            outcome_step,
             full_round=plan.full,
             uplink_bytes=uplink,
             method_dropped=len(dropped),
         )
-        if outcome_step.certificate is not None:
-            record.certified_bound = outcome_step.certificate.bound
-            record.certified_basis = outcome_step.certificate.basis
-        return record, counts
 
     def _forge(
         self, proposals: dict[str, Proposal], cohort: Sequence[_Device], round_number: int
