@@ -193,12 +193,13 @@ class CoordinatorConfig(_Strict):
     devices_dir: Path = Field(
         description="Folder of enrolled devices' public keys, one `<device_id>.pub` each."
     )
-    enrolment: Literal["files", "sqlite"] = Field(
+    enrolment: Literal["files", "sqlite", "postgres"] = Field(
         "files",
         description=(
-            "Where enrolled devices are read: 'files' (devices_dir, every key in memory) or "
-            "'sqlite' (enrolment_db, looked up by id; for fleets of 10^5-10^6 devices; fill "
-            "it with `byzedge coordinator enrol import DIR`)."
+            "Where enrolled devices are read: 'files' (devices_dir, every key in memory), "
+            "'sqlite' (enrolment_db, looked up by id; for fleets of 10^5-10^6 devices) or "
+            "'postgres' (enrolment_dsn: a PostgreSQL server that coordinator shards share); "
+            "fill a database with `byzedge coordinator enrol import DIR`."
         ),
     )
     enrolment_db: Path | None = Field(
@@ -206,6 +207,21 @@ class CoordinatorConfig(_Strict):
         description=(
             "The SQLite enrolment database when enrolment = 'sqlite'; "
             "state_dir/enrolment.sqlite3 when unset."
+        ),
+    )
+    enrolment_dsn: str | None = Field(
+        None,
+        description=(
+            "libpq connection string or URI of the enrolment database when enrolment = "
+            "'postgres', e.g. 'postgresql://byzedge@db.example/fleet'. Never with a "
+            "password: libpq reads it from ~/.pgpass, passfile=, PGPASSFILE or PGPASSWORD."
+        ),
+    )
+    enrolment_dsn_file: Path | None = Field(
+        None,
+        description=(
+            "A file holding the whole DSN (password included), e.g. a systemd credential; "
+            "instead of enrolment_dsn."
         ),
     )
     state_dir: Path = Field(description="Where state, audit log and round summaries live.")
@@ -378,6 +394,28 @@ class CoordinatorConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _check_enrolment_dsn(self) -> Self:
+        """'postgres' needs one DSN source; a password in the file itself is refused."""
+        if self.enrolment_dsn is not None and self.enrolment_dsn_file is not None:
+            raise ValueError("set enrolment_dsn or enrolment_dsn_file, not both")
+        if self.enrolment == "postgres" and (self.enrolment_dsn or self.enrolment_dsn_file) is None:
+            raise ValueError("enrolment = 'postgres' needs enrolment_dsn or enrolment_dsn_file")
+        if self.enrolment_dsn is not None:
+            from byzedge.coordinator.enrolment_pg import dsn_has_password  # noqa: PLC0415
+
+            try:
+                secret = dsn_has_password(self.enrolment_dsn)
+            except ValueError as exc:
+                raise ValueError(f"enrolment_dsn: {exc}") from exc
+            if secret:
+                msg = (
+                    "enrolment_dsn must not hold a password: use ~/.pgpass, passfile=, "
+                    "PGPASSFILE or enrolment_dsn_file"
+                )
+                raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
     def _check_validation_path(self) -> Self:
         if self.validation == "npz" and self.validation_path is None:
             raise ValueError("validation = 'npz' needs validation_path")
@@ -495,6 +533,7 @@ def load_coordinator_config(
             "signing_key",
             "devices_dir",
             "enrolment_db",
+            "enrolment_dsn_file",
             "state_dir",
             "validation_path",
             "model_template",

@@ -6,20 +6,31 @@ SQLite store keeps one row per device (id, raw 32-byte public key, enrolment tim
 flag) in a single WAL-mode database; a lookup by id is one indexed query, and parsed keys
 are kept in a bounded LRU, so opening the store costs the same at 10^6 devices as at 10^4.
 
-Both stores are read-only ``Mapping[str, VerifyKey]`` views of the enrolled, non-revoked
-devices (:data:`Enrolment`), which is what ingest and the coordinator take.
+A sharded coordinator reads the same rows from a PostgreSQL server instead
+(:class:`~byzedge.coordinator.enrolment_pg.PostgresEnrolment`, ``enrolment = "postgres"``).
+
+Every store is a read-only ``Mapping[str, VerifyKey]`` view of the enrolled, non-revoked
+devices (:data:`Enrolment`), which is what ingest and the coordinator take. The two
+database stores also follow :class:`DatabaseEnrolment`: the writes of ``byzedge
+coordinator enrol``, :meth:`~DatabaseEnrolment.refresh` for a reload, and
+:meth:`~DatabaseEnrolment.sorted_ids`, the ranked ids the cohort draw picks rows from
+without listing a million ids each round.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
 
 from byzedge.coordinator.devices import DeviceRegistry
 from byzedge.protocol.errors import ProtocolError
@@ -28,12 +39,19 @@ from byzedge.protocol.topics import validate_device_id
 
 if TYPE_CHECKING:
     from byzedge.coordinator.config import CoordinatorConfig
+    from byzedge.coordinator.enrolment_pg import PostgresEnrolment
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
+    "DatabaseEnrolment",
     "Enrolment",
+    "EnrolmentStoreError",
+    "SortedIds",
     "SqliteEnrolment",
+    "closing_enrolment",
     "enrolment_db_path",
+    "enrolment_dsn",
+    "open_database_enrolment",
     "open_enrolment",
 ]
 
@@ -44,6 +62,69 @@ Enrolment: TypeAlias = Mapping[str, VerifyKey]
 
 DEFAULT_CACHE_SIZE = 65_536
 """Parsed keys kept by :class:`SqliteEnrolment` (a round of 10,000 devices fits many times)."""
+
+
+class EnrolmentStoreError(Exception):
+    """An enrolment database cannot be reached, read or written (the driver's error inside)."""
+
+
+@runtime_checkable
+class DatabaseEnrolment(Protocol):
+    """What the database stores (SQLite, PostgreSQL) offer besides the read-only mapping."""
+
+    def __len__(self) -> int:
+        """How many devices are enrolled and not revoked."""
+
+    @property
+    def label(self) -> str:
+        """Where the store is, for messages (a file, or a DSN without its password)."""
+
+    def sorted_ids(self) -> NDArray[np.bytes_]:
+        """The enrolled, non-revoked ids in byte order (``sorted()``'s), as ASCII bytes."""
+
+    def refresh(self) -> tuple[list[str], list[str]]:
+        """Drop cached keys changed by others; return the ids (enrolled, revoked) since."""
+
+    def enrol_many(
+        self, devices: Iterable[tuple[str, bytes]], *, enrolled_at: float | None = None
+    ) -> int:
+        """Enrol ``(device_id, raw key)`` pairs in one transaction; return how many."""
+
+    def enrol(self, device_id: str, key: VerifyKey, *, enrolled_at: float | None = None) -> None:
+        """Enrol one device (again, if it was revoked)."""
+
+    def revoke(self, device_id: str) -> bool:
+        """Revoke one device; ``False`` when it is unknown or already revoked."""
+
+    def import_folder(self, folder: Path) -> tuple[int, list[str]]:
+        """Enrol a folder's ``<device_id>.pub`` files; return (imported, skipped lines)."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class SortedIds:
+    """The ranked ids of a database store, kept until the store's change counter moves.
+
+    The cohort draw picks ``size`` row numbers out of ``len(ids)`` and maps them to ids
+    through this array. Listing and sorting 10^6 ids costs about half a second, so it is
+    done once per change of the enrolment instead of once per round. Ids are ASCII
+    (:func:`~byzedge.protocol.topics.validate_identifier`), so a fixed-width bytes array
+    holds 10^6 of them in about 11 MB where a list of ``str`` takes about 70 MB.
+    """
+
+    def __init__(self) -> None:
+        self._ids: NDArray[np.bytes_] | None = None
+        self._seq = -1
+
+    def get(self, seq: int, load: Callable[[], list[str]]) -> NDArray[np.bytes_]:
+        """The array for change counter ``seq``; ``load`` lists the ids when it moved."""
+        if self._ids is None or seq != self._seq:
+            ids = load()
+            self._ids = np.array(ids, dtype=np.bytes_) if ids else np.array([], dtype="S1")
+            self._seq = seq
+        return self._ids
+
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS devices ("
@@ -88,6 +169,7 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, VerifyKey] = OrderedDict()
         self._cache_size = cache_size
+        self._sorted = SortedIds()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -140,6 +222,32 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
         with self._lock:
             row = self._db.execute("SELECT count(*) FROM devices WHERE revoked = 0").fetchone()
         return int(row[0])
+
+    @property
+    def label(self) -> str:
+        """The database file, for messages."""
+        return str(self.path)
+
+    def sorted_ids(self) -> NDArray[np.bytes_]:
+        """The enrolled, non-revoked ids in byte order, as the database holds them now.
+
+        One indexed read of the change counter per call; the ids are listed again only
+        when another write (here or in another process) moved it. SQLite's default
+        ``BINARY`` collation orders by bytes, which is ``sorted()``'s order for ASCII ids.
+        """
+        with self._lock:
+            # A read transaction: the counter and the ids come from the same snapshot.
+            self._db.execute("BEGIN")
+            try:
+                return self._sorted.get(self._current_seq(), self._list_ids)
+            finally:
+                self._db.execute("COMMIT")
+
+    def _list_ids(self) -> list[str]:
+        rows = self._db.execute(
+            "SELECT device_id FROM devices WHERE revoked = 0 ORDER BY device_id"
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def is_revoked(self, device_id: str) -> bool:
         """Whether ``device_id`` was enrolled and is now revoked."""
@@ -274,8 +382,64 @@ def enrolment_db_path(config: CoordinatorConfig) -> Path:
     return config.enrolment_db or config.state_dir / "enrolment.sqlite3"
 
 
+def enrolment_dsn(config: CoordinatorConfig) -> str:
+    """The PostgreSQL DSN of ``config``: ``enrolment_dsn``, or ``enrolment_dsn_file``'s text.
+
+    Raises
+    ------
+    EnrolmentStoreError
+        When neither is set or the file cannot be read.
+    """
+    if config.enrolment_dsn is not None:
+        return config.enrolment_dsn
+    if config.enrolment_dsn_file is None:
+        raise EnrolmentStoreError("enrolment = 'postgres' needs enrolment_dsn")
+    try:
+        return config.enrolment_dsn_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EnrolmentStoreError(f"enrolment_dsn_file {config.enrolment_dsn_file}: {exc}") from exc
+
+
+def open_database_enrolment(
+    config: CoordinatorConfig, db: Path | None = None
+) -> SqliteEnrolment | PostgresEnrolment:
+    """The writable database store of ``config`` (``db`` overrides the SQLite file).
+
+    A files configuration gets its SQLite file, so ``byzedge coordinator enrol`` can fill
+    a database before the switch to ``enrolment = "sqlite"``.
+
+    Raises
+    ------
+    EnrolmentStoreError
+        When the database cannot be opened (a server unreachable, a file unwritable).
+    """
+    if config.enrolment == "postgres" and db is None:
+        from byzedge.coordinator.enrolment_pg import PostgresEnrolment  # noqa: PLC0415
+
+        return PostgresEnrolment(enrolment_dsn(config))
+    path = db or enrolment_db_path(config)
+    try:
+        return SqliteEnrolment(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise EnrolmentStoreError(f"enrolment database {path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def closing_enrolment(store: Enrolment) -> Iterator[Enrolment]:
+    """Yield ``store``; close it afterwards when it is a database store (files hold nothing)."""
+    try:
+        yield store
+    finally:
+        if isinstance(store, DatabaseEnrolment):
+            store.close()
+
+
 def open_enrolment(config: CoordinatorConfig) -> Enrolment:
-    """The enrolment store ``config`` selects (``enrolment = "files" | "sqlite"``)."""
-    if config.enrolment == "sqlite":
-        return SqliteEnrolment(enrolment_db_path(config))
+    """The enrolment store ``config`` selects (``enrolment = "files" | "sqlite" | "postgres"``).
+
+    The PostgreSQL driver is imported only for ``"postgres"``, so a coordinator on files
+    or SQLite runs without it.
+    """
+    if config.enrolment in ("sqlite", "postgres"):
+        return open_database_enrolment(config)
     return DeviceRegistry.load(config.devices_dir)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from byzedge.coordinator.enrolment import Enrolment
+from byzedge.coordinator.enrolment import Enrolment, EnrolmentStoreError
 from byzedge.protocol.chunking import Reassembler
 from byzedge.protocol.codecs import CODECS, CodecContext, SupportMismatchError
 from byzedge.protocol.envelope import Header, open_envelope
@@ -253,7 +253,14 @@ class Ingest:
         if header.sender != topic_device:
             detail = f"sender {header.sender!r} published on {topic_device!r}'s topic"
             return Rejected(RejectReason.WRONG_TOPIC, detail, topic_device)
-        key = self._devices.get(header.sender)
+        try:
+            key = self._devices.get(header.sender)
+        except EnrolmentStoreError as exc:
+            # The enrolment server is down (after one reconnect): the update cannot be
+            # checked, so it is refused as from an unknown device, which does not count
+            # against the device's reputation; the device sends again next round.
+            detail = f"device {header.sender!r} not looked up: {exc}"
+            return Rejected(RejectReason.UNKNOWN_DEVICE, detail, topic_device)
         if key is None:
             detail = f"device {header.sender!r} is not enrolled"
             return Rejected(RejectReason.UNKNOWN_DEVICE, detail, topic_device)

@@ -61,6 +61,7 @@ from byzedge.coordinator.aggregation.base import (
 from byzedge.coordinator.aggregation.clipping_vr import ClippingVR, automatic_radius
 from byzedge.coordinator.anomaly import MIN_UPDATES, AnomalyDetector, AnomalyFlag, AnomalyScores
 from byzedge.coordinator.certified import Certificate, certify, pre_round_centre
+from byzedge.coordinator.enrolment import DatabaseEnrolment
 from byzedge.coordinator.ingest import Accepted, IngestOutcome, Redelivered, Rejected
 from byzedge.coordinator.reputation import ReputationBook
 from byzedge.methods.base import MethodMessage, RoundPlan, TrainingMethod
@@ -120,7 +121,10 @@ def sample_cohort(
     Parameters
     ----------
     enrolled:
-        The enrolled device ids (their order does not matter: they are sorted first).
+        The enrolled device ids (their order does not matter: they are sorted first). A
+        database store (:class:`~byzedge.coordinator.enrolment.DatabaseEnrolment`) gives
+        its ranked ids, kept between rounds until the enrolment changes, instead of
+        listing and sorting 10^6 ids each round.
     round_number, seed:
         The draw is ``np.random.default_rng([seed, round_number]).choice(sorted ids,
         size, replace=False)``: any coordinator (or simulator) with the same seed and
@@ -129,6 +133,16 @@ def sample_cohort(
     devices_per_round, participation_rate:
         The configuration keys; see :func:`cohort_size`.
     """
+    if isinstance(enrolled, DatabaseEnrolment):
+        # Generator.choice(a, ...) draws positions from len(a) alone and returns a[picks],
+        # so drawing positions and mapping them through the ranked ids is the same draw.
+        ranked = enrolled.sorted_ids()
+        size = cohort_size(len(ranked), devices_per_round, participation_rate)
+        if size is None:
+            return None
+        rng = np.random.default_rng([seed, round_number])
+        picks = rng.choice(len(ranked), size=size, replace=False)
+        return frozenset(ranked[picks].astype(np.str_).tolist())
     ids = sorted(enrolled)
     size = cohort_size(len(ids), devices_per_round, participation_rate)
     if size is None:

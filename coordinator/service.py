@@ -62,7 +62,7 @@ from byzedge.coordinator.anomaly import AnomalyDetector
 from byzedge.coordinator.audit import AuditLog, RecordBudget
 from byzedge.coordinator.config import CoordinatorConfig, rule_parameters
 from byzedge.coordinator.devices import DeviceRegistry
-from byzedge.coordinator.enrolment import Enrolment, SqliteEnrolment
+from byzedge.coordinator.enrolment import DatabaseEnrolment, Enrolment, EnrolmentStoreError
 from byzedge.coordinator.ingest import (
     Accepted,
     Ingest,
@@ -458,17 +458,23 @@ class Coordinator:
 
         Enrols new devices and revokes removed ones without a restart. Reputations and
         replay protection of devices that stay are kept. An unreadable folder keeps the
-        current enrolment (logged); a bad file is skipped as at start-up. With the SQLite
-        store (``enrolment = "sqlite"``) the database is not re-read: the ids written since
-        the last reload are taken from it and their cached keys dropped.
+        current enrolment (logged); a bad file is skipped as at start-up. With a database
+        store (``enrolment = "sqlite" | "postgres"``) the database is not re-read: the ids
+        written since the last reload are taken from it and their cached keys dropped; an
+        unreachable database keeps the current enrolment (logged).
         """
-        if isinstance(self._devices, SqliteEnrolment):
-            added, removed = self._devices.refresh()
+        if isinstance(self._devices, DatabaseEnrolment):
+            try:
+                added, removed = self._devices.refresh()
+            except EnrolmentStoreError as exc:
+                _LOGGER.error("fleet %s: enrolment not reloaded: %s", self.config.fleet, exc)
+                return [], []
             for device in removed:
                 self._detector.forget(device)
             _LOGGER.info(
-                "fleet %s: enrolment reloaded (sqlite): enrolled %s, revoked %s",
+                "fleet %s: enrolment reloaded (%s): enrolled %s, revoked %s",
                 self.config.fleet,
+                self.config.enrolment,
                 added or "none",
                 removed or "none",
             )

@@ -22,7 +22,8 @@ from byzedge.commands._model import describe, resolve_model
 
 if TYPE_CHECKING:
     from byzedge.coordinator.config import CoordinatorConfig
-    from byzedge.coordinator.enrolment import SqliteEnrolment
+    from byzedge.coordinator.enrolment import DatabaseEnrolment, Enrolment
+    from byzedge.protocol.signing import SigningKey
 
 __all__ = ["build_parser", "main"]
 
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enrol = sub.add_parser(
         "enrol",
-        help='the SQLite enrolment store (enrolment = "sqlite"): import, add, revoke, count',
+        help='the enrolment database (enrolment = "sqlite" or "postgres"): import, add, '
+        "revoke, count",
     )
     enrol.add_argument(
         "verb",
@@ -105,7 +107,11 @@ def main(argv: Sequence[str]) -> int:
     """
     args = build_parser().parse_args(argv)
     from byzedge.coordinator.config import ConfigError, load_coordinator_config  # noqa: PLC0415
-    from byzedge.coordinator.enrolment import open_enrolment  # noqa: PLC0415
+    from byzedge.coordinator.enrolment import (  # noqa: PLC0415
+        EnrolmentStoreError,
+        closing_enrolment,
+        open_enrolment,
+    )
     from byzedge.protocol.signing import SigningKey  # noqa: PLC0415
 
     if args.action == "reputation":
@@ -131,16 +137,31 @@ def main(argv: Sequence[str]) -> int:
     if problems:
         return report_problems("coordinator", problems)
     key = SigningKey.load(config.signing_key)
-    devices = open_enrolment(config)
-    if args.action == "check-config":
-        if args.online:
-            code = _online(config)
-            if code:
-                return code
-        spec, _ = resolve_model(config.model, config.model_template)
-        print(describe(spec) if spec is not None else f"model {config.model}")
-        print(f"{args.config}: ok (fleet {config.fleet}, {len(devices)} enrolled devices)")
-        return 0
+    try:
+        devices = open_enrolment(config)
+    except EnrolmentStoreError as exc:
+        return fail("coordinator", str(exc))
+    # A database store holds a connection (a server's, for PostgreSQL): closed on the way out.
+    with closing_enrolment(devices):
+        if args.action == "check-config":
+            return _check_config_ok(args, config, len(devices))
+        return _run(args, config, key, devices)
+
+
+def _check_config_ok(args: argparse.Namespace, config: CoordinatorConfig, enrolled: int) -> int:
+    if args.online:
+        code = _online(config)
+        if code:
+            return code
+    spec, _ = resolve_model(config.model, config.model_template)
+    print(describe(spec) if spec is not None else f"model {config.model}")
+    print(f"{args.config}: ok (fleet {config.fleet}, {enrolled} enrolled devices)")
+    return 0
+
+
+def _run(
+    args: argparse.Namespace, config: CoordinatorConfig, key: SigningKey, devices: Enrolment
+) -> int:
     from byzedge.coordinator.service import Coordinator  # noqa: PLC0415
     from byzedge.daemon.logging import configure_logging, running_under_journald  # noqa: PLC0415
     from byzedge.daemon.signals import install_signal_handlers  # noqa: PLC0415
@@ -172,12 +193,30 @@ def _offline_problems(config: CoordinatorConfig) -> list[str]:
             problems.append(
                 f"enrolment_db {database}: missing (fill it: byzedge coordinator enrol import DIR)"
             )
+    if config.enrolment == "postgres":
+        problems += _postgres_problems(config)
     problems += tls_problems(config.mqtt, ACCOUNT)
     problems += state_dir_problems(config.state_dir)
     # The model's template, read without torch as the running coordinator reads it.
     spec, reason = resolve_model(config.model, config.model_template)
     problems += [reason] if spec is None and reason else []
     return problems
+
+
+def _postgres_problems(config: CoordinatorConfig) -> list[str]:
+    """Whether the enrolment server answers (within libpq's ``connect_timeout``)."""
+    from byzedge.coordinator.enrolment import (  # noqa: PLC0415
+        EnrolmentStoreError,
+        open_database_enrolment,
+    )
+
+    try:
+        open_database_enrolment(config).close()
+    except EnrolmentStoreError as exc:
+        # libpq's message spans lines (one per address tried); the first says why.
+        first = next((line for line in str(exc).splitlines() if line.strip()), str(exc))
+        return [f"enrolment_dsn: cannot use the enrolment database: {first.strip()}"]
+    return []
 
 
 def _enrolment_problems(devices_dir: Path) -> list[str]:
@@ -258,13 +297,17 @@ def _reputation(args: argparse.Namespace) -> int:
 def _enrol(args: argparse.Namespace) -> int:
     """``byzedge coordinator enrol import DIR | add DEVICE PUBFILE | revoke DEVICE | count``.
 
-    Each write is one SQLite transaction. A running coordinator takes the change at its
-    next reload (SIGHUP, ``systemctl reload``).
+    Each write is one transaction of the configured database (SQLite, or PostgreSQL with
+    ``enrolment = "postgres"``). A running coordinator takes the change at its next
+    reload (SIGHUP, ``systemctl reload``).
     """
     import sqlite3  # noqa: PLC0415
 
     from byzedge.coordinator.config import ConfigError, load_coordinator_config  # noqa: PLC0415
-    from byzedge.coordinator.enrolment import SqliteEnrolment, enrolment_db_path  # noqa: PLC0415
+    from byzedge.coordinator.enrolment import (  # noqa: PLC0415
+        EnrolmentStoreError,
+        open_database_enrolment,
+    )
     from byzedge.protocol.errors import ProtocolError  # noqa: PLC0415
 
     try:
@@ -276,25 +319,24 @@ def _enrol(args: argparse.Namespace) -> int:
         return fail("coordinator", f"enrol {args.verb}: missing its argument")
     if args.verb == "add" and args.pubfile is None:
         return fail("coordinator", "enrol add: give DEVICE and its PEM key file")
-    path = args.db or enrolment_db_path(config)
-    if config.enrolment != "sqlite":
+    if config.enrolment == "files":
         print(f'note: {args.config} reads enrolment from files; set enrolment = "sqlite"')
     try:
-        store = SqliteEnrolment(path)
-    except (OSError, sqlite3.Error) as exc:
-        return fail("coordinator", f"enrolment database {path}: {exc}")
+        store = open_database_enrolment(config, args.db)
+    except EnrolmentStoreError as exc:
+        return fail("coordinator", str(exc))
     try:
         return _enrol_apply(store, args)
-    except (OSError, ProtocolError, sqlite3.Error) as exc:
+    except (OSError, ProtocolError, sqlite3.Error, EnrolmentStoreError) as exc:
         return fail("coordinator", f"enrol {args.verb}: {exc}")
     finally:
         store.close()
 
 
-def _enrol_apply(store: SqliteEnrolment, args: argparse.Namespace) -> int:
+def _enrol_apply(store: DatabaseEnrolment, args: argparse.Namespace) -> int:
     from byzedge.protocol.signing import VerifyKey  # noqa: PLC0415
 
-    path = store.path
+    path = store.label
     if args.verb == "import":
         imported, skipped = store.import_folder(Path(args.target))
         for line in skipped:

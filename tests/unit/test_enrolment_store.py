@@ -1,16 +1,28 @@
-"""The SQLite enrolment store (coordinator.enrolment) and its ``byzedge coordinator enrol``."""
+"""The database enrolment stores (SQLite, PostgreSQL) and ``byzedge coordinator enrol``.
+
+Every contract test runs against both stores: ``open_store()`` opens a new connection to
+the same database (a second process, or the same one after a restart).
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from byzedge.commands.coordinator import main as coordinator_main
-from byzedge.coordinator.config import CoordinatorConfig
+from byzedge.coordinator.config import CoordinatorConfig, load_coordinator_config
 from byzedge.coordinator.devices import DeviceRegistry
-from byzedge.coordinator.enrolment import SqliteEnrolment, enrolment_db_path, open_enrolment
+from byzedge.coordinator.enrolment import (
+    SqliteEnrolment,
+    enrolment_db_path,
+    open_database_enrolment,
+    open_enrolment,
+)
+from byzedge.coordinator.enrolment_pg import PostgresEnrolment
 from byzedge.coordinator.service import Coordinator, RoundSummary
 from byzedge.daemon.transport import InMemoryBroker
 from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet
@@ -21,12 +33,53 @@ KEY_A = SigningKey.generate().verify_key
 KEY_B = SigningKey.generate().verify_key
 
 
+Store = SqliteEnrolment | PostgresEnrolment
+Opener = Callable[..., Store]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteEnrolment:
-    return SqliteEnrolment(tmp_path / "enrolment.sqlite3")
+def open_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Opener]:
+    """Opens (again) the one database of this test; every store opened is closed after."""
+    opened: list[Store] = []
+    location = (
+        str(tmp_path / "enrolment.sqlite3")
+        if kind == "sqlite"
+        else request.getfixturevalue("postgres_dsn")
+    )
+
+    def open_(**options: int) -> Store:
+        store: Store = (
+            SqliteEnrolment(Path(location), **options)
+            if kind == "sqlite"
+            else PostgresEnrolment(location, **options)
+        )
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
 
 
-def test_an_enrolled_device_is_looked_up_by_id(store: SqliteEnrolment) -> None:
+@pytest.fixture
+def store(open_store: Opener) -> Store:
+    return open_store()
+
+
+def enrolment_keys(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The coordinator.toml lines that select the ``kind`` store."""
+    if kind == "sqlite":
+        return 'enrolment = "sqlite"\n'
+    dsn = request.getfixturevalue("postgres_dsn")
+    return f'enrolment = "postgres"\nenrolment_dsn = "{dsn}"\n'
+
+
+def test_an_enrolled_device_is_looked_up_by_id(store: Store) -> None:
     store.enrol("dev-a", KEY_A)
     store.enrol("dev-b", KEY_B)
 
@@ -37,7 +90,7 @@ def test_an_enrolled_device_is_looked_up_by_id(store: SqliteEnrolment) -> None:
     assert len(store) == 2
 
 
-def test_an_unknown_device_is_not_found(store: SqliteEnrolment) -> None:
+def test_an_unknown_device_is_not_found(store: Store) -> None:
     store.enrol("dev-a", KEY_A)
 
     assert store.get("dev-zz") is None
@@ -46,7 +99,7 @@ def test_an_unknown_device_is_not_found(store: SqliteEnrolment) -> None:
         store["dev-zz"]
 
 
-def test_a_revoked_device_is_no_longer_enrolled(store: SqliteEnrolment) -> None:
+def test_a_revoked_device_is_no_longer_enrolled(store: Store) -> None:
     store.enrol("dev-a", KEY_A)
     store.enrol("dev-b", KEY_B)
     assert store["dev-a"] == KEY_A  # now cached
@@ -61,7 +114,7 @@ def test_a_revoked_device_is_no_longer_enrolled(store: SqliteEnrolment) -> None:
 
 
 def test_enrolling_a_revoked_device_again_restores_it_with_its_new_key(
-    store: SqliteEnrolment,
+    store: Store,
 ) -> None:
     store.enrol("dev-a", KEY_A)
     store.revoke("dev-a")
@@ -72,15 +125,14 @@ def test_enrolling_a_revoked_device_again_restores_it_with_its_new_key(
     assert not store.is_revoked("dev-a")
 
 
-def test_enrolment_persists_across_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "enrolment.sqlite3"
-    first = SqliteEnrolment(path)
+def test_enrolment_persists_across_reopen(open_store: Opener) -> None:
+    first = open_store()
     first.enrol("dev-a", KEY_A, enrolled_at=1234.5)
     first.enrol("dev-b", KEY_B)
     first.revoke("dev-b")
     first.close()
 
-    again = SqliteEnrolment(path)
+    again = open_store()
 
     assert dict(again.items()) == {"dev-a": KEY_A}
     assert again.enrolled_at("dev-a") == 1234.5
@@ -95,16 +147,14 @@ def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_a_batch_with_one_bad_entry_writes_nothing(store: SqliteEnrolment) -> None:
+def test_a_batch_with_one_bad_entry_writes_nothing(store: Store) -> None:
     with pytest.raises(ProtocolError):
         store.enrol_many([("dev-a", KEY_A.raw), ("dev-b", b"short")])
 
     assert len(store) == 0
 
 
-def test_import_reads_a_devices_folder_and_skips_bad_files(
-    store: SqliteEnrolment, tmp_path: Path
-) -> None:
+def test_import_reads_a_devices_folder_and_skips_bad_files(store: Store, tmp_path: Path) -> None:
     folder = tmp_path / "devices"
     folder.mkdir()
     (folder / "dev-a.pub").write_bytes(KEY_A.to_pem())
@@ -119,10 +169,9 @@ def test_import_reads_a_devices_folder_and_skips_bad_files(
     assert dict(store.items()) == dict(DeviceRegistry.load(folder).items())
 
 
-def test_refresh_reports_what_another_writer_changed(tmp_path: Path) -> None:
-    path = tmp_path / "enrolment.sqlite3"
-    running = SqliteEnrolment(path)
-    operator = SqliteEnrolment(path)
+def test_refresh_reports_what_another_writer_changed(open_store: Opener) -> None:
+    running = open_store()
+    operator = open_store()
     operator.enrol("dev-a", KEY_A)
     operator.enrol("dev-b", KEY_B)
     assert running.refresh() == (["dev-a", "dev-b"], [])
@@ -135,8 +184,8 @@ def test_refresh_reports_what_another_writer_changed(tmp_path: Path) -> None:
     assert running.refresh() == ([], [])
 
 
-def test_the_lru_keeps_at_most_cache_size_keys(tmp_path: Path) -> None:
-    store = SqliteEnrolment(tmp_path / "e.sqlite3", cache_size=1)
+def test_the_lru_keeps_at_most_cache_size_keys(open_store: Opener) -> None:
+    store = open_store(cache_size=1)
     store.enrol_many([("dev-a", KEY_A.raw), ("dev-b", KEY_B.raw)])
 
     assert store["dev-a"] == KEY_A
@@ -144,7 +193,7 @@ def test_the_lru_keeps_at_most_cache_size_keys(tmp_path: Path) -> None:
     assert store["dev-a"] == KEY_A
 
 
-def test_config_selects_the_store(tmp_path: Path) -> None:
+def test_config_selects_the_store(tmp_path: Path, postgres_dsn: str) -> None:
     base = {
         "fleet": "f",
         "signing_key": tmp_path / "c.key",
@@ -155,15 +204,24 @@ def test_config_selects_the_store(tmp_path: Path) -> None:
 
     files = CoordinatorConfig.model_validate(base)
     sqlite = CoordinatorConfig.model_validate({**base, "enrolment": "sqlite"})
+    postgres = CoordinatorConfig.model_validate(
+        {**base, "enrolment": "postgres", "enrolment_dsn": postgres_dsn}
+    )
 
     assert files.enrolment == "files"
     assert isinstance(open_enrolment(files), DeviceRegistry)
     assert enrolment_db_path(sqlite) == tmp_path / "state" / "enrolment.sqlite3"
     assert isinstance(open_enrolment(sqlite), SqliteEnrolment)
+    opened = open_enrolment(postgres)
+    assert isinstance(opened, PostgresEnrolment)
+    opened.close()
 
 
 def test_enrol_command_imports_revokes_and_counts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kind: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     folder = tmp_path / "devices"
     folder.mkdir()
@@ -172,7 +230,7 @@ def test_enrol_command_imports_revokes_and_counts(
     config = tmp_path / "coordinator.toml"
     config.write_text(
         'fleet = "f"\nsigning_key = "c.key"\ndevices_dir = "devices"\nstate_dir = "state"\n'
-        'enrolment = "sqlite"\n'
+        + enrolment_keys(kind, tmp_path, request)
     )
     flags = ["--config", str(config)]
 
@@ -185,12 +243,17 @@ def test_enrol_command_imports_revokes_and_counts(
     assert "imported 2 device(s), skipped 0" in out
     assert "revoked dev-a" in out
     assert "1 enrolled device(s)" in out
-    assert list(SqliteEnrolment(tmp_path / "state" / "enrolment.sqlite3")) == ["dev-b"]
+    loaded = load_coordinator_config(config)
+    with closing(open_database_enrolment(loaded)) as store:
+        assert list(store) == ["dev-b"]
 
 
-def test_the_coordinator_accepts_updates_of_devices_enrolled_only_in_sqlite(
-    tmp_path: Path,
+def test_the_coordinator_accepts_updates_of_devices_enrolled_only_in_a_database(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    database: dict[str, object] = {"enrolment": kind}
+    if kind == "postgres":
+        database["enrolment_dsn"] = request.getfixturevalue("postgres_dsn")
     broker = InMemoryBroker()
     summaries: list[RoundSummary] = []
     spec = FleetSpec(
@@ -200,25 +263,28 @@ def test_the_coordinator_accepts_updates_of_devices_enrolled_only_in_sqlite(
         rounds=2,
         epochs=1,
         round_timeout_s=30.0,
-        coordinator_overrides={"validation": "none", "enrolment": "sqlite"},
+        coordinator_overrides={"validation": "none", **database},
     )
     fleet = InProcessFleet(spec, tmp_path, transport=broker.connect)
     config = fleet.coordinator_config.model_copy(update={"state_dir": tmp_path / "sqlite-coord"})
-    store = SqliteEnrolment(enrolment_db_path(config))
+    store = open_database_enrolment(config)
     imported, _ = store.import_folder(config.devices_dir)
     assert imported == 3
     for path in config.devices_dir.glob("*.pub"):  # enrolled in the database only
         path.unlink()
     store.revoke("dev-002")
+    store.close()
+    devices = open_database_enrolment(config)
     fleet.coordinator = Coordinator(
         config,
         signing_key=SigningKey.load(config.signing_key),
-        devices=open_enrolment(config),
+        devices=devices,
         on_round=summaries.append,
         transport=broker.connect,
     )
 
     assert fleet.run() == 0
+    devices.close()
 
     assert [s.accepted_devices for s in summaries] == [["dev-000", "dev-001"]] * 2
     assert all(s.closed_by == "all-answered" for s in summaries)
