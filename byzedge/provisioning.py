@@ -88,6 +88,8 @@ ACL = """\
 pattern write byzedge/+/update/%u
 pattern write byzedge/+/status/%u
 pattern read byzedge/+/model
+pattern read byzedge/+/model/broadcast
+pattern read byzedge/+/model/resync
 
 # The coordinator reads every update and status, and publishes the model, its round
 # summaries and alerts.
@@ -95,6 +97,8 @@ user coordinator
 topic read byzedge/+/update/+
 topic read byzedge/+/status/+
 topic readwrite byzedge/+/model
+topic readwrite byzedge/+/model/broadcast
+topic readwrite byzedge/+/model/resync
 topic write byzedge/+/coordinator/status
 topic write byzedge/+/alerts
 

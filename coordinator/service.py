@@ -62,6 +62,7 @@ from byzedge.coordinator.anomaly import AnomalyDetector
 from byzedge.coordinator.audit import AuditLog, RecordBudget
 from byzedge.coordinator.config import CoordinatorConfig, rule_parameters
 from byzedge.coordinator.devices import DeviceRegistry
+from byzedge.coordinator.downlink import DownlinkMessages, compressed_downlink, dense_downlink
 from byzedge.coordinator.enrolment import DatabaseEnrolment, Enrolment, EnrolmentStoreError
 from byzedge.coordinator.ingest import (
     Accepted,
@@ -108,6 +109,7 @@ from byzedge.models import (
 from byzedge.models.datasets import DigitsSplit, load_dataset, load_validation_npz
 from byzedge.models.tasks import get_task
 from byzedge.protocol import topics
+from byzedge.protocol.broadcast import Round
 from byzedge.protocol.manifest import seal_global_model
 from byzedge.protocol.signing import SigningKey
 
@@ -287,6 +289,9 @@ class Coordinator:
         self._rounds_log: RotatingJsonl | None = None
         self._resume_journal = True
         self._last_manifest: bytes | None = None
+        # This round's compressed broadcast and resync pair (Byz-EF21-BC), sent with it.
+        self._downlink: DownlinkMessages | None = None
+        self._dense_downlink_sent = False
         self._session_lost = threading.Event()
         self.state = self._load_or_init_state()
         connect = transport if transport is not None else mqtt_transport(config.mqtt)
@@ -582,6 +587,7 @@ class Coordinator:
         state = self.state
         # A wall-clock counter stays monotonic across restarts without extra state.
         state.model_counter = max(state.model_counter + 1, time.time_ns() // 1000)
+        plan = self._plan.to_meta() if self._plan is not None and not final else None
         envelope = seal_global_model(
             self._key,
             fleet=self.config.fleet,
@@ -595,17 +601,59 @@ class Coordinator:
             deadline_ms=deadline_ms,
             final=final,
             ttl_s=self.config.model_ttl_s,
-            plan=self._plan.to_meta() if self._plan is not None and not final else None,
+            plan=plan,
             layout=self._layout,
         )
         self._last_manifest = envelope.to_bytes()
+        self._downlink = self._downlink_messages(
+            Round(
+                fleet=self.config.fleet,
+                sender=self.config.name,
+                round=state.completed_round + 1,
+                version=state.model_version,
+                model=self.config.model,
+                counter=state.model_counter,
+                cohort=cohort,
+                deadline_ms=deadline_ms,
+                final=final,
+                ttl_s=self.config.model_ttl_s,
+                plan=plan,
+                layout=self._layout,
+            )
+        )
         self._send_manifest()
+
+    def _downlink_messages(self, meta: Round) -> DownlinkMessages | None:
+        """Byz-EF21-BC's broadcast and resync pair; a ``dense`` broadcast once otherwise.
+
+        The ``dense`` broadcast tells devices still following an earlier compressed
+        broadcast (the fleet was reconfigured) to take the dense model again; sent at the
+        first publish of a process, it is retained from then on.
+        """
+        method, plan = self._method, self._plan
+        if method is not None and plan is not None and method.compressed_broadcast:
+            return compressed_downlink(
+                self._key,
+                meta,
+                self._method_state,
+                step_size=plan.step_size,
+                max_message_bytes=self.config.mqtt.max_message_bytes,
+            )
+        if self._dense_downlink_sent:
+            return None
+        self._dense_downlink_sent = True
+        return dense_downlink(self._key, meta, self._spec.dim)
 
     def _send_manifest(self) -> None:
         payload = self._last_manifest
         if payload is None:
             return
         retain = len(payload) <= self.config.mqtt.max_message_bytes
+        # The broadcast and the pair go first: a device that sees the new broadcast before
+        # the pair it may have to fetch would otherwise fetch the previous round's.
+        if self._downlink is not None:
+            for topic, message in reversed(self._downlink.messages):
+                self._client.publish(topic, message, retain=True)
         self._client.publish(topics.model_topic(self.config.fleet), payload, retain=retain)
 
     def _plan_round(self, round_number: int) -> RoundPlan | None:

@@ -80,6 +80,12 @@ class MethodConfig(StrictModel):
     dp_noise_multiplier: float | None = Field(
         None, ge=0, description="clip21-sgd2m: Gaussian noise std as a multiple of clip_norm."
     )
+    downlink_sparsity: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="byz-ef21-bc: share of coordinates the compressed broadcast keeps.",
+    )
     dasha_momentum: float | None = Field(
         None, gt=0, le=1, description="byz-dasha-page: momentum a (default 1/(2 omega + 1))."
     )

@@ -389,6 +389,8 @@ class MqttClient:
         # Shared between threads: the outgoing queue (under _lock) and the wake-up pair.
         self._lock = threading.Lock()
         self._outgoing: deque[_Frame] = deque()
+        # Subscriptions added or dropped while running: (filter, qos), qos None = drop.
+        self._subscription_changes: deque[tuple[str, int | None]] = deque()
         # Created by start(), so a client that is never started holds no file descriptor.
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -498,6 +500,28 @@ class MqttClient:
             self._outgoing.extend(_Frame(topic, frame, qos, retain, delivery) for frame in frames)
         self._wake()
         return delivery
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Add a subscription, kept across reconnects (thread-safe, non-blocking).
+
+        The broker sends the filter's retained messages on every SUBSCRIBE, also one that
+        repeats a subscription already held: subscribing again is how a client asks for
+        a retained message once more.
+        """
+        with self._lock:
+            self._subscriptions = [s for s in self._subscriptions if s[0] != topic_filter]
+            self._subscriptions.append((topic_filter, qos))
+            self._subscription_changes.append((topic_filter, qos))
+        self._wake()
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Drop a subscription (thread-safe, non-blocking; unknown filters are ignored)."""
+        with self._lock:
+            self._subscriptions = [s for s in self._subscriptions if s[0] != topic_filter]
+            self._subscription_changes.append((topic_filter, None))
+        self._wake()
 
     def pending_acks(self) -> int:
         """Messages queued or sent but not yet acknowledged by the broker."""
@@ -617,6 +641,7 @@ class MqttClient:
         if client is None or sock is None:
             return False
         if self.connected.is_set():
+            self._hand_over_subscription_changes(client)
             self._hand_over_outgoing(client)
         elif self._connack_overdue(sock):
             return False
@@ -665,6 +690,19 @@ class MqttClient:
         if isinstance(sock, socket.socket):
             sock.close()
         return True
+
+    def _hand_over_subscription_changes(self, client: paho.Client) -> None:
+        while True:
+            with self._lock:
+                if not self._subscription_changes:
+                    return
+                topic_filter, qos = self._subscription_changes.popleft()
+            if qos is None:
+                client.unsubscribe(topic_filter)
+                continue
+            _rc, mid = client.subscribe(topic_filter, qos)
+            if mid is not None:
+                self._subscribe_mids[mid] = [topic_filter]
 
     def _hand_over_outgoing(self, client: paho.Client) -> None:
         while True:
@@ -772,7 +810,11 @@ class MqttClient:
         self.subscription_refusals.clear()
         self._subscribe_mids.clear()
         self.subscribed.clear()
-        for topic_filter, qos in self._subscriptions:
+        with self._lock:
+            # A fresh connection subscribes to the whole list: pending changes are in it.
+            self._subscription_changes.clear()
+            subscriptions = list(self._subscriptions)
+        for topic_filter, qos in subscriptions:
             _rc, mid = client.subscribe(topic_filter, qos)
             if mid is not None:
                 self._subscribe_mids[mid] = [topic_filter]

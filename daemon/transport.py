@@ -57,6 +57,12 @@ class Transport(Protocol):
     ) -> Delivery:
         """Queue a message; the :class:`~daemon.mqtt.Delivery` tells how it went."""
 
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Add a subscription; the broker sends the filter's retained messages (again)."""
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Drop a subscription."""
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -118,6 +124,10 @@ class InMemoryTransport:
     endpoint: Endpoint
     connected: threading.Event = field(default_factory=threading.Event)
     connect_count: int = 0
+    subscriptions: list[tuple[str, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.subscriptions = list(self.endpoint.subscriptions)
 
     def start(self, wait_s: float | None = 10.0) -> None:
         """Connect at once: subscriptions, then retained messages, then ``on_connect``."""
@@ -145,6 +155,17 @@ class InMemoryTransport:
             return Delivery.settled(topic, refused="Not authorized")
         self.broker._route(topic, payload, retain=retain)
         return Delivery.settled(topic)
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Add a subscription and hand over its retained messages, as a broker does."""
+        self.subscriptions = [s for s in self.subscriptions if s[0] != topic_filter]
+        self.subscriptions.append((topic_filter, qos))
+        if self.connected.is_set():
+            self.broker._send_retained(self, topic_filter)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Drop a subscription."""
+        self.subscriptions = [s for s in self.subscriptions if s[0] != topic_filter]
 
 
 class InMemoryBroker:
@@ -183,13 +204,20 @@ class InMemoryBroker:
             retained = [
                 (topic, payload)
                 for topic, payload in self.retained.items()
-                if any(topic_matches(f, topic) for f, _qos in endpoint.subscriptions)
+                if any(topic_matches(f, topic) for f, _qos in transport.subscriptions)
             ]
         handler = endpoint.on_retained or endpoint.on_message
         for topic, payload in retained:
             handler(topic, payload)
         if endpoint.on_connect is not None:
             endpoint.on_connect(ConnectInfo("5", False, transport.connect_count))
+
+    def _send_retained(self, transport: InMemoryTransport, topic_filter: str) -> None:
+        with self._lock:
+            retained = [(t, p) for t, p in self.retained.items() if topic_matches(topic_filter, t)]
+        handler = transport.endpoint.on_retained or transport.endpoint.on_message
+        for topic, payload in retained:
+            handler(topic, payload)
 
     def _detach(self, transport: InMemoryTransport, *, fire_will: bool) -> None:
         with self._lock:
@@ -212,7 +240,7 @@ class InMemoryBroker:
             targets = [
                 t
                 for t in self._endpoints
-                if any(topic_matches(f, topic) for f, _qos in t.endpoint.subscriptions)
+                if any(topic_matches(f, topic) for f, _qos in t.subscriptions)
             ]
         for target in targets:
             target.endpoint.on_message(topic, payload)

@@ -41,6 +41,7 @@ from byzedge.daemon.mqtt import ConnectInfo, Delivery, Will
 from byzedge.daemon.store import AtomicStore
 from byzedge.daemon.transport import Endpoint, TransportFactory, mqtt_transport
 from byzedge.edge_agent.config import AgentConfig
+from byzedge.edge_agent.downlink import DownlinkFollower, Subscriptions
 from byzedge.edge_agent.method_step import DeviceStepJob, MethodDevice, propose
 from byzedge.edge_agent.model_store import ModelInfo, ModelStore
 from byzedge.edge_agent.pipeline import PreparedUpdate, UpdatePipeline
@@ -150,7 +151,8 @@ class Agent:
             wire_stages=wire_stages,
         )
         self._method = MethodDevice(self._spec.dim, stages, wire_stages)
-        self._inbox: queue.Queue[bytes] = queue.Queue(maxsize=64)
+        # (topic, payload): the dense model, or Byz-EF21-BC's broadcast and resync pair.
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=64)
         self._store = AtomicStore(config.state_dir / "agent.state")
         self._models = ModelStore(config.state_dir)
         self._state: dict[str, Any] = self._load_state()
@@ -175,6 +177,15 @@ class Agent:
                 on_connect=self._on_connect,
                 seed=config.seed + self._device_salt,
             )
+        )
+        self._downlink = DownlinkFollower(
+            config.fleet,
+            coordinator_key,
+            max_bytes=_MAX_MODEL_BYTES,
+            dim=self._spec.dim,
+            subscriptions=Subscriptions(
+                subscribe=self._client.subscribe, unsubscribe=self._client.unsubscribe
+            ),
         )
 
     # -- state -------------------------------------------------------------------------
@@ -214,11 +225,12 @@ class Agent:
             while not stop.is_set():
                 systemd.notify_watchdog()
                 try:
-                    payload = self._inbox.get(timeout=0.25)
+                    message = self._inbox.get(timeout=0.25)
                 except queue.Empty:
-                    payload = None
-                if payload is not None:
-                    self._handle_model(self._newest(payload))
+                    message = None
+                model = self._newest(message) if message is not None else None
+                if model is not None:
+                    self._handle_model(model)
                 self._check_deliveries()
                 if self._worker.release_if_idle():
                     _LOGGER.info("device %s: training worker released", self.config.device_id)
@@ -237,6 +249,11 @@ class Agent:
         self._client.kill()
 
     @property
+    def downlink(self) -> DownlinkFollower:
+        """How this agent receives models: dense, or following a compressed broadcast."""
+        return self._downlink
+
+    @property
     def connected(self) -> threading.Event:
         """Set while the MQTT connection is up."""
         return self._client.connected
@@ -245,50 +262,61 @@ class Agent:
         # On the network thread: publishing only queues, and the queue goes out next.
         self._publish_status("online")
 
-    def _enqueue(self, _topic: str, payload: bytes) -> None:
+    def _enqueue(self, topic: str, payload: bytes) -> None:
         if not payload:  # a reachability probe (check-config --online)
             return
         try:
-            self._inbox.put_nowait(payload)
-        except queue.Full:  # we only ever use the newest model anyway
+            self._inbox.put_nowait((topic, payload))
+        except queue.Full:  # a dense model is refetched; a broadcast chain resyncs
             _LOGGER.warning("device %s: model inbox full, dropping", self.config.device_id)
 
-    def _newest(self, payload: bytes) -> bytes:
+    def _newest(self, message: tuple[str, bytes]) -> GlobalModel | None:
+        """Take ``message`` and every one queued behind it, in order; the newest model.
+
+        Each is taken (a broadcast only follows from the one before it), but only the
+        newest model is trained on; a training method's difference needs the model right
+        before it, so the ones passed over are observed.
+        """
+        newest = self._receive(*message)
         while True:
             try:
-                newer = self._inbox.get_nowait()
+                message = self._inbox.get_nowait()
             except queue.Empty:
-                return payload
-            # Only the newest model is trained on, but a training method's difference
-            # needs the model right before it: remember the ones passed over.
-            self._observe_skipped(payload)
-            payload = newer
+                return newest
+            model = self._receive(*message)
+            if model is None:
+                continue
+            if (
+                newest is not None
+                and newest.plan is not None
+                and newest.params.shape == (self._spec.dim,)
+            ):
+                self._method.observe(newest.params, newest.sha256)
+            newest = model
 
-    def _observe_skipped(self, payload: bytes) -> None:
+    def _receive(self, topic: str, payload: bytes) -> GlobalModel | None:
+        """Open one downlink message; ``None`` when refused or nothing to train on yet."""
+        refused_before = self._downlink.refused
+        taken = self._downlink.take(topic, payload)
+        self.refused_models += self._downlink.refused - refused_before
+        if not isinstance(taken, bytes):
+            return taken
         try:
-            model = open_global_model(
-                payload, self._coordinator_key, fleet=self.config.fleet, max_bytes=_MAX_MODEL_BYTES
-            )
-        except ProtocolError:
-            return  # refused (and counted) if it is the one handled
-        if model.plan is not None and model.params.shape == (self._spec.dim,):
-            self._method.observe(model.params, model.sha256)
-
-    # -- one model ---------------------------------------------------------------------
-
-    def _handle_model(self, payload: bytes) -> None:
-        device = self.config.device_id
-        try:
-            model = open_global_model(
-                payload,
+            return open_global_model(
+                taken,
                 self._coordinator_key,
                 fleet=self.config.fleet,
                 max_bytes=_MAX_MODEL_BYTES,
             )
         except ProtocolError as exc:
             self.refused_models += 1
-            _LOGGER.warning("device %s: refusing global model: %s", device, exc)
-            return
+            _LOGGER.warning("device %s: refusing global model: %s", self.config.device_id, exc)
+            return None
+
+    # -- one model ---------------------------------------------------------------------
+
+    def _handle_model(self, model: GlobalModel) -> None:
+        device = self.config.device_id
         if self._resend_if_asked(model):
             return
         if model.counter <= self._state["model_counter"]:
@@ -341,6 +369,7 @@ class Agent:
         if plan is not None:
             self._method.observe(model.params, model.sha256)
         self._save_state()
+        self._downlink.saw_dense_model(model)
 
     def _resend_if_asked(self, model: GlobalModel) -> bool:
         """Re-send the kept update if ``model`` is its round's model again; ``True`` if so."""
@@ -590,6 +619,12 @@ class Agent:
             status["refused_models"] = self.refused_models
             if self.last_refusal is not None:
                 status["last_refusal"] = self.last_refusal
+            # How models arrive: dense, or following Byz-EF21-BC's compressed broadcast.
+            status["downlink"] = {
+                "mode": self._downlink.mode,
+                "bytes": self._downlink.downlink_bytes,
+                "resyncs": self._downlink.resyncs,
+            }
         if snapshot is not None:
             status["telemetry"] = snapshot.to_dict()
         if reason is not None:

@@ -29,7 +29,6 @@ a listed device (or one without state) sends its estimator whole (``kind = "rese
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from typing import Any, ClassVar, Final, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+from byzedge.protocol.broadcast import vector_digest
 
 __all__ = [
     "DeviceState",
@@ -320,7 +321,7 @@ class DeviceState:
 
 def model_digest(params: Vector) -> str:
     """SHA-256 hex of ``params`` as raw little-endian float32: the manifest's ``sha256``."""
-    return hashlib.sha256(np.ascontiguousarray(params, dtype="<f4").tobytes()).hexdigest()
+    return vector_digest(params)
 
 
 @dataclass(slots=True)
@@ -343,6 +344,12 @@ class ServerState:
         (MARINA-PP's clip radius uses ``||x_r - x_{r-1}||``).
     current_params, current_sha256:
         ``x_r``, the model published for the current round.
+    previous_g, current_g:
+        ``g`` as it stood when ``x_{r-1}`` and ``x_r`` were published: what a device that
+        follows a compressed broadcast holds beside the model (Byz-EF21-BC).
+    broadcast:
+        The compressed broadcast ``b`` last added to ``g`` (Byz-EF21-BC), dense float32
+        with zeros off its support; ``None`` for other methods.
     """
 
     g: Vector | None = None
@@ -353,6 +360,9 @@ class ServerState:
     previous_sha256: str | None = None
     current_params: Vector | None = None
     current_sha256: str | None = None
+    previous_g: Vector | None = None
+    current_g: Vector | None = None
+    broadcast: Vector | None = None
 
     def publish(self, params: Vector) -> str | None:
         """Record that ``params`` is the model of a new round; return ``x_{r-1}``'s digest.
@@ -365,6 +375,8 @@ class ServerState:
         self.previous_sha256 = self.current_sha256
         self.current_params = np.array(params, dtype=np.float32, copy=True)
         self.current_sha256 = model_digest(self.current_params)
+        self.previous_g = self.current_g
+        self.current_g = None if self.g is None else self.g.copy()
         return self.previous_sha256
 
     def to_plain(self) -> dict[str, Any]:
@@ -378,6 +390,9 @@ class ServerState:
             "previous_sha256": self.previous_sha256,
             "current_params": vector_to_plain(self.current_params),
             "current_sha256": self.current_sha256,
+            "previous_g": vector_to_plain(self.previous_g),
+            "current_g": vector_to_plain(self.current_g),
+            "broadcast": vector_to_plain(self.broadcast),
         }
 
     @classmethod
@@ -389,6 +404,9 @@ class ServerState:
             g=vector_from_plain(document.get("g"), dim),
             previous_params=vector_from_plain(document.get("previous_params"), dim),
             current_params=vector_from_plain(document.get("current_params"), dim),
+            previous_g=vector_from_plain(document.get("previous_g"), dim),
+            current_g=vector_from_plain(document.get("current_g"), dim),
+            broadcast=vector_from_plain(document.get("broadcast"), dim),
         )
         for name in ("previous_sha256", "current_sha256"):
             digest = document.get(name)
@@ -423,10 +441,15 @@ class TrainingMethod(Protocol):
     compressor_class:
         What its compression must be: ``"unbiased"`` (MARINA, DASHA: ``E[Q(x)] = x``),
         ``"contractive"`` (EF21: ``||C(x) - x||^2 <= (1 - alpha)||x||^2``) or ``"any"``.
+    compressed_broadcast:
+        Whether the server's step leaves a compressed broadcast in
+        :attr:`ServerState.broadcast` that devices can follow instead of the dense model
+        (Byz-EF21-BC).
     """
 
     name: ClassVar[str]
     compressor_class: ClassVar[Literal["unbiased", "contractive", "any"]]
+    compressed_broadcast: ClassVar[bool]
 
     # server half
     def plan(self, round_number: int, params: Vector, state: ServerState) -> RoundPlan:

@@ -112,6 +112,7 @@ class Clip21SGD2M:
 
     name: ClassVar[str] = "clip21-sgd2m"
     compressor_class: ClassVar[Literal["unbiased", "contractive", "any"]] = "any"
+    compressed_broadcast: ClassVar[bool] = False
     default_aggregator: ClassVar[tuple[str, Mapping[str, Any]]] = DEFAULT_AGGREGATOR
     option_names: ClassVar[tuple[str, ...]] = (
         "step_size",

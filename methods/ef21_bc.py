@@ -12,11 +12,13 @@ by the robust rule over the mirrors; algorithms.md §3.2)::
              g_r = g_{r-1} + b_r               (server and every device)
              x_{r+1} = x_r - γ g_r
 
-A device that holds ``x_r`` and ``g_{r-1}`` rebuilds ``x_{r+1}`` from ``b_r`` alone. In this
-implementation the rule runs on the server (``apply``) and the model still travels dense
-with its SHA-256 in the signed manifest: the simulator measures the downlink a compressed
-broadcast would cost (:attr:`ByzEF21BC.last_downlink_bytes`), the MQTT wire does not yet
-send ``b_r``.
+A device that holds ``x_r`` and ``g_{r-1}`` rebuilds ``x_{r+1}`` from ``b_r`` alone
+(:func:`follow_broadcast`, the same float32 operations as :meth:`ByzEF21BC.apply`, so the
+rebuilt model is bit-identical and its SHA-256 matches the signed manifest's). Over MQTT
+the coordinator publishes ``b_r`` as a sparse signed broadcast beside the dense model
+(:mod:`byzedge.protocol.broadcast`, :mod:`byzedge.coordinator.downlink`); a device that
+missed one fetches the dense pair ``(x, g)`` once and follows the broadcasts again
+(:mod:`byzedge.edge_agent.downlink`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from byzedge.methods.base import OptionValue, RoundPlan, ServerState
 from byzedge.methods.ef21 import ByzEF21, Vector
 from byzedge.methods.options import check_probability, descend
 
-__all__ = ["ByzEF21BC", "top_k"]
+__all__ = ["ByzEF21BC", "advance_estimator", "follow_broadcast", "top_k"]
 
 # A kept coordinate costs a float32 value and a uint32 index on a sparse downlink.
 _SPARSE_BYTES_PER_COORDINATE = 8
@@ -51,6 +53,30 @@ def top_k(vector: Vector, fraction: float) -> Vector:
     return out
 
 
+def advance_estimator(g: Vector, broadcast: Vector) -> Vector:
+    """``g_r = g_{r-1} + b_r`` in float32: the server's and every device's one update of ``g``.
+
+    ``broadcast`` is dense, zeros off its support: adding the zeros too keeps the bits of
+    ``g`` the server gets (``-0.0 + 0.0`` is ``+0.0``), so device and server agree exactly.
+    """
+    return (g + broadcast).astype(np.float32)
+
+
+def follow_broadcast(
+    params: Vector, g: Vector, broadcast: Vector, step_size: float, *, step: bool
+) -> tuple[Vector, Vector]:
+    """A device's rebuild of ``(x_{r+1}, g_r)`` from ``(x_r, g_{r-1})`` and ``b_r``.
+
+    ``step`` is ``False`` for a round that did not move the model (no update arrived):
+    then ``x`` stays and ``b_r`` is empty. Same operations, in the same order, as
+    :meth:`ByzEF21BC.apply` and :func:`~byzedge.methods.options.descend`.
+    """
+    new_g = advance_estimator(g, broadcast)
+    if not step:
+        return params, new_g
+    return (params - np.float32(step_size) * new_g).astype(np.float32), new_g
+
+
 class ByzEF21BC(ByzEF21):
     """Byz-EF21-BC, both halves.
 
@@ -69,6 +95,7 @@ class ByzEF21BC(ByzEF21):
     """
 
     name: ClassVar[str] = "byz-ef21-bc"
+    compressed_broadcast: ClassVar[bool] = True
     option_names: ClassVar[tuple[str, ...]] = (*ByzEF21.option_names, "downlink_sparsity")
 
     def __init__(self, **options: OptionValue) -> None:
@@ -88,10 +115,12 @@ class ByzEF21BC(ByzEF21):
         target = np.asarray(aggregate, dtype=np.float32)
         if state.g is None:
             state.g = target.copy()
+            state.broadcast = None  # the first g goes out dense
             self.last_downlink_bytes = 4 * target.shape[0]
         else:
             broadcast = top_k((target - state.g).astype(np.float32), self.downlink_sparsity)
-            state.g = (state.g + broadcast).astype(np.float32)
+            state.g = advance_estimator(state.g, broadcast)
+            state.broadcast = broadcast
             self.last_downlink_bytes = _SPARSE_BYTES_PER_COORDINATE * int(
                 np.count_nonzero(broadcast)
             )

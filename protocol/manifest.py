@@ -26,11 +26,23 @@ from numpy.typing import NDArray
 
 from byzedge.protocol.codecs.base import as_update_vector
 from byzedge.protocol.codecs.dense import DenseCodec
-from byzedge.protocol.envelope import Header, SealedEnvelope, open_envelope, seal
+from byzedge.protocol.envelope import (
+    Header,
+    SealedEnvelope,
+    open_envelope,
+    seal,
+)
 from byzedge.protocol.errors import CodecError, EnvelopeError
 from byzedge.protocol.signing import SigningKey, VerifyKey
 
-__all__ = ["GlobalModel", "open_global_model", "seal_global_model"]
+__all__ = [
+    "GlobalModel",
+    "manifest_meta",
+    "model_from_header",
+    "open_global_model",
+    "open_model_envelope",
+    "seal_global_model",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +95,28 @@ class GlobalModel:
         return not self.final and (self.cohort is None or device_id in self.cohort)
 
 
+def manifest_meta(
+    *,
+    model: str,
+    cohort: frozenset[str] | None,
+    deadline_ms: int,
+    final: bool,
+    sha256: str,
+    plan: Mapping[str, Any] | None,
+    layout: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The signed meta of a round's model, whatever carries the parameters."""
+    return {
+        "model": model,
+        "cohort": sorted(cohort) if cohort is not None else None,
+        "deadline_ms": deadline_ms,
+        "final": final,
+        "sha256": sha256,
+        **({"plan": dict(plan)} if plan is not None else {}),
+        **({"layout": dict(layout)} if layout is not None else {}),
+    }
+
+
 def seal_global_model(
     key: SigningKey,
     *,
@@ -114,15 +148,15 @@ def seal_global_model(
         counter=counter,
         created_ms=now_ms,
         expires_ms=now_ms + int(ttl_s * 1000),
-        meta={
-            "model": model,
-            "cohort": sorted(cohort) if cohort is not None else None,
-            "deadline_ms": deadline_ms,
-            "final": final,
-            "sha256": hashlib.sha256(body).hexdigest(),
-            **({"plan": dict(plan)} if plan is not None else {}),
-            **({"layout": dict(layout)} if layout is not None else {}),
-        },
+        meta=manifest_meta(
+            model=model,
+            cohort=cohort,
+            deadline_ms=deadline_ms,
+            final=final,
+            sha256=hashlib.sha256(body).hexdigest(),
+            plan=plan,
+            layout=layout,
+        ),
     )
     return seal(header, body, key)
 
@@ -143,6 +177,36 @@ def open_global_model(
         (one of its subclasses) when the message is malformed, not signed by
         ``coordinator_key``, for another fleet, expired, or internally inconsistent.
     """
+    envelope = open_model_envelope(
+        payload, coordinator_key, fleet=fleet, max_bytes=max_bytes, now_ms=now_ms
+    )
+    header = envelope.header
+    digest = hashlib.sha256(envelope.body).hexdigest()
+    if header.meta.get("sha256") != digest:
+        msg = "model body does not match its announced SHA-256"
+        raise EnvelopeError(msg)
+    if header.codec != DenseCodec.name:
+        msg = f"models travel dense, got codec {header.codec!r}"
+        raise CodecError(msg)
+    params = DenseCodec().decode(envelope.body, header.dim)
+    return model_from_header(header, params)
+
+
+def open_model_envelope(
+    payload: bytes,
+    coordinator_key: VerifyKey,
+    *,
+    fleet: str,
+    max_bytes: int,
+    now_ms: int | None = None,
+) -> SealedEnvelope:
+    """The checks every coordinator-to-device message passes: size, signature, fleet, expiry.
+
+    Raises
+    ------
+    ProtocolError
+        As :func:`open_global_model`.
+    """
     envelope = open_envelope(payload, max_bytes)
     envelope.verify(coordinator_key)
     header = envelope.header
@@ -152,18 +216,24 @@ def open_global_model(
     if header.is_expired(now_ms if now_ms is not None else int(time.time() * 1000)):
         msg = f"model for round {header.round} has expired"
         raise EnvelopeError(msg)
-    meta = header.meta
-    digest = hashlib.sha256(envelope.body).hexdigest()
-    if meta.get("sha256") != digest:
-        msg = "model body does not match its announced SHA-256"
-        raise EnvelopeError(msg)
-    if header.codec != DenseCodec.name:
-        msg = f"models travel dense, got codec {header.codec!r}"
-        raise CodecError(msg)
-    params = DenseCodec().decode(envelope.body, header.dim)
+    return envelope
+
+
+def model_from_header(header: Header, params: NDArray[np.float32]) -> GlobalModel:
+    """The :class:`GlobalModel` that ``header``'s signed meta describes, with ``params``.
+
+    ``params`` are the decoded (or, from a compressed broadcast, rebuilt) parameters; the
+    caller has checked them against the meta's ``sha256``.
+
+    Raises
+    ------
+    ProtocolError
+        When the meta is malformed or the parameters are not finite.
+    """
     if not np.isfinite(params).all():
         msg = "model holds non-finite parameters"
         raise CodecError(msg)
+    meta = header.meta
     cohort = meta.get("cohort")
     model = meta.get("model")
     if not isinstance(model, str) or not (
@@ -179,6 +249,10 @@ def open_global_model(
     layout = meta.get("layout")
     if layout is not None and not isinstance(layout, dict):
         msg = "model meta's layout must be a map"
+        raise EnvelopeError(msg)
+    digest = meta.get("sha256")
+    if not isinstance(digest, str):
+        msg = "model meta must carry the parameters' SHA-256"
         raise EnvelopeError(msg)
     return GlobalModel(
         round=header.round,

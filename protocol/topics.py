@@ -19,11 +19,13 @@ __all__ = [
     "PREFIX",
     "RESERVED_DEVICE_IDS",
     "alerts_topic",
+    "broadcast_topic",
     "coordinator_status_topic",
     "device_status_topic",
     "device_status_wildcard",
     "model_topic",
     "parse_device_topic",
+    "resync_topic",
     "update_topic",
     "update_wildcard",
     "validate_device_id",
@@ -82,6 +84,16 @@ def validate_device_id(value: str) -> str:
 def model_topic(fleet: str) -> str:
     """Topic of the retained, signed global model."""
     return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/model"
+
+
+def broadcast_topic(fleet: str) -> str:
+    """Topic of the retained, signed compressed broadcast (Byz-EF21-BC)."""
+    return f"{model_topic(fleet)}/broadcast"
+
+
+def resync_topic(fleet: str) -> str:
+    """Topic of the retained, signed dense ``(x, g)`` pair a broadcast follower resyncs from."""
+    return f"{model_topic(fleet)}/resync"
 
 
 def update_topic(fleet: str, device_id: str) -> str:

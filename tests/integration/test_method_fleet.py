@@ -89,3 +89,51 @@ def test_ef21_mirrors_survive_sigkills_of_a_device_and_the_coordinator(fleet: Fl
         assert document is not None
         estimator = DeviceState.from_plain(document["method"]["state"], DIM).vectors["g"]
         assert (server.mirrors[name] == estimator).all(), f"{name}'s mirror drifted"
+
+
+@pytest.fixture
+def bc_fleet() -> Iterator[Fleet]:
+    with provisioned_fleet(devices=len(DEVICES)) as made:
+        made.set_coordinator(round_interval_s=0.0, round_timeout_s=30.0, algorithm="byz-ef21-bc")
+        config = made.root / "coordinator" / "coordinator.toml"
+        with config.open("a") as out:
+            out.write(
+                '\n[method]\nstep_size = 0.5\ncompression = "top-k"\nsparsity = 0.1\n'
+                "downlink_sparsity = 0.05\n"
+            )
+        yield made
+
+
+def test_ef21_bc_devices_follow_the_compressed_broadcast_and_resync_after_a_sigkill(
+    bc_fleet: Fleet,
+) -> None:
+    fleet = bc_fleet
+    for device in DEVICES:
+        fleet.agent(device)
+    fleet.coordinator("--rounds", "0")
+    fleet.wait_for_rounds(4, timeout_s=180)
+
+    # A restarted device holds no (x, g) pair: it fetches one over the generated ACL and
+    # follows the broadcast again.
+    killed = next(d for d in reversed(fleet.daemons) if d.name == "dev-001")
+    killed.kill()
+    fleet.agent("dev-001")
+    done = len(fleet.rounds())
+    summaries = fleet.wait_for_rounds(done + 4, timeout_s=180)
+    for daemon in fleet.daemons:
+        if daemon.process.poll() is None:
+            assert daemon.stop() == 0
+
+    assert all(s["algorithm"] == "byz-ef21-bc" for s in summaries)
+    assert [s["accepted_devices"] for s in summaries[-2:]] == [list(DEVICES)] * 2
+    accuracies = [s["validation_accuracy"] for s in summaries]
+    assert accuracies[-1] > accuracies[0] + 0.2, accuracies
+    # A restarted daemon appends to its predecessor's log file.
+    logs = {d.name: d.log_text() for d in fleet.daemons if d.name in DEVICES}
+    fetches = {name: logs[name].count("fetching the dense (x, g) pair") for name in DEVICES}
+    # One fetch per agent process: when it learns the fleet broadcasts compressed. Every
+    # later round came as a sparse broadcast that rebuilt the signed model exactly.
+    assert fetches == {"dev-000": 1, "dev-001": 2, "dev-002": 1}
+    for text in logs.values():
+        for refusal in ("broadcast refused", "pair refused", "does not match", "refusing"):
+            assert refusal not in text

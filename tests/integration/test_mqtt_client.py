@@ -135,3 +135,49 @@ def test_stop_flushes_queued_qos1_messages(mosquitto_broker: BrokerHandle) -> No
         receiver.stop()
 
     assert sender.pending_acks() == 0
+
+
+def test_a_subscription_added_while_running_gets_the_retained_message_and_survives_a_restart(
+    private_broker: BrokerHandle,
+) -> None:
+    inbox = _Inbox()
+    publisher = _client(private_broker.url, "late-tx")
+    receiver = MqttClient(
+        MqttSettings(url=private_broker.url, reconnect_min_s=0.1, reconnect_max_s=0.5),
+        "late-rx",
+        on_message=inbox,
+        seed=1,
+    )
+    publisher.start()
+    receiver.start()
+    try:
+        assert publisher.publish("on-demand/pair", b"retained", retain=True).wait(10.0)
+        receiver.subscribe("on-demand/pair")
+        inbox.wait_for(1)
+        assert inbox.messages == [("on-demand/pair", b"retained")]
+
+        # Subscribing again asks for the retained message again (the resync fetch).
+        receiver.subscribe("on-demand/pair")
+        inbox.wait_for(2)
+
+        private_broker.restart()  # it keeps nothing: the subscription must be made again
+        assert receiver.connected.wait(20.0)
+        assert publisher.connected.wait(20.0)
+        deadline = time.monotonic() + 15.0
+        while len(inbox.messages) < 3 and time.monotonic() < deadline:
+            publisher.publish("on-demand/pair", b"retained", retain=True)
+            time.sleep(0.2)
+        inbox.wait_for(3)
+
+        receiver.unsubscribe("on-demand/pair")
+        time.sleep(0.5)  # let the UNSUBSCRIBE reach the broker before the next publish
+        assert publisher.publish("on-demand/pair", b"later", retain=True).wait(10.0)
+        time.sleep(0.5)
+    finally:
+        publisher.stop()
+        receiver.stop()
+
+    # Three or more (publishes repeated while the new SUBSCRIBE landed), none after the
+    # unsubscribe.
+    assert len(inbox.messages) >= 3
+    assert {payload for _, payload in inbox.messages} == {b"retained"}
