@@ -122,6 +122,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from byzedge.coordinator.aggregation.base import row_norms, validate_positive, validate_updates
+from byzedge.coordinator.device_table import DeviceTable
 
 __all__ = [
     "BASELINE_RATE",
@@ -195,8 +196,8 @@ fleet's spread says little: honest Dirichlet(0.5) devices of the benchmark diffe
 median norm by up to a factor 1.74 (log 0.55) there, 2.8 units with this floor, under the
 single-round limit of 4.54."""
 
-STATE_VERSION: Final = 1
-"""Version of :meth:`AnomalyDetector.state_dict` documents."""
+STATE_VERSION: Final = 2
+"""Version of :meth:`AnomalyDetector.state_dict` documents (1, a map per device, still loads)."""
 
 REASON_NORM: Final = "norm"
 REASON_DIRECTION: Final = "direction"
@@ -207,6 +208,16 @@ REASONS: Final = (REASON_NORM, REASON_DIRECTION, REASON_COMBINED, REASON_PERSIST
 
 _FEATURES = 2  # log norm, cosine distance
 _STATISTICS = 3  # norm, direction, combined
+# A device's state is one row of a DeviceTable: these float64 columns and two flags.
+_LEVEL = slice(0, 2)
+_SCALE = slice(2, 4)
+_EVIDENCE = slice(4, 7)
+_TRUST = 7
+_PENDING = slice(8, 10)
+_FLOATS = 10
+_SUSPECT = 0
+_REBASELINE = 1
+_FLAGS = 2
 _REJECT = 3.0  # reweighting step: drop values beyond 3 robust SD
 # sqrt of a normal's variance truncated to +-3 SD: 1 / sqrt(1 - 2*3*phi(3) / (2*Phi(3) - 1))
 _TRUNCATION = 1.0136
@@ -669,6 +680,50 @@ def _device_entry(device_id: object, entry: object) -> tuple[str, dict[str, Any]
     }
 
 
+def _table_v1(devices: object) -> DeviceTable:
+    """The rows of a version 1 document (a map per device), each entry validated."""
+    if not isinstance(devices, Mapping):
+        raise ValueError("anomaly state devices must be a mapping")
+    entries = [_device_entry(key, value) for key, value in devices.items()]
+    values = np.zeros((len(entries), _FLOATS))
+    flags = np.zeros((len(entries), _FLAGS), dtype=np.bool_)
+    for row, (_, entry) in enumerate(entries):
+        values[row, _LEVEL] = entry["level"]
+        values[row, _SCALE] = entry["scale"]
+        values[row, _EVIDENCE] = entry["evidence"]
+        values[row, _TRUST] = entry["trust"]
+        values[row, _PENDING] = entry["pending"]
+        flags[row] = (entry["suspect"], entry["rebaseline"])
+    return DeviceTable.from_rows([device_id for device_id, _ in entries], values, flags)
+
+
+def _table_v2(state: Mapping[str, Any]) -> DeviceTable:
+    """The rows of a version 2 document (columns), validated as a whole."""
+    ids, raw_values, raw_flags = state["ids"], state["values"], state["flags"]
+    if not isinstance(ids, list) or not all(isinstance(device, str) for device in ids):
+        raise ValueError("anomaly state device ids must be a list of strings")
+    if len(set(ids)) != len(ids):
+        raise ValueError("anomaly state device ids must be distinct")
+    n = len(ids)
+    if not isinstance(raw_values, bytes) or len(raw_values) != n * _FLOATS * 8:
+        raise ValueError(f"anomaly state values must be {n} x {_FLOATS} float64 bytes")
+    if not isinstance(raw_flags, bytes) or len(raw_flags) != n * _FLAGS:
+        raise ValueError(f"anomaly state flags must be {n} x {_FLAGS} bytes")
+    values = np.frombuffer(raw_values, dtype="<f8").reshape(n, _FLOATS).astype(np.float64)
+    codes = np.frombuffer(raw_flags, dtype=np.uint8).reshape(n, _FLAGS)
+    if not np.isfinite(values).all():
+        raise ValueError("anomaly state values must be finite")
+    if (values[:, _SCALE] <= 0).any():
+        raise ValueError("anomaly state scale must be > 0")
+    if ((values[:, _TRUST] < 0) | (values[:, _TRUST] > 1)).any():
+        raise ValueError("anomaly state trust must be in [0, 1]")
+    if (values[:, _PENDING] < 0).any():
+        raise ValueError("anomaly state pending must be >= 0")
+    if (codes > 1).any():
+        raise ValueError("anomaly state flags must be 0 or 1")
+    return DeviceTable.from_rows(ids, values, codes.astype(np.bool_))
+
+
 class AnomalyDetector:
     """Scores each round's updates against the fleet and each device's own history.
 
@@ -689,7 +744,9 @@ class AnomalyDetector:
 
     def __init__(self, threshold: float = 3.0) -> None:
         self.threshold = validate_positive("threshold", threshold)
-        self._devices: dict[str, dict[str, Any]] = {}
+        # One row per device (about 200 bytes each, where a dict of lists took ~1 KB):
+        # 10^6 devices' histories fit in memory and save in a fraction of a second.
+        self._devices = DeviceTable(_FLOATS, _FLAGS)
         self._pooled: NDArray[np.float64] | None = None
         self._rounds = 0
 
@@ -773,35 +830,32 @@ class AnomalyDetector:
         trust = np.zeros(n)
         suspect = np.zeros(n, dtype=np.bool_)
         pending = np.zeros((_FEATURES, n))
-        known = np.zeros(n, dtype=np.bool_)
         rebaseline = np.zeros(n, dtype=np.bool_)
-        for i, device_id in enumerate(ids):
-            entry = self._devices.get(device_id)
-            if entry is None:
-                continue
-            known[i] = True
-            level[:, i] = entry["level"]
-            scale[:, i] = entry["scale"]
-            evidence[:, i] = entry["evidence"]
-            trust[i] = entry["trust"]
-            suspect[i] = entry["suspect"]
-            pending[:, i] = entry["pending"]
-            rebaseline[i] = entry["rebaseline"]
+        rows = self._devices.rows(ids)
+        known = rows >= 0
+        values = self._devices.values[rows[known]]
+        flags = self._devices.flags[rows[known]]
+        level[:, known] = values[:, _LEVEL].T
+        scale[:, known] = values[:, _SCALE].T
+        evidence[:, known] = values[:, _EVIDENCE].T
+        trust[known] = values[:, _TRUST]
+        pending[:, known] = values[:, _PENDING].T
+        suspect[known] = flags[:, _SUSPECT]
+        rebaseline[known] = flags[:, _REBASELINE]
         state = DetectorState(level, scale, evidence, trust, suspect, pending)
         return state, known, rebaseline
 
     def _store(self, ids: Sequence[str], result: RoundScores) -> None:
         after = result.state
-        for i, device_id in enumerate(ids):
-            self._devices[device_id] = {
-                "level": [float(v) for v in after.level[:, i]],
-                "scale": [float(v) for v in after.scale[:, i]],
-                "evidence": [float(v) for v in after.evidence[:, i]],
-                "trust": float(after.trust[i]),
-                "suspect": bool(after.suspect[i]),
-                "pending": [float(v) for v in after.pending[:, i]],
-                "rebaseline": False,
-            }
+        rows = self._devices.ensure(ids)
+        values = self._devices.values
+        values[rows, _LEVEL] = after.level.T
+        values[rows, _SCALE] = after.scale.T
+        values[rows, _EVIDENCE] = after.evidence.T
+        values[rows, _TRUST] = after.trust
+        values[rows, _PENDING] = after.pending.T
+        self._devices.flags[rows, _SUSPECT] = after.suspect
+        self._devices.flags[rows, _REBASELINE] = False
         self._pooled = result.pooled_scale.copy()
         self._rounds += 1
 
@@ -812,47 +866,41 @@ class AnomalyDetector:
         evidence is cleared, its trust set to 1 and, on its next scored round, its baseline
         is set to where it then is. No-op for a device with no state (it is new anyway).
         """
-        entry = self._devices.get(device_id)
-        if entry is None:
+        row = self._devices.row(device_id)
+        if row is None:
             return
-        entry["evidence"] = [0.0] * _STATISTICS
-        entry["trust"] = 1.0
-        entry["suspect"] = False
-        entry["pending"] = [0.0] * _FEATURES
-        entry["rebaseline"] = True
+        self._devices.values[row, _EVIDENCE] = 0.0
+        self._devices.values[row, _TRUST] = 1.0
+        self._devices.values[row, _PENDING] = 0.0
+        self._devices.flags[row, _SUSPECT] = False
+        self._devices.flags[row, _REBASELINE] = True
 
     def forget(self, device_id: str) -> None:
         """Drop the state of ``device_id`` (e.g. when it is unenrolled); no-op if absent."""
-        self._devices.pop(device_id, None)
+        self._devices.drop(device_id)
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the state as plain dicts, lists, floats, ints and bools (msgpack friendly).
+        """Return the state as plain values (msgpack friendly), one column per field.
 
-        ``{"version": 1, "rounds": int, "pooled_scale": [float, float] | None,
-        "devices": {id: {"level": [2 floats], "scale": [2 floats > 0],
-        "evidence": [3 floats], "trust": float, "suspect": bool, "pending": [2 floats >= 0],
-        "rebaseline": bool}}}``
+        ``{"version": 2, "rounds": int, "pooled_scale": [float, float] | None,
+        "ids": [str, ...], "values": bytes, "flags": bytes}``: ``values`` is float64
+        little-endian ``(n, 10)``, row ``i`` device ``ids[i]``'s level (2), scale (2,
+        > 0), evidence (3), trust (in [0, 1]) and pending (2, >= 0); ``flags`` is uint8
+        ``(n, 2)``: suspect, rebaseline. Columns instead of a map per device: 10^6
+        devices pack in a fraction of a second instead of several seconds.
         """
+        ids, values, flags = self._devices.export()
         return {
             "version": STATE_VERSION,
             "rounds": self._rounds,
             "pooled_scale": None if self._pooled is None else [float(v) for v in self._pooled],
-            "devices": {
-                device_id: {
-                    "level": list(entry["level"]),
-                    "scale": list(entry["scale"]),
-                    "evidence": list(entry["evidence"]),
-                    "trust": entry["trust"],
-                    "suspect": entry["suspect"],
-                    "pending": list(entry["pending"]),
-                    "rebaseline": entry["rebaseline"],
-                }
-                for device_id, entry in self._devices.items()
-            },
+            "ids": ids,
+            "values": np.ascontiguousarray(values, dtype="<f8").tobytes(),
+            "flags": np.ascontiguousarray(flags, dtype=np.uint8).tobytes(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Replace the state with ``state`` (from :meth:`state_dict`).
+        """Replace the state with ``state`` (from :meth:`state_dict`, version 2 or 1).
 
         Raises
         ------
@@ -863,11 +911,13 @@ class AnomalyDetector:
         """
         if not isinstance(state, Mapping):
             raise ValueError(f"anomaly state must be a mapping, got {type(state).__name__}")
-        expected = {"version", "rounds", "pooled_scale", "devices"}
+        version = state.get("version")
+        if isinstance(version, bool) or version not in (1, STATE_VERSION):
+            raise ValueError(f"unsupported anomaly state version {version!r}")
+        body = ("devices",) if version == 1 else ("ids", "values", "flags")
+        expected = {"version", "rounds", "pooled_scale", *body}
         if set(state) != expected:
             raise ValueError(f"anomaly state must have the keys {sorted(expected)}")
-        if state["version"] != STATE_VERSION or isinstance(state["version"], bool):
-            raise ValueError(f"unsupported anomaly state version {state['version']!r}")
         rounds = state["rounds"]
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
             raise ValueError(f"anomaly state rounds must be an int >= 0, got {rounds!r}")
@@ -879,11 +929,8 @@ class AnomalyDetector:
         )
         if pooled is not None and (pooled < 0).any():
             raise ValueError("anomaly state pooled_scale must be >= 0")
-        devices = state["devices"]
-        if not isinstance(devices, Mapping):
-            raise ValueError("anomaly state devices must be a mapping")
-        loaded = dict(_device_entry(key, value) for key, value in devices.items())
-        self._devices = loaded
+        table = _table_v1(state["devices"]) if version == 1 else _table_v2(state)
+        self._devices = table
         self._pooled = pooled
         self._rounds = rounds
 

@@ -394,12 +394,12 @@ def test_state_dict_holds_only_plain_values() -> None:
             return all(isinstance(k, str) and plain(v) for k, v in value.items())
         if isinstance(value, list):
             return all(plain(v) for v in value)
-        return value is None or type(value) in {bool, int, float, str}
+        return value is None or type(value) in {bool, int, float, str, bytes}
 
     state = detector.state_dict()
     assert plain(state)
     assert state["rounds"] == 3
-    assert set(state["devices"]) == set(IDS)
+    assert set(state["ids"]) == set(IDS)
 
 
 def _valid_state() -> dict[str, Any]:
@@ -408,8 +408,39 @@ def _valid_state() -> dict[str, Any]:
     return detector.state_dict()
 
 
-def _with(path: Sequence[str], value: object) -> dict[str, Any]:
-    state = _valid_state()
+def _as_version_1(state: dict[str, Any]) -> dict[str, Any]:
+    """The same state in the layout of version 1 (a map per device), as older files hold."""
+    n = len(state["ids"])
+    values = np.frombuffer(state["values"], dtype="<f8").reshape(n, 10)
+    flags = np.frombuffer(state["flags"], dtype=np.uint8).reshape(n, 2)
+    devices = {
+        device: {
+            "level": values[i, 0:2].tolist(),
+            "scale": values[i, 2:4].tolist(),
+            "evidence": values[i, 4:7].tolist(),
+            "trust": float(values[i, 7]),
+            "suspect": bool(flags[i, 0]),
+            "pending": values[i, 8:10].tolist(),
+            "rebaseline": bool(flags[i, 1]),
+        }
+        for i, device in enumerate(state["ids"])
+    }
+    return {
+        "version": 1,
+        "rounds": state["rounds"],
+        "pooled_scale": state["pooled_scale"],
+        "devices": devices,
+    }
+
+
+def _column(state: dict[str, Any], row: int, column: int, value: float) -> dict[str, Any]:
+    values = np.frombuffer(state["values"], dtype="<f8").reshape(-1, 10).copy()
+    values[row, column] = value
+    return {**state, "values": values.tobytes()}
+
+
+def _with(path: Sequence[str], value: object, *, version: int = 2) -> dict[str, Any]:
+    state = _valid_state() if version == 2 else _as_version_1(_valid_state())
     target: Any = state
     for key in path[:-1]:
         target = target[key]
@@ -423,23 +454,36 @@ def _with(path: Sequence[str], value: object) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "state",
     [
-        _with(["version"], 2),
+        _with(["version"], 3),
         _with(["version"], True),
         _with(["rounds"], -1),
         _with(["rounds"], 1.5),
         _with(["pooled_scale"], [0.1]),
         _with(["pooled_scale"], [0.1, float("nan")]),
-        _with(["devices"], []),
-        _with(["devices", "pi-00", "level"], [0.0, float("inf")]),
-        _with(["devices", "pi-00", "scale"], [0.0, 0.1]),
-        _with(["devices", "pi-00", "evidence"], [0.0, 0.0]),
-        _with(["devices", "pi-00", "trust"], 1.5),
-        _with(["devices", "pi-00", "suspect"], 1),
-        _with(["devices", "pi-00", "rebaseline"], KeyError),
-        _with(["devices", "pi-00", "pending"], [-1.0, 0.0]),
-        _with(["devices", "pi-00", "extra"], 0),
-        _with(["devices", "pi-00"], "not a mapping"),
+        _with(["ids"], "pi-00"),
+        _with(["ids"], ["pi-00"] * len(IDS)),
+        _with(["values"], b"\0" * 8),
+        _with(["values"], [0.0] * 10 * len(IDS)),
+        _with(["flags"], b"\2" * 2 * len(IDS)),
+        _with(["flags"], KeyError),
+        _column(_valid_state(), 0, 1, float("inf")),
+        _column(_valid_state(), 0, 2, 0.0),
+        _column(_valid_state(), 1, 7, 1.5),
+        _column(_valid_state(), 2, 8, -1.0),
         _with(["extra"], 0),
+        {"version": 2},
+        # Version 1 (a map per device), which older state files hold.
+        _with(["devices"], [], version=1),
+        _with(["devices", "pi-00", "level"], [0.0, float("inf")], version=1),
+        _with(["devices", "pi-00", "scale"], [0.0, 0.1], version=1),
+        _with(["devices", "pi-00", "evidence"], [0.0, 0.0], version=1),
+        _with(["devices", "pi-00", "trust"], 1.5, version=1),
+        _with(["devices", "pi-00", "suspect"], 1, version=1),
+        _with(["devices", "pi-00", "rebaseline"], KeyError, version=1),
+        _with(["devices", "pi-00", "pending"], [-1.0, 0.0], version=1),
+        _with(["devices", "pi-00", "extra"], 0, version=1),
+        _with(["devices", "pi-00"], "not a mapping", version=1),
+        _with(["ids"], [], version=1),
         {"version": 1},
     ],
 )
@@ -454,9 +498,46 @@ def test_malformed_state_is_rejected_and_the_current_state_kept(state: dict[str,
 
 def test_a_device_id_that_is_not_a_string_is_rejected() -> None:
     state = _valid_state()
-    state["devices"][7] = state["devices"].pop("pi-00")
-    with pytest.raises(ValueError, match="device ids"):
-        AnomalyDetector().load_state_dict(state)
+    state["ids"][0] = 7
+    old = _as_version_1(_valid_state())
+    old["devices"][7] = old["devices"].pop("pi-00")
+    for document in (state, old):
+        with pytest.raises(ValueError, match="device ids"):
+            AnomalyDetector().load_state_dict(document)
+
+
+def test_a_version_1_state_loads_as_the_same_history() -> None:
+    detector = AnomalyDetector()
+    run(detector, 6, pi_02=6.0)
+    detector.reset("pi-01")
+    restored = AnomalyDetector()
+
+    restored.load_state_dict(_as_version_1(detector.state_dict()))
+
+    assert restored.state_dict() == detector.state_dict()
+    (a,) = run(detector, 1, seed=5, pi_02=3.0)
+    (b,) = run(restored, 1, seed=5, pi_02=3.0)
+    assert_allclose(a.score, b.score)
+    assert a.reasons == b.reasons
+
+
+def test_a_forgotten_device_row_is_reused_and_starts_afresh() -> None:
+    detector = AnomalyDetector()
+    run(detector, 3)
+    detector.forget("pi-00")
+    fresh = AnomalyDetector()  # keeps pi-00: its new device gets a row never used
+    run(fresh, 3)
+    cohort = ["new-device", *IDS[1:]]
+    updates = np.random.default_rng(4).standard_normal((len(IDS), 4)).astype(np.float32)
+
+    reused = detector.score(cohort, updates)
+    appended = fresh.score(cohort, updates)
+
+    assert len(detector) == len(IDS)
+    assert reused is not None
+    assert appended is not None
+    assert_allclose(reused.score, appended.score)
+    assert detector.state_dict()["ids"][0] == "new-device"  # pi-00's row
 
 
 def test_forget_drops_a_device() -> None:
