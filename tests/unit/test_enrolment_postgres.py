@@ -202,14 +202,21 @@ def test_a_plain_mapping_draws_as_before() -> None:
     assert sample_cohort(registry, 0, 3, participation_rate=1.0) is None
 
 
-def test_the_draw_is_the_same_after_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "e.sqlite3"
-    first = SqliteEnrolment(path)
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_the_draw_is_the_same_after_a_restart(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    def open_store() -> SqliteEnrolment | PostgresEnrolment:
+        if kind == "sqlite":
+            return SqliteEnrolment(tmp_path / "e.sqlite3")
+        return PostgresEnrolment(request.getfixturevalue("postgres_dsn"))
+
+    first = open_store()
     first.enrol_many((f"dev-{i:04d}", KEY.raw) for i in range(500))
     before = [sample_cohort(first, r, 9, devices_per_round=25) for r in range(3)]
     first.close()
 
-    again = SqliteEnrolment(path)
+    again = open_store()
 
     assert [sample_cohort(again, r, 9, devices_per_round=25) for r in range(3)] == before
     assert len(set(before)) == 3  # rounds differ

@@ -23,6 +23,7 @@ from byzedge.coordinator.enrolment import (
     open_enrolment,
 )
 from byzedge.coordinator.enrolment_pg import PostgresEnrolment
+from byzedge.coordinator.round_engine import sample_cohort
 from byzedge.coordinator.service import Coordinator, RoundSummary
 from byzedge.daemon.transport import InMemoryBroker
 from byzedge.fleet_sim.fleet import FleetSpec, InProcessFleet
@@ -288,3 +289,48 @@ def test_the_coordinator_accepts_updates_of_devices_enrolled_only_in_a_database(
 
     assert [s.accepted_devices for s in summaries] == [["dev-000", "dev-001"]] * 2
     assert all(s.closed_by == "all-answered" for s in summaries)
+
+
+def test_a_revocation_reaches_the_running_coordinator_on_reload(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    database: dict[str, object] = {"enrolment": kind}
+    if kind == "postgres":
+        database["enrolment_dsn"] = request.getfixturevalue("postgres_dsn")
+    spec = FleetSpec(
+        fleet="mem",
+        broker_url="mqtt://unused:1",
+        devices=3,
+        rounds=1,
+        epochs=1,
+        coordinator_overrides={"validation": "none", "devices_per_round": 2, **database},
+    )
+    fleet = InProcessFleet(spec, tmp_path, transport=InMemoryBroker().connect)
+    config = fleet.coordinator_config.model_copy(update={"state_dir": tmp_path / "db-coord"})
+    with closing(open_database_enrolment(config)) as operator:
+        operator.import_folder(config.devices_dir)
+        devices = open_database_enrolment(config)
+        coordinator = Coordinator(
+            config, signing_key=SigningKey.load(config.signing_key), devices=devices
+        )
+        before: set[str] = set()
+        for round_number in range(8):
+            cohort = sample_cohort(devices, round_number, config.seed, 2)
+            assert cohort is not None
+            before |= cohort
+        assert before == {"dev-000", "dev-001", "dev-002"}
+
+        assert devices.get("dev-001") is not None  # its key is now in the LRU
+
+        operator.revoke("dev-001")
+        assert devices.get("dev-001") is not None  # until the reload drops it
+        assert coordinator.reload_enrolment() == ([], ["dev-001"])
+
+    assert devices.get("dev-001") is None
+    after: set[str] = set()
+    for round_number in range(8):
+        cohort = sample_cohort(devices, round_number, config.seed, 1)
+        assert cohort is not None
+        after |= cohort
+    assert after == {"dev-000", "dev-002"}
+    devices.close()
