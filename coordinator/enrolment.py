@@ -117,6 +117,11 @@ class SortedIds:
         self._ids: NDArray[np.bytes_] | None = None
         self._seq = -1
 
+    @property
+    def last(self) -> NDArray[np.bytes_] | None:
+        """The array last listed (``None`` before the first), whatever the counter now."""
+        return self._ids
+
     def get(self, seq: int, load: Callable[[], list[str]]) -> NDArray[np.bytes_]:
         """The array for change counter ``seq``; ``load`` lists the ids when it moved."""
         if self._ids is None or seq != self._seq:

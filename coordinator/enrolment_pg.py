@@ -189,7 +189,14 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
         """The enrolled, non-revoked ids in byte order, as the database holds them now.
 
         One primary-key read of the change counter per call; the ids are listed again
-        (in one repeatable-read snapshot with the counter) only when it moved.
+        (in one repeatable-read snapshot with the counter) only when it moved. While the
+        server cannot be reached the ids last listed are returned (logged), so rounds go
+        on with the last known enrolment, as a failed reload keeps it.
+
+        Raises
+        ------
+        EnrolmentStoreError
+            When the server cannot be reached and the ids were never listed.
         """
 
         def ranked(db: _Db) -> NDArray[np.bytes_]:
@@ -199,7 +206,14 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
                 return self._sorted.get(seq, lambda: _list_ids(db))
 
         with self._lock:
-            return self._retrying(ranked)
+            try:
+                return self._retrying(ranked)
+            except EnrolmentStoreError as exc:
+                last = self._sorted.last
+                if last is None:
+                    raise
+                _LOGGER.warning("%s; the cohort is drawn from the ids last read", exc)
+                return last
 
     def refresh(self) -> tuple[list[str], list[str]]:
         """Drop cached keys changed since the last refresh; return (enrolled, revoked) ids.

@@ -5,12 +5,15 @@ The store's mapping contract runs against both databases in test_enrolment_store
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from byzedge.cli import main
 from byzedge.coordinator.config import ConfigError, CoordinatorConfig, load_coordinator_config
@@ -21,8 +24,12 @@ from byzedge.coordinator.enrolment import (
     open_enrolment,
 )
 from byzedge.coordinator.enrolment_pg import PostgresEnrolment, redact_dsn
+from byzedge.coordinator.ingest import Ingest, Rejected, RejectReason, RoundWindow
 from byzedge.coordinator.round_engine import sample_cohort
+from byzedge.protocol.codecs import DenseCodec
+from byzedge.protocol.envelope import Header, seal
 from byzedge.protocol.signing import SigningKey
+from byzedge.protocol.topics import update_topic
 
 KEY = SigningKey.generate().verify_key
 UNREACHABLE = "host=127.0.0.1 port=1 dbname=byzedge connect_timeout=2"
@@ -297,4 +304,55 @@ def test_enrol_with_a_db_flag_writes_sqlite_even_under_postgres(
     store = open_database_enrolment(loaded, database)
 
     assert isinstance(store, SqliteEnrolment)
+    store.close()
+
+
+def test_rounds_go_on_with_the_last_enrolment_while_the_server_is_gone(
+    postgres_database: str,
+) -> None:
+    name = f"byzedge_gone_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_database, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo("", **{**conninfo_to_dict(postgres_database), "dbname": name})
+    store = PostgresEnrolment(dsn)
+    device = SigningKey.generate()
+    try:
+        store.enrol_many((f"dev-{i:02d}", KEY.raw) for i in range(10))
+        store.enrol("dev-a", device.verify_key)
+        assert store["dev-03"] == KEY  # cached
+        before = sample_cohort(store, 4, 1, devices_per_round=3)
+    finally:  # the server is gone for this store: its database no longer exists
+        with psycopg.connect(postgres_database, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    assert sample_cohort(store, 4, 1, devices_per_round=3) == before
+    assert store["dev-03"] == KEY
+    with pytest.raises(EnrolmentStoreError):
+        store.get("dev-04")
+    with pytest.raises(EnrolmentStoreError):
+        store.refresh()
+    # An update whose key cannot be read is refused as from an unknown device (which does
+    # not count against its reputation); nothing is raised out of ingest.
+    ingest = Ingest("f", store, max_message_bytes=131_072, max_update_bytes=1 << 20)
+    now_ms = int(time.time() * 1000)
+    header = Header(
+        kind="update",
+        fleet="f",
+        sender="dev-a",
+        round=1,
+        base_version=0,
+        codec="dense",
+        dim=4,
+        counter=1,
+        created_ms=now_ms,
+        expires_ms=now_ms + 60_000,
+    )
+    frame = seal(header, DenseCodec().encode(np.ones(4, np.float32)), device).to_bytes()
+    window = RoundWindow(round=1, model_version=0, dim=4)
+
+    outcome = ingest.submit(update_topic("f", "dev-a"), frame, window)
+
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason == RejectReason.UNKNOWN_DEVICE
+    assert "not looked up" in outcome.detail
     store.close()
