@@ -215,7 +215,7 @@ def _postgres_problems(config: CoordinatorConfig) -> list[str]:
     except EnrolmentStoreError as exc:
         # libpq's message spans lines (one per address tried); the first says why.
         first = next((line for line in str(exc).splitlines() if line.strip()), str(exc))
-        return [f"enrolment_dsn: cannot use the enrolment database: {first.strip()}"]
+        return [f"enrolment_dsn: {first.strip()}"]
     return []
 
 

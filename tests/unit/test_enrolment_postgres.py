@@ -260,8 +260,9 @@ def test_check_config_reports_an_unreachable_database_in_one_line(
     assert "Traceback" not in captured.err
     lines = [line for line in captured.err.splitlines() if "enrolment_dsn" in line]
     assert len(lines) == 1
-    assert "cannot use the enrolment database" in lines[0]
+    assert lines[0].startswith("byzedge coordinator: enrolment_dsn: enrolment database ")
     assert "port=1" in lines[0]
+    assert "connection" in lines[0].lower()
 
 
 def test_check_config_counts_the_devices_of_a_reachable_database(
