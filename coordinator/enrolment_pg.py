@@ -216,6 +216,34 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
                 _LOGGER.warning("%s; the cohort is drawn from the ids last read", exc)
                 return last
 
+    def prefetch(self, device_ids: Iterable[str]) -> int:
+        """Read the keys of ``device_ids`` into the LRU in one query; return how many exist.
+
+        A round's cohort is known before its updates arrive: one round trip for its 10^4
+        keys instead of one per update (benchmarks/results/enrolment.md). Ids beyond the
+        LRU's size are not read (they would evict each other).
+        """
+        wanted = [d for d in dict.fromkeys(device_ids) if d not in self._cache]
+        wanted = wanted[: self._cache_size]
+        if not wanted:
+            return 0
+
+        def read(db: _Db) -> list[tuple[Any, ...]]:
+            return db.execute(
+                "SELECT device_id, public_key FROM byzedge_devices"
+                " WHERE device_id = ANY(%s) AND NOT revoked",
+                (wanted,),
+            ).fetchall()
+
+        with self._lock:
+            rows = self._retrying(read)
+            for device_id, raw in rows:
+                self._cache[str(device_id)] = VerifyKey.from_raw(bytes(raw))
+                self._cache.move_to_end(str(device_id))
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return len(rows)
+
     def refresh(self) -> tuple[list[str], list[str]]:
         """Drop cached keys changed since the last refresh; return (enrolled, revoked) ids.
 

@@ -573,9 +573,17 @@ class Coordinator:
 
     def _sample_cohort(self, round_number: int) -> frozenset[str] | None:
         cfg = self.config
-        return sample_cohort(
+        cohort = sample_cohort(
             self._devices, round_number, cfg.seed, cfg.devices_per_round, cfg.participation_rate
         )
+        if cohort is not None and isinstance(self._devices, DatabaseEnrolment):
+            # The cohort's keys in one query now instead of one per update as they arrive
+            # (a PostgreSQL round trip each); a failure leaves ingest to look them up.
+            try:
+                self._devices.prefetch(sorted(cohort))
+            except EnrolmentStoreError as exc:
+                _LOGGER.warning("fleet %s: cohort keys not prefetched: %s", cfg.fleet, exc)
+        return cohort
 
     def _publish_model(
         self,

@@ -194,6 +194,35 @@ def test_the_lru_keeps_at_most_cache_size_keys(open_store: Opener) -> None:
     assert store["dev-a"] == KEY_A
 
 
+def test_prefetch_reads_a_cohorts_keys_into_the_lru(open_store: Opener) -> None:
+    running = open_store()
+    operator = open_store()
+    operator.enrol_many([("dev-a", KEY_A.raw), ("dev-b", KEY_B.raw), ("dev-c", KEY_A.raw)])
+    operator.revoke("dev-c")
+
+    assert running.prefetch(["dev-a", "dev-b", "dev-c", "dev-zz", "dev-a"]) == 2
+
+    operator.revoke("dev-a")  # not refreshed: the running store answers from its LRU
+    assert running["dev-a"] == KEY_A
+    assert running["dev-b"] == KEY_B
+    assert running.get("dev-c") is None
+    assert running.prefetch(["dev-a", "dev-b"]) == 0  # already cached: nothing read
+
+
+def test_prefetch_reads_a_cohort_larger_than_one_query_holds(open_store: Opener) -> None:
+    store = open_store()
+    store.enrol_many((f"dev-{i:04d}", KEY_A.raw) for i in range(1200))
+
+    assert store.prefetch(f"dev-{i:04d}" for i in range(1300)) == 1200
+
+
+def test_prefetch_reads_no_more_than_the_lru_holds(open_store: Opener) -> None:
+    store = open_store(cache_size=2)
+    store.enrol_many((f"dev-{i}", KEY_A.raw) for i in range(5))
+
+    assert store.prefetch([f"dev-{i}" for i in range(5)]) == 2
+
+
 def test_config_selects_the_store(tmp_path: Path, postgres_dsn: str) -> None:
     base = {
         "fleet": "f",
@@ -333,4 +362,45 @@ def test_a_revocation_reaches_the_running_coordinator_on_reload(
         assert cohort is not None
         after |= cohort
     assert after == {"dev-000", "dev-002"}
+    devices.close()
+
+
+def test_a_sampled_round_asks_and_accepts_its_cohort_from_a_database(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    database: dict[str, object] = {"enrolment": kind}
+    if kind == "postgres":
+        database["enrolment_dsn"] = request.getfixturevalue("postgres_dsn")
+    broker = InMemoryBroker()
+    summaries: list[RoundSummary] = []
+    spec = FleetSpec(
+        fleet="mem",
+        broker_url="mqtt://unused:1",
+        devices=5,
+        rounds=2,
+        epochs=1,
+        round_timeout_s=30.0,
+        coordinator_overrides={"validation": "none", "devices_per_round": 3, **database},
+    )
+    fleet = InProcessFleet(spec, tmp_path, transport=broker.connect)
+    config = fleet.coordinator_config.model_copy(update={"state_dir": tmp_path / "db-coord"})
+    with closing(open_database_enrolment(config)) as operator:
+        operator.import_folder(config.devices_dir)
+    devices = open_database_enrolment(config)
+    fleet.coordinator = Coordinator(
+        config,
+        signing_key=SigningKey.load(config.signing_key),
+        devices=devices,
+        on_round=summaries.append,
+        transport=broker.connect,
+    )
+
+    assert fleet.run() == 0
+
+    for summary in summaries:
+        cohort = sample_cohort(devices, summary.round, config.seed, 3)
+        assert cohort is not None
+        assert summary.accepted_devices == sorted(cohort)
+        assert summary.closed_by == "all-answered"
+    assert len(summaries) == 2
     devices.close()
