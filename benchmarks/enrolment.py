@@ -100,7 +100,7 @@ def _open(kind: str, location: str) -> DeviceRegistry | SqliteEnrolment | Postgr
     return PostgresEnrolment(location)
 
 
-def measure(kind: str, location: str, count: int, lookups: int) -> dict[str, float]:
+def measure(kind: str, location: str, count: int, lookups: int) -> dict[str, float | None]:
     """Open the store in this process and time it (run in a fresh process)."""
     ids = [device_id(i) for i in np.random.default_rng(1).integers(0, count, lookups)]
     rss_before = _rss_bytes()
@@ -120,6 +120,17 @@ def measure(kind: str, location: str, count: int, lookups: int) -> dict[str, flo
             assert key is not None
         rounds.append(time.perf_counter() - round_start)
         per_lookup.append(statistics.median(times))
+    rss_rounds = _rss_bytes() - rss_before
+    prefetched: float | None = None
+    if kind != "files":  # a fresh store (empty LRU): one prefetch, then the round's lookups
+        fresh = _open(kind, location)
+        assert isinstance(fresh, SqliteEnrolment | PostgresEnrolment)
+        started = time.perf_counter()
+        fresh.prefetch(sorted(set(ids)))
+        for device in ids:
+            assert fresh.get(device) is not None
+        prefetched = time.perf_counter() - started
+        fresh.close()
     rss_listed = _rss_bytes()
     draws = []
     for round_number in range(3):  # the first lists the ranked ids; the others reuse them
@@ -136,11 +147,12 @@ def measure(kind: str, location: str, count: int, lookups: int) -> dict[str, flo
     return {
         "open_s": open_s,
         "rss_open_mib": rss_open / 2**20,
-        "rss_after_round_mib": (_rss_bytes() - rss_before) / 2**20,
+        "rss_after_round_mib": rss_rounds / 2**20,
         "lookup_median_us_cold": per_lookup[0] * 1e6,
         "lookup_median_us_warm": per_lookup[1] * 1e6,
         "round_ms_cold": rounds[0] * 1e3,
         "round_ms_warm": rounds[1] * 1e3,
+        "round_ms_prefetched": None if prefetched is None else prefetched * 1e3,
         "list_ids_s": list_s,
         "draw_first_s": draws[0],
         "draw_next_s": statistics.median(draws[1:]),
@@ -209,14 +221,16 @@ class _Database:
             db.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-def _measure_in_child(kind: str, location: str, count: int, lookups: int) -> dict[str, float]:
+def _measure_in_child(
+    kind: str, location: str, count: int, lookups: int
+) -> dict[str, float | None]:
     out = subprocess.run(
         [sys.executable, __file__, "--measure", kind, location, str(count), str(lookups)],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    measured: dict[str, float] = json.loads(out)
+    measured: dict[str, float | None] = json.loads(out)
     return measured
 
 
@@ -256,6 +270,10 @@ def run(
     return rows
 
 
+def _ms(value: object) -> str:
+    return "-" if value is None else f"{float(str(value)):.1f}"  # None: files (no prefetch)
+
+
 def write_report(
     rows: list[dict[str, object]], out: Path, command: str, lookups: int, machine_line: str
 ) -> None:
@@ -278,7 +296,9 @@ def write_report(
         f"then after two rounds of {lookups:,} lookups (the database stores keep at most "
         "65,536 parsed keys in their LRU). Lookup: median time of one `get(device_id)` of a "
         f"random enrolled device; round: {lookups:,} such lookups, cold (first time) and "
-        "warm (the same ids again). List ids: iterating every enrolled id once (postgres "
+        "warm (the same ids again); prefetched: the same round on a fresh store that first "
+        "reads the round's keys with one `prefetch` (what the coordinator does after each "
+        "cohort draw). List ids: iterating every enrolled id once (postgres "
         "iterates the ranked ids it keeps for the draw). Cohort "
         "draw: `sample_cohort` at 1% participation; first: the first round after start "
         "(a database store lists its ranked ids once), next: a later round (it reuses "
@@ -287,7 +307,7 @@ def write_report(
         "ranked ids add.",
         "",
         "| store | devices | fill s | open s | RSS open MiB | RSS after rounds MiB "
-        "| lookup µs cold / warm | round ms cold / warm | list ids s "
+        "| lookup µs cold / warm | round ms cold / warm / prefetched | list ids s "
         "| cohort draw s first / next | RSS draw MiB | on disk MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -296,7 +316,8 @@ def write_report(
             f"| {r['store']} | {r['devices']:,} | {r['fill_s']:.1f} | {r['open_s']:.3f} "
             f"| {r['rss_open_mib']:.1f} | {r['rss_after_round_mib']:.1f} "
             f"| {r['lookup_median_us_cold']:.2f} / {r['lookup_median_us_warm']:.2f} "
-            f"| {r['round_ms_cold']:.1f} / {r['round_ms_warm']:.1f} "
+            f"| {r['round_ms_cold']:.1f} / {r['round_ms_warm']:.1f} / "
+            f"{_ms(r['round_ms_prefetched'])} "
             f"| {r['list_ids_s']:.3f} | {r['draw_first_s']:.3f} / {r['draw_next_s']:.4f} "
             f"| {r['rss_draw_mib']:.1f} | {r['store_mib']:.1f} |"
         )
