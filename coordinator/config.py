@@ -50,6 +50,7 @@ from byzedge.models.tasks import LossName
 
 __all__ = [
     "AggregationConfig",
+    "ClusterConfig",
     "ConfigError",
     "CoordinatorConfig",
     "LogsConfig",
@@ -181,6 +182,84 @@ class LogsConfig(_Strict):
             "as one summary record with their count."
         ),
     )
+
+
+class ClusterConfig(_Strict):
+    """Sharded ingest (``[cluster]`` table): ingest workers share the fleet's update stream.
+
+    With ``workers = 0`` (the default) the coordinator verifies every update itself. With
+    ``workers = K`` it becomes the leader: K ``byzedge coordinator ingest-worker``
+    processes consume the updates as competing consumers, verify, decode and fold them,
+    and send it partial aggregates; it merges them and runs the round
+    (coordinator/cluster/).
+    """
+
+    broker: Literal["mosquitto", "nats"] = Field(
+        "mosquitto",
+        description=(
+            "How the workers share the stream: 'mosquitto' is an MQTT v5 shared "
+            "subscription ($share/<share_group>/...), the same path on EMQX and HiveMQ; "
+            "'nats' a durable JetStream pull consumer on a NATS cluster (nats_servers)."
+        ),
+    )
+    workers: int = Field(
+        0, ge=0, le=64, description="Ingest workers; 0 runs today's single process."
+    )
+    share_group: str = Field(
+        "byzedge-ingest", description="The MQTT v5 share group every worker of the fleet joins."
+    )
+    leader_lease_s: float = Field(
+        15.0,
+        gt=0,
+        description=(
+            "Leader lease: a standby coordinator takes over this long after the leader "
+            "stops renewing (the file lock of one machine is released at once on exit)."
+        ),
+    )
+    partial_flush_s: float = Field(
+        0.5,
+        gt=0,
+        description=(
+            "A worker sends its partial aggregate this often (sooner when it grows large or "
+            "holds many unacknowledged messages); updates count only once it has."
+        ),
+    )
+    nats_servers: tuple[str, ...] = Field(
+        (),
+        description="broker = 'nats': nats://host:port (or tls://) of every cluster node.",
+    )
+    worker_cert_file: Path | None = Field(
+        None,
+        description=(
+            "The ingest workers' client certificate (CN ingest, which the broker ACL lets "
+            "read updates through $share and publish partials); [mqtt.tls] cert_file if unset."
+        ),
+    )
+    worker_key_file: Path | None = Field(
+        None,
+        description=(
+            "The workers' private key (under systemd: --tls-key); [mqtt.tls] key_file if unset."
+        ),
+    )
+
+    @field_validator("share_group")
+    @classmethod
+    def _check_group(cls, value: str) -> str:
+        return checked_identifier(value, "share_group")
+
+    @field_validator("nats_servers")
+    @classmethod
+    def _check_nats_servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if not url.startswith(("nats://", "tls://")):
+                raise ValueError(f"nats_servers entries look like nats://host:port, got {url!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_worker_tls(self) -> Self:
+        if (self.worker_cert_file is None) != (self.worker_key_file is None):
+            raise ValueError("set both worker_cert_file and worker_key_file, or neither")
+        return self
 
 
 class CoordinatorConfig(_Strict):
@@ -347,6 +426,9 @@ class CoordinatorConfig(_Strict):
     logs: LogsConfig = Field(
         default_factory=LogsConfig, description="Rotation and rate limits of logs."
     )
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig, description="Sharded ingest (ingest workers, leader)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -449,6 +531,31 @@ class CoordinatorConfig(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _check_cluster(self) -> Self:
+        """What sharded ingest cannot do (yet), refused at load with the reason."""
+        cluster = self.cluster
+        if cluster.workers == 0:
+            return self
+        if self.algorithm != FEDAVG:
+            msg = (
+                f"[cluster] workers = {cluster.workers} needs algorithm = 'fedavg': a training "
+                f"method ({self.algorithm}) reads every update's method message at the leader"
+            )
+            raise ValueError(msg)
+        if self.max_update_bytes > self.mqtt.max_message_bytes:
+            msg = (
+                f"[cluster] workers = {cluster.workers}: the workers share MQTT messages, "
+                "not whole updates, so the chunks of one chunked update would land on "
+                f"different workers; lower max_update_bytes ({self.max_update_bytes}) to "
+                f"mqtt.max_message_bytes ({self.mqtt.max_message_bytes}) or less, so that "
+                "no device chunks its update"
+            )
+            raise ValueError(msg)
+        if cluster.broker == "nats" and not cluster.nats_servers:
+            raise ValueError("[cluster] broker = 'nats' needs nats_servers")
+        return self
+
+    @model_validator(mode="after")
     def _check_rules_build(self) -> Self:
         """Build both rules once, so a bad hyperparameter fails at load, naming itself."""
         for name in (self.byzantine_defense, self.fallback_defense):
@@ -541,6 +648,8 @@ def load_coordinator_config(
         path.parent,
     )
     resolve_mqtt_paths(raw, path.parent)
+    if isinstance(raw.get("cluster"), dict):
+        resolve_paths(raw["cluster"], ("worker_cert_file", "worker_key_file"), path.parent)
     try:
         return CoordinatorConfig.model_validate(raw)
     except ValidationError as exc:

@@ -62,11 +62,22 @@ class ReputationBook:
 
     def record(self, device_id: str, good: bool) -> float:
         """Record one round's outcome for ``device_id`` and return its new reputation."""
-        current = self._reputations.get(device_id, self.initial)
-        target = 1.0 if good else 0.0
-        updated = self.decay * current + (1.0 - self.decay) * target
+        updated = self.after(device_id, good)
         self._reputations[device_id] = updated
         return updated
+
+    def after(self, device_id: str | None, good: bool) -> float:
+        """The reputation :meth:`record` would give ``device_id``, without recording it.
+
+        ``None`` stands for a device without a record. Sharded ingest's leader tells the
+        workers, before a round, the weight each device will have once the round records
+        it as good (the streaming path's weights).
+        """
+        current = (
+            self.initial if device_id is None else self._reputations.get(device_id, self.initial)
+        )
+        target = 1.0 if good else 0.0
+        return self.decay * current + (1.0 - self.decay) * target
 
     def record_many(self, outcomes: Mapping[str, bool]) -> None:
         """Record one round's outcome for each device in ``outcomes`` (``id -> good``)."""

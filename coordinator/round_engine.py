@@ -33,6 +33,13 @@ batch. What a rule needs from the step it declares (``stateful``, ``streaming``,
 ``needs_device_ids``; :mod:`byzedge.coordinator.aggregation.base`), so the step never
 tests a rule's class.
 
+Sharded ingest (:mod:`byzedge.coordinator.cluster`) feeds the streaming path from partial
+aggregates instead of rows: each ingest worker streams its share of the round into its own
+instance of the rule and the leader's rule merges the partials
+(:meth:`~byzedge.coordinator.aggregation.base.StreamingAggregator.merge`) where it would
+have accumulated the rows (``server_step(..., partials=...)``); everything else in the
+step is the same code.
+
 The step does no I/O. The :class:`~coordinator.reputation.ReputationBook`, the
 :class:`~coordinator.anomaly.AnomalyDetector` and a stateful aggregator are updated in
 place; callers keep one detector across rounds (its per-device history is part of the
@@ -56,6 +63,7 @@ from byzedge.coordinator.aggregation.base import (
     Aggregator,
     DeviceAwareAggregator,
     StreamingAggregator,
+    StreamPartial,
     num_byzantine,
 )
 from byzedge.coordinator.aggregation.clipping_vr import ClippingVR, automatic_radius
@@ -73,6 +81,7 @@ __all__ = [
     "ModelStep",
     "RoundSettings",
     "ServerStepResult",
+    "ShardPartial",
     "aggregate_with_fallback",
     "cohort_size",
     "method_server_step",
@@ -492,40 +501,59 @@ def aggregate_with_fallback(
 def _stream(
     params: NDArray[np.float32],
     ids: tuple[str, ...],
-    rows: Sequence[NDArray[np.float32]] | NDArray[np.float32],
+    rows: Sequence[NDArray[np.float32]] | NDArray[np.float32] | None,
     *,
     settings: RoundSettings,
     reputation: ReputationBook,
     aggregator: Aggregator,
     apply: ModelStep | None,
+    partials: Sequence[ShardPartial] = (),
 ) -> ServerStepResult | None:
-    """The ``O(d)`` path; ``None`` when the rule cannot stream this round (then batch)."""
+    """The ``O(d)`` path; ``None`` when the rule cannot stream this round (then batch).
+
+    With ``partials`` (sharded ingest) the rule merges them instead of accumulating rows;
+    each was accumulated with the weights this step gives its devices (checked).
+    """
     rule = cast(StreamingAggregator, aggregator)  # it declares ``streaming``
     centre = pre_round_centre(aggregator) if settings.certified_robustness else None
     try:
-        rule.start(len(rows[0]))
+        rule.start(partials[0].sums.dim if partials else len(rows[0]) if rows is not None else 0)
     except StreamingUnavailableError as exc:
+        if partials:  # the leader opened the round in sum mode: the rule state has changed
+            raise RuntimeError(f"{aggregator!r} cannot merge this round's partials") from exc
         _LOGGER.info("%r: aggregating this round in batch: %s", aggregator, exc)
         return None
     for device in ids:  # nothing is scored, so nobody is flagged
         reputation.record(device, good=True)
     weights = reputation.weights(ids) if settings.device_reputation else None
-    for index, (row, device) in enumerate(zip(rows, ids, strict=True)):
-        weight = 1.0 if weights is None else float(weights[index])
-        rule.accumulate(row, weight, device_id=device)
+    if partials:
+        listed = weights.tolist() if weights is not None else [1.0] * len(ids)
+        expected = dict(zip(ids, listed, strict=True))
+        for partial in partials:
+            _check_shard_weights(partial, expected)
+            rule.merge(partial.sums)
+    else:
+        assert rows is not None  # noqa: S101 (server_step passes rows or partials)
+        for index, (row, device) in enumerate(zip(rows, ids, strict=True)):
+            weight = 1.0 if weights is None else float(weights[index])
+            rule.accumulate(row, weight, device_id=device)
     result = rule.finish()
     aggregate = np.asarray(result.aggregate, dtype=np.float32)
     new_params = _next_params(params, aggregate, settings, apply)
-    certificate = _certificate(
-        settings,
-        rows,
-        aggregate,
-        result,
-        weights,
-        rule=aggregator,
-        used=None,
-        fallback=None,
-        centre=centre,
+    certificate = (
+        _certificate(
+            settings,
+            rows,
+            aggregate,
+            result,
+            weights,
+            rule=aggregator,
+            used=None,
+            fallback=None,
+            centre=centre,
+        )
+        if rows is not None
+        else None
     )
     return ServerStepResult(
         new_params,
@@ -542,6 +570,41 @@ def _stream(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ShardPartial:
+    """One ingest worker's share of a streamed round (sharded ingest).
+
+    Attributes
+    ----------
+    sums:
+        What the worker's rule returned from
+        :meth:`~byzedge.coordinator.aggregation.base.StreamingAggregator.partial`.
+    weights:
+        ``device -> weight`` each of the share's updates was accumulated with.
+    """
+
+    sums: StreamPartial
+    weights: Mapping[str, float]
+
+
+def _check_shard_weights(partial: ShardPartial, expected: Mapping[str, float]) -> None:
+    """Log the devices a worker weighted otherwise than this step does (its sums stand).
+
+    A worker weights a device by the reputation the leader announced for the round
+    (``ReputationBook.after(device, good=True)``); a device that was also rejected for an
+    attributable reason in the same round loses reputation first here, which the worker
+    could not know. Its update then counts with the weight it had before that rejection.
+    """
+    for device, weight in partial.weights.items():
+        if expected.get(device) != weight:
+            _LOGGER.warning(
+                "%s's update was merged with weight %.6f, the step gives it %s",
+                device,
+                weight,
+                expected.get(device),
+            )
+
+
 def server_step(
     params: NDArray[np.float32],
     device_ids: Sequence[str],
@@ -554,6 +617,7 @@ def server_step(
     misbehaving: Iterable[str] = (),
     detector: AnomalyDetector | None = None,
     apply: ModelStep | None = None,
+    partials: Sequence[ShardPartial] = (),
 ) -> ServerStepResult:
     """Run one round's server step.
 
@@ -590,18 +654,38 @@ def server_step(
         How the aggregate moves the model: a training method's server half
         (:meth:`~byzedge.methods.base.TrainingMethod.apply`, e.g. ``x - gamma g``);
         ``None`` is FedAvg's ``params + server_learning_rate * aggregate``.
+    partials:
+        Sharded ingest: the workers' partial aggregates of the round, which together hold
+        exactly the ``device_ids``' updates; ``updates`` is then ``None``. Only for a
+        streaming rule with anomaly scoring and certificates off (both need the rows).
 
     Returns
     -------
     ServerStepResult
         The new parameters and what it took to compute them.
     """
+    if partials:
+        _check_partials(partials, device_ids, updates, settings, aggregator)
     for device in misbehaving:
         reputation.record(device, good=False)
     ids = tuple(device_ids)
     skipped = len(ids) < settings.min_updates or len(ids) == 0
-    if skipped or updates is None:
+    if skipped or (updates is None and not partials):
         return ServerStepResult(params, None, ids, (), None, None, None, skipped=True)
+    if partials:
+        streamed = _stream(
+            params,
+            ids,
+            None,
+            settings=settings,
+            reputation=reputation,
+            aggregator=aggregator,
+            apply=apply,
+            partials=partials,
+        )
+        assert streamed is not None  # noqa: S101 (_stream raises rather than fall back)
+        return streamed
+    assert updates is not None  # noqa: S101 (checked above)
     if len(updates) != len(ids):
         raise ValueError(f"{len(ids)} device ids for {len(updates)} updates")
     if not settings.anomaly_detection and aggregator.streaming:
@@ -667,6 +751,25 @@ def server_step(
         clip_threshold=result.diagnostics.clip_threshold,
         certificate=certificate,
     )
+
+
+def _check_partials(
+    partials: Sequence[ShardPartial],
+    device_ids: Sequence[str],
+    updates: object,
+    settings: RoundSettings,
+    aggregator: Aggregator,
+) -> None:
+    """Raise ``ValueError`` unless ``partials`` can stand for the round's rows."""
+    if updates is not None:
+        raise ValueError("server_step takes rows or partials, not both")
+    if settings.anomaly_detection or settings.certified_robustness or not aggregator.streaming:
+        raise ValueError(
+            "partials need a streaming rule with anomaly_detection and certified_robustness off"
+        )
+    covered = [device for partial in partials for device in partial.weights]
+    if len(covered) != len(set(covered)) or set(covered) != set(device_ids):
+        raise ValueError("the partials must hold each of the round's devices exactly once")
 
 
 # -- a training method's server round (byzedge.methods) ----------------------------------

@@ -49,7 +49,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -82,6 +82,7 @@ from byzedge.coordinator.round_engine import (
     Intake,
     RoundSettings,
     ServerStepResult,
+    ShardPartial,
     method_server_step,
     sample_cohort,
     server_step,
@@ -300,10 +301,7 @@ class Coordinator:
                 f"{config.fleet}-{config.name}",
                 on_message=self._enqueue,
                 on_retained=self._enqueue_retained,
-                subscriptions=[
-                    (topics.update_wildcard(config.fleet), 1),
-                    (topics.device_status_wildcard(config.fleet), 1),
-                ],
+                subscriptions=self._subscriptions(),
                 will=Will(
                     topics.coordinator_status_topic(config.fleet),
                     json.dumps({"state": "offline"}).encode(),
@@ -887,6 +885,25 @@ class Coordinator:
         self._report(summary)
         return summary
 
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        """What the coordinator reads: every update and device status.
+
+        The leader of sharded ingest (:mod:`byzedge.coordinator.cluster.leader`) reads the
+        workers' partial aggregates instead of the updates.
+        """
+        fleet = self.config.fleet
+        return [(topics.update_wildcard(fleet), 1), (topics.device_status_wildcard(fleet), 1)]
+
+    def _step_inputs(
+        self, intake: _Intake
+    ) -> tuple[list[NDArray[np.float32]] | None, Sequence[ShardPartial]]:
+        """The server step's ``updates`` and ``partials`` for the round (rows here).
+
+        ``(d,)`` rows, stacked only if the round runs in batch. The leader of sharded
+        ingest passes the workers' partial aggregates instead when the round streams.
+        """
+        return intake.rows() or None, ()
+
     def _server_step(self, intake: _Intake) -> tuple[ServerStepResult, dict[str, str]]:
         """The round engine's server step, through the training method's server half if any.
 
@@ -894,16 +911,18 @@ class Coordinator:
         """
         settings = self._settings
         if self._method is None or self._plan is None:
+            updates, partials = self._step_inputs(intake)
             step = server_step(
                 self.state.params,
                 intake.device_ids,
-                intake.rows() or None,  # (d,) rows: stacked only if the round runs in batch
+                updates,
                 settings=settings,
                 reputation=self._reputation,
                 aggregator=self._aggregator,
                 fallback=self._fallback,
                 misbehaving=intake.misbehaving,
                 detector=self._detector,
+                partials=partials,
             )
             return step, {}
         return method_server_step(

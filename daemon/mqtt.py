@@ -77,6 +77,8 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
+AckableHandler = Callable[[str, bytes, Callable[[], None]], None]
+"""``handler(topic, payload, ack)``: a message the broker is acknowledged for only by ``ack()``."""
 ProtocolChoice = Literal["auto", "5", "3.1.1"]
 
 # How long the network thread sleeps in select() when nothing happens; keep-alive pings
@@ -344,6 +346,12 @@ class MqttClient:
         messages) across disconnects.
     seed:
         Seeds the reconnect jitter (tests); ``None`` uses the system's entropy.
+    on_ackable:
+        Manual acknowledgement (sharded ingest's competing consumers): when given, every
+        message goes to ``on_ackable(topic, payload, ack)`` instead of ``on_message``, and
+        the broker gets its PUBACK only once ``ack()`` is called (thread-safe, idempotent;
+        the network thread sends it). An ack for a message of an earlier connection is
+        dropped: the broker has re-queued or (clean session) discarded that message.
 
     Raises
     ------
@@ -363,6 +371,7 @@ class MqttClient:
         on_connect: Callable[[ConnectInfo], None] | None = None,
         persistent_session: bool = False,
         seed: int | None = None,
+        on_ackable: AckableHandler | None = None,
     ) -> None:
         self.settings = settings
         self.client_id = client_id
@@ -373,6 +382,9 @@ class MqttClient:
         self._will = will
         self._on_connect_hook = on_connect
         self._persistent = persistent_session
+        self._on_ackable = on_ackable
+        # Manual acks waiting for the network thread: (connection number, mid, qos).
+        self._acks: deque[tuple[int, int, int]] = deque()
         self._rng = random.Random(seed)
         self._delays: Iterator[float] = self._new_backoff()
         self._password = _read_password(settings.password_file)
@@ -616,6 +628,7 @@ class MqttClient:
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else not self._persistent,
             reconnect_on_failure=False,
+            manual_ack=self._on_ackable is not None,
         )
         # Our own queue bounds what waits; paho's in-flight window is the broker's.
         client.max_queued_messages_set(0)
@@ -643,6 +656,7 @@ class MqttClient:
         if self.connected.is_set():
             self._hand_over_subscription_changes(client)
             self._hand_over_outgoing(client)
+            self._hand_over_acks(client)
         elif self._connack_overdue(sock):
             return False
         readers: list[Any] = [sock, self._wake_r]  # both exist: start() made the pair
@@ -878,11 +892,41 @@ class MqttClient:
             self.subscribed.set()
 
     def _handle_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self._on_ackable is not None:
+            self._hand_ackable(msg)
+            return
         try:
             handler = self._on_retained if msg.retain else self._on_message
             handler(msg.topic, bytes(msg.payload))
         except Exception:  # a consumer bug must never kill the network thread
             _LOGGER.exception("client %s: message handler failed", self.client_id)
+
+    def _hand_ackable(self, msg: paho.MQTTMessage) -> None:
+        connection, mid, qos = self.connect_count, msg.mid, msg.qos
+        done = threading.Event()
+
+        def ack() -> None:
+            if qos == 0 or done.is_set():
+                return
+            done.set()
+            with self._lock:
+                self._acks.append((connection, mid, qos))
+            self._wake()
+
+        try:
+            assert self._on_ackable is not None  # noqa: S101 (checked by the caller)
+            self._on_ackable(msg.topic, bytes(msg.payload), ack)
+        except Exception:  # a consumer bug must never kill the network thread
+            _LOGGER.exception("client %s: message handler failed", self.client_id)
+
+    def _hand_over_acks(self, client: paho.Client) -> None:
+        while True:
+            with self._lock:
+                if not self._acks:
+                    return
+                connection, mid, qos = self._acks.popleft()
+            if connection == self.connect_count:
+                client.ack(mid, qos)
 
     # -- helpers -----------------------------------------------------------------------
 

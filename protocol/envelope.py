@@ -43,8 +43,8 @@ ENVELOPE_VERSION: Final = 1
 _DOMAIN: Final = b"byzedge/envelope/v1\x00"
 _MAX_HEADER_BYTES: Final = 64 * 1024
 
-MessageKind = Literal["update", "model"]
-_KINDS: Final = frozenset({"update", "model"})
+MessageKind = Literal["update", "model", "receipt", "context"]
+_KINDS: Final = frozenset({"update", "model", "receipt", "context"})
 _T = TypeVar("_T")
 
 
@@ -55,7 +55,10 @@ class Header:
     Attributes
     ----------
     kind:
-        ``"update"`` (device to coordinator) or ``"model"`` (coordinator to devices).
+        ``"update"`` (device to coordinator), ``"model"`` (coordinator to devices), or, with
+        sharded ingest, ``"receipt"`` (the leader's receipts, to devices and ingest workers)
+        and ``"context"`` (the leader's round context, to ingest workers). Every receiver
+        checks the kind it expects, so one kind never passes for another.
     fleet:
         The fleet the message belongs to.
     sender:

@@ -7,6 +7,15 @@ Layout (MQTT 3.1.1 is enough; all metadata travels in the signed envelope)::
     byzedge/{fleet}/status/{device_id}         retained device status, last will "offline"
     byzedge/{fleet}/coordinator/status         JSON round summary (coordinator)
     byzedge/{fleet}/alerts                     suspicious-device alerts (coordinator)
+
+Sharded ingest (``[cluster] workers > 0``; coordinator/cluster/) adds::
+
+    $share/{group}/byzedge/{fleet}/update/+    the update stream, shared by the ingest
+                                               workers (MQTT v5 shared subscription)
+    byzedge/{fleet}/partial/{worker}           a worker's partial aggregate, QoS 1 (to the leader)
+    byzedge/{fleet}/cluster/context            retained, signed round context (leader to workers)
+    byzedge/{fleet}/receipts                   retained, signed receipts: the devices whose
+                                               update the leader holds (to devices, workers)
 """
 
 from __future__ import annotations
@@ -20,12 +29,18 @@ __all__ = [
     "RESERVED_DEVICE_IDS",
     "alerts_topic",
     "broadcast_topic",
+    "context_topic",
     "coordinator_status_topic",
     "device_status_topic",
     "device_status_wildcard",
     "model_topic",
     "parse_device_topic",
+    "parse_partial_topic",
+    "partial_topic",
+    "partial_wildcard",
+    "receipts_topic",
     "resync_topic",
+    "shared_update_filter",
     "update_topic",
     "update_wildcard",
     "validate_device_id",
@@ -126,6 +141,51 @@ def coordinator_status_topic(fleet: str) -> str:
 def alerts_topic(fleet: str) -> str:
     """Topic of suspicious-device alerts."""
     return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/alerts"
+
+
+def shared_update_filter(group: str, fleet: str) -> str:
+    """The MQTT v5 shared subscription that spreads every update over ``group``'s members.
+
+    ``$share/{group}/byzedge/{fleet}/update/+``: each message goes to one member of the
+    group (mosquitto, EMQX and HiveMQ alike), while a plain subscriber still gets them all.
+    """
+    return f"$share/{validate_identifier(group, 'share group')}/{update_wildcard(fleet)}"
+
+
+def partial_topic(fleet: str, worker: str) -> str:
+    """Topic on which ingest worker ``worker`` publishes its partial aggregates."""
+    fleet = validate_identifier(fleet, "fleet")
+    return f"{PREFIX}/{fleet}/partial/{validate_identifier(worker, 'worker id')}"
+
+
+def partial_wildcard(fleet: str) -> str:
+    """Subscription filter matching every ingest worker's partial topic (the leader's)."""
+    return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/partial/+"
+
+
+def parse_partial_topic(topic: str, fleet: str) -> str:
+    """Return the worker id of ``byzedge/{fleet}/partial/{worker}``.
+
+    Raises
+    ------
+    TopicError
+        When the topic does not have that exact shape.
+    """
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != PREFIX or parts[1] != fleet or parts[2] != "partial":
+        msg = f"unexpected topic {topic!r} for fleet {fleet!r} partials"
+        raise TopicError(msg)
+    return validate_identifier(parts[3], "worker id")
+
+
+def context_topic(fleet: str) -> str:
+    """Topic of the leader's retained, signed round context (read by ingest workers)."""
+    return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/cluster/context"
+
+
+def receipts_topic(fleet: str) -> str:
+    """Topic of the leader's retained, signed receipts (read by devices and workers)."""
+    return f"{PREFIX}/{validate_identifier(fleet, 'fleet')}/receipts"
 
 
 def parse_device_topic(topic: str, fleet: str, kind: str) -> str:

@@ -41,6 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_rule_flags(run)
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     add_runtime_flags(run, "coordinator.key")
+    worker = sub.add_parser(
+        "ingest-worker",
+        help="one of the [cluster] workers: verify, decode and fold a share of the updates",
+    )
+    worker.add_argument("--config", type=Path, required=True, help="coordinator.toml")
+    worker.add_argument(
+        "--worker", type=int, required=True, metavar="N", help="this worker's number, 1..K"
+    )
+    worker.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
+    worker.add_argument(
+        "--state-dir", type=Path, help="override state_dir (systemd: ${STATE_DIRECTORY})"
+    )
+    worker.add_argument(
+        "--tls-key",
+        type=Path,
+        help="override [cluster] worker_key_file (systemd: ${CREDENTIALS_DIRECTORY}/ingest.key)",
+    )
     check = sub.add_parser(
         "check-config",
         help="check coordinator.toml and what breaks at run time: keys, certificates, devices",
@@ -118,6 +135,10 @@ def main(argv: Sequence[str]) -> int:
         return _reputation(args)
     if args.action == "enrol":
         return _enrol(args)
+    if args.action == "ingest-worker":
+        from byzedge.commands._cluster import run_ingest_worker  # noqa: PLC0415
+
+        return run_ingest_worker(args)
     overrides: dict[str, object] = dict(runtime_overrides(args))
     for name in ("rounds", "byzantine_defense", "max_byzantine_fraction", "certified_robustness"):
         if getattr(args, name, None) is not None:
@@ -167,6 +188,10 @@ def _run(
     from byzedge.daemon.signals import install_signal_handlers  # noqa: PLC0415
 
     configure_logging(args.log_level, journald=running_under_journald())
+    if config.cluster.workers > 0:
+        from byzedge.commands._cluster import run_leader  # noqa: PLC0415
+
+        return run_leader(config, key, devices)
     try:
         coordinator = Coordinator(config, signing_key=key, devices=devices)
     except ValueError as exc:
@@ -196,6 +221,10 @@ def _offline_problems(config: CoordinatorConfig) -> list[str]:
     if config.enrolment == "postgres":
         problems += _postgres_problems(config)
     problems += tls_problems(config.mqtt, ACCOUNT)
+    if config.cluster.workers > 0 and config.cluster.worker_cert_file is not None:
+        from byzedge.commands._cluster import WORKER_ACCOUNT, worker_mqtt  # noqa: PLC0415
+
+        problems += tls_problems(worker_mqtt(config, None), WORKER_ACCOUNT)
     problems += state_dir_problems(config.state_dir)
     # The model's template, read without torch as the running coordinator reads it.
     spec, reason = resolve_model(config.model, config.model_template)

@@ -39,6 +39,7 @@ __all__ = [
     "StatefulAggregator",
     "StreamingAggregator",
     "StreamingUnavailableError",
+    "StreamPartial",
     "StreamSum",
     "UpdateMatrix",
     "UpdateVector",
@@ -47,6 +48,7 @@ __all__ = [
     "row_norms",
     "stream_dim_of",
     "unless_uniform",
+    "check_partial",
     "validate_fraction",
     "validate_positive",
     "validate_positive_int",
@@ -244,6 +246,36 @@ class StreamingAggregator(Aggregator, Protocol):
         """Close the round and return its aggregate (``ValueError`` if nothing had weight)."""
         ...
 
+    def partial(self) -> StreamPartial:
+        """The open round's accumulator, to be merged into another instance's round.
+
+        Sharded ingest (coordinator/cluster/): each ingest worker streams its share of a
+        round's updates into its own instance (same configuration, same state) and sends
+        :meth:`partial`; the leader's instance :meth:`merge` s them and calls
+        :meth:`finish`. The round stays open here.
+
+        Raises
+        ------
+        ValueError
+            When no round is open.
+        StreamingUnavailableError
+            When this configuration cannot be merged exactly (each rule says when).
+        """
+        ...
+
+    def merge(self, partial: StreamPartial) -> None:
+        """Fold another instance's :meth:`partial` into the open round (``start`` if needed).
+
+        Exact: the result of :meth:`finish` equals streaming every contribution here, up
+        to the order of the float64 additions (each rule states its merge).
+
+        Raises
+        ------
+        ValueError
+            When ``partial`` is for another rule, dimension or radius, or repeats a device.
+        """
+        ...
+
 
 def validate_stream_dim(dim: object) -> int:
     """Return ``dim`` as an int if it is an integer ``>= 1``, else raise ``ValueError``."""
@@ -289,6 +321,94 @@ class StreamSum:
         if not self.total > 0:
             raise ValueError("weights must have a positive sum, got all zeros")
         return np.asarray(self._sum / self.total, dtype=np.float32)
+
+    def sum_vector(self) -> NDArray[np.float64]:
+        """A copy of the float64 ``(d,)`` running sum ``sum_i w_i v_i``."""
+        return self._sum.copy()
+
+    def merge(self, vector: NDArray[np.float64], total: float, count: int) -> None:
+        """Add another stream's sum, weight total and count (``S += S'``, ``W += W'``)."""
+        self._sum += vector
+        self.total += total
+        self.count += count
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPartial:
+    """The accumulator of an open streamed round, for an exact merge into another instance.
+
+    A streaming rule whose aggregate is a sum (``mean``, ``norm-clipping``, ``clipping-vr``
+    with a known radius) keeps float64 running sums and per-contribution scalars; a
+    partial is a copy of them. Sums add and lists concatenate, so merging the partials of
+    disjoint shares of a round gives what one instance streaming every update would have
+    kept, up to the order of the float64 additions.
+
+    Attributes
+    ----------
+    rule:
+        Registry name of the rule that made it.
+    dim:
+        ``d``.
+    count:
+        Contributions accumulated.
+    total:
+        ``sum_i w_i``.
+    radius:
+        The clip radius every contribution was clipped with (``None`` for ``mean``); a
+        merge refuses a partial clipped with another radius.
+    vectors:
+        Named float64 ``(d,)`` sums (``"sum"``; clipping-vr's ``"base"`` and ``"step"``).
+    scalars:
+        Named float64 ``(count,)`` per-contribution values in accumulation order (weights,
+        norms, distances, clip factors: what the rule's diagnostics and state need).
+    devices:
+        Ids of the contributions given with one, in order (a merge refuses a device the
+        round already holds, where the rule tracks devices).
+    """
+
+    rule: str
+    dim: int
+    count: int
+    total: float
+    radius: float | None
+    vectors: Mapping[str, NDArray[np.float64]]
+    scalars: Mapping[str, NDArray[np.float64]]
+    devices: tuple[str, ...] = ()
+
+
+def check_partial(
+    partial: StreamPartial,
+    rule: str,
+    dim: int,
+    *,
+    vectors: Sequence[str],
+    scalars: Sequence[str] = (),
+    radius: float | None = None,
+) -> None:
+    """Raise ``ValueError`` unless ``partial`` fits a round of ``rule`` over ``dim``.
+
+    It must name ``rule``, have dimension ``dim``, hold exactly the named float64 ``(d,)``
+    ``vectors`` and ``(count,)`` ``scalars``, finite, a finite total ``>= 0`` and the same
+    clip ``radius``.
+    """
+    if partial.rule != rule:
+        raise ValueError(f"{rule}: cannot merge a partial of {partial.rule!r}")
+    if partial.dim != dim:
+        raise ValueError(f"{rule}: cannot merge a partial of dim {partial.dim} into dim {dim}")
+    if partial.radius != radius:
+        raise ValueError(
+            f"{rule}: partial clipped with radius {partial.radius!r}, this round uses {radius!r}"
+        )
+    if set(partial.vectors) != set(vectors) or set(partial.scalars) != set(scalars):
+        raise ValueError(f"{rule}: partial holds the wrong sums")
+    for vector in partial.vectors.values():
+        if vector.shape != (dim,) or not np.isfinite(vector).all():
+            raise ValueError(f"{rule}: partial sums must be finite float64 ({dim},)")
+    for values in partial.scalars.values():
+        if values.shape != (partial.count,) or not np.isfinite(values).all():
+            raise ValueError(f"{rule}: partial scalars must be finite, one per contribution")
+    if partial.count < 0 or not (np.isfinite(partial.total) and partial.total >= 0):
+        raise ValueError(f"{rule}: partial count and total must be >= 0")
 
 
 def stream_dim_of(update: ArrayLike) -> int:

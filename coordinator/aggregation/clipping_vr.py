@@ -20,9 +20,11 @@ from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     StreamingUnavailableError,
+    StreamPartial,
     UpdateMatrix,
     UpdateVector,
     Weights,
+    check_partial,
     ensure_finite,
     row_norms,
     stream_dim_of,
@@ -203,6 +205,18 @@ class ClippingVR:
     next. Without a previous radius, :meth:`start` raises
     :class:`~coordinator.aggregation.base.StreamingUnavailableError` and the caller
     aggregates that round in batch.
+
+    **Merge** (sharded ingest, :meth:`partial`, :meth:`merge`): instances with the same
+    state (so the same reference ``r`` and radius ``τ``) stream disjoint shares ``A`` and
+    ``B`` of a round; they merge as ``base = base_A + base_B`` (sums of ``w_i r``), ``step
+    = step_A + step_B`` (sums of ``w_i c_i (x_i - r)``), ``W = W_A + W_B``, and their
+    weights, distances, clip factors and devices concatenate. ``finish`` then returns
+    ``(base + step) / W`` and records the median of all the distances, exactly what one
+    instance streaming both shares records, up to the order of the float64 additions. A
+    partial clipped with another ``τ`` is refused. ``"per-device"`` references are not
+    merged (each device's new reference is a ``(d,)`` vector, i.e. the rows themselves):
+    :meth:`partial` raises
+    :class:`~coordinator.aggregation.base.StreamingUnavailableError` in that mode.
 
     Parameters
     ----------
@@ -430,6 +444,76 @@ class ClippingVR:
             stream.devices[device_id] = (
                 (ref + np.float32(c) * difference).astype(np.float32) if per_device else ref
             )
+
+    def partial(self) -> StreamPartial:
+        """The open round's sums and per-update scalars (see the class notes).
+
+        Raises
+        ------
+        ValueError
+            When no round is open.
+        StreamingUnavailableError
+            With ``"per-device"`` references.
+        """
+        stream = self._stream
+        if stream is None:
+            raise ValueError("clipping-vr: no round is open")
+        if self.reference_mode == "per-device":
+            raise StreamingUnavailableError(
+                "clipping-vr: per-device references are (d,) vectors per device and do not "
+                "merge into sums; aggregate such rounds from the rows"
+            )
+        return StreamPartial(
+            self.name,
+            stream.dim,
+            len(stream.distances),
+            stream.total,
+            stream.tau,
+            {"base": stream.base.copy(), "step": stream.step.copy()},
+            {
+                "weights": np.array(stream.weights),
+                "distances": np.array(stream.distances),
+                "factors": np.array(stream.factors),
+            },
+            tuple(stream.devices),
+        )
+
+    def merge(self, partial: StreamPartial) -> None:
+        """Fold another instance's share of the round into the open one (see the class notes).
+
+        Raises
+        ------
+        ValueError
+            For another rule, dimension or radius, ``"per-device"`` references, or a device
+            that already contributed.
+        StreamingUnavailableError
+            When no round is open and :meth:`start` cannot open one.
+        """
+        if self._stream is None:
+            self.start(partial.dim)
+        stream = self._stream
+        assert stream is not None  # noqa: S101 (start() set it or raised)
+        if self.reference_mode == "per-device":
+            raise ValueError("clipping-vr: per-device references do not merge")
+        check_partial(
+            partial,
+            self.name,
+            stream.dim,
+            vectors=("base", "step"),
+            scalars=("weights", "distances", "factors"),
+            radius=stream.tau,
+        )
+        repeated = set(partial.devices) & stream.devices.keys()
+        if repeated or len(set(partial.devices)) != len(partial.devices):
+            raise ValueError(f"devices {sorted(repeated)} already contributed to this round")
+        glob = self._global_reference(stream.dim)
+        stream.base += partial.vectors["base"]
+        stream.step += partial.vectors["step"]
+        stream.total += partial.total
+        stream.weights.extend(partial.scalars["weights"].tolist())
+        stream.distances.extend(partial.scalars["distances"].tolist())
+        stream.factors.extend(partial.scalars["factors"].tolist())
+        stream.devices.update(dict.fromkeys(partial.devices, glob))
 
     def finish(self) -> AggregationResult:
         """Close the streamed round, update the state and return the aggregate.

@@ -15,10 +15,12 @@ from byzedge.coordinator.aggregation._kernels import all_finite, combine_rows
 from byzedge.coordinator.aggregation.base import (
     NON_FINITE_MESSAGE,
     AggregationResult,
+    StreamPartial,
     StreamSum,
     UpdateMatrix,
     UpdateVector,
     Weights,
+    check_partial,
     ensure_finite,
     stream_dim_of,
     validate_stream_update,
@@ -92,6 +94,11 @@ class Mean:
     Streaming (:meth:`start`, :meth:`accumulate`, :meth:`finish`) keeps the running
     float64 sum ``sum_i w_i x_i`` and ``sum_i w_i``: ``O(d)`` memory, the batch result up
     to float rounding.
+
+    Merge (sharded ingest, :meth:`partial`, :meth:`merge`): shares ``A`` and ``B`` of a
+    round merge as ``S = S_A + S_B``, ``W = W_A + W_B``, so ``finish`` returns
+    ``(S_A + S_B) / (W_A + W_B) = sum_i w_i x_i / sum_i w_i`` over both shares: exact, the
+    float64 additions only happen in another order.
     """
 
     name: ClassVar[str] = "mean"
@@ -115,6 +122,30 @@ class Mean:
         stream = self._stream
         assert stream is not None  # noqa: S101 (start() set it or raised)
         stream.add(validate_stream_update(update, stream.dim), validate_stream_weight(weight))
+
+    def partial(self) -> StreamPartial:
+        """The open round's ``S`` and ``W`` (see the class notes); the round stays open."""
+        if self._stream is None:
+            raise ValueError("mean: no round is open")
+        stream = self._stream
+        return StreamPartial(
+            self.name,
+            stream.dim,
+            stream.count,
+            stream.total,
+            None,
+            {"sum": stream.sum_vector()},
+            {},
+        )
+
+    def merge(self, partial: StreamPartial) -> None:
+        """Add another share's ``S`` and ``W`` to the open round (``start`` if needed)."""
+        if self._stream is None:
+            self.start(partial.dim)
+        stream = self._stream
+        assert stream is not None  # noqa: S101 (start() set it or raised)
+        check_partial(partial, self.name, stream.dim, vectors=("sum",))
+        stream.merge(partial.vectors["sum"], partial.total, partial.count)
 
     def finish(self) -> AggregationResult:
         """Return the weighted mean of the streamed updates and close the round."""

@@ -16,8 +16,10 @@ from byzedge.coordinator.aggregation.base import (
     AggregationDiagnostics,
     AggregationResult,
     StreamingUnavailableError,
+    StreamPartial,
     StreamSum,
     UpdateMatrix,
+    check_partial,
     ensure_finite,
     row_norms,
     stream_dim_of,
@@ -48,6 +50,11 @@ class NormClipping:
     only once every update has been seen, and a stateless rule has no previous round to
     borrow it from, so :meth:`start` then raises
     :class:`~coordinator.aggregation.base.StreamingUnavailableError` (aggregate in batch).
+
+    Merge (sharded ingest, :meth:`partial`, :meth:`merge`): with the same fixed ``M`` on
+    every share, shares ``A`` and ``B`` merge as ``S = S_A + S_B`` (sums of
+    ``w_i c_i x_i``), ``W = W_A + W_B``, and their norms and clip factors concatenate:
+    exact, the float64 additions only happen in another order.
 
     Parameters
     ----------
@@ -123,6 +130,39 @@ class NormClipping:
         stream.add(vector, w, factor)
         self._norms.append(float(norm[0]))
         self._factors.append(factor)
+
+    def partial(self) -> StreamPartial:
+        """The open round's sum, weights, norms and factors; the round stays open."""
+        if self._stream is None:
+            raise ValueError("norm-clipping: no round is open")
+        stream = self._stream
+        return StreamPartial(
+            self.name,
+            stream.dim,
+            stream.count,
+            stream.total,
+            self.clip_norm,
+            {"sum": stream.sum_vector()},
+            {"norms": np.array(self._norms), "factors": np.array(self._factors)},
+        )
+
+    def merge(self, partial: StreamPartial) -> None:
+        """Add another share, clipped with the same ``clip_norm``, to the open round."""
+        if self._stream is None:
+            self.start(partial.dim)
+        stream = self._stream
+        assert stream is not None  # noqa: S101 (start() set it or raised)
+        check_partial(
+            partial,
+            self.name,
+            stream.dim,
+            vectors=("sum",),
+            scalars=("norms", "factors"),
+            radius=self.clip_norm,
+        )
+        stream.merge(partial.vectors["sum"], partial.total, partial.count)
+        self._norms.extend(partial.scalars["norms"].tolist())
+        self._factors.extend(partial.scalars["factors"].tolist())
 
     def finish(self) -> AggregationResult:
         """Return the mean of the clipped streamed updates and close the round."""
