@@ -78,7 +78,9 @@ def run(algorithm: str, sparsity: float | None, args: argparse.Namespace) -> Row
     broker = InMemoryBroker()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        fleet = InProcessFleet(spec, Path(workdir), on_round=summaries.append, transport=broker.connect)
+        fleet = InProcessFleet(
+            spec, Path(workdir), on_round=summaries.append, transport=broker.connect
+        )
         if fleet.run() != 0:
             raise SystemExit(f"{algorithm} run failed")
     seconds = time.perf_counter() - started
