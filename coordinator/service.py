@@ -378,6 +378,7 @@ class Coordinator:
         stop = stop or threading.Event()
         cfg = self.config
         self._open_logs()
+        self._recover_summary()
         self._serve_metrics()
         self._audit_event("coordinator-start", completed_round=self.state.completed_round)
         self._checkpoint()
@@ -843,9 +844,6 @@ class Coordinator:
             state.aggregator = rule_state(self._aggregator)
         if self._method is not None:
             state.method = self._method_state.to_plain()
-        self._store.save(state)
-        # Saved: the round's updates are in the model now, the journal has done its job.
-        self._journal.clear()
         scores = {flag.device_id: round(flag.score, 3) for flag in step.flags}
         reasons = {flag.device_id: flag.reason for flag in step.flags}
         summary = RoundSummary(
@@ -882,8 +880,32 @@ class Coordinator:
             full_round=self._plan.full if self._plan is not None else None,
             method_dropped=dict(sorted(dropped.items())),
         )
+        # The summary is saved with the round, so a coordinator killed before it reached
+        # rounds.jsonl writes it at restart (_recover_summary) instead of losing the line.
+        state.last_summary = summary.to_json()
+        self._store.save(state)
+        # Saved: the round's updates are in the model now, the journal has done its job.
+        self._journal.clear()
         self._report(summary)
         return summary
+
+    def _recover_summary(self) -> None:
+        """Write the saved round's summary line if a kill came between save and report."""
+        saved = self.state.last_summary
+        if saved is None or self._rounds_log is None:
+            return
+        newest = next(self._rounds_log.reversed_lines(), None)
+        try:
+            logged = int(json.loads(newest)["round"]) if newest is not None else 0
+        except (ValueError, KeyError, TypeError):
+            logged = 0  # a torn last line: the saved summary is still the newest
+        if logged >= self.state.completed_round:
+            return
+        self._rounds_log.append_line(saved)
+        self._audit_event("round-summary-recovered", round=self.state.completed_round)
+        _LOGGER.info(
+            "round %d: summary line recovered from the saved state", self.state.completed_round
+        )
 
     def _subscriptions(self) -> list[tuple[str, int]]:
         """What the coordinator reads: every update and device status.

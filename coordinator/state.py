@@ -38,6 +38,8 @@ class CoordinatorState:
     """``AnomalyDetector.state_dict()``; empty before the first save (and in old files)."""
     method: dict[str, Any] | None = None
     """A training method's ``ServerState.to_plain()`` (``None`` for FedAvg)."""
+    last_summary: str | None = None
+    """The completed round's summary line, written to rounds.jsonl after the save."""
 
     def to_document(self) -> dict[str, Any]:
         """Return the msgpack-friendly document that is stored."""
@@ -54,6 +56,7 @@ class CoordinatorState:
             "rejected_total": dict(self.rejected_total),
             "anomaly": self.anomaly,
             "method": self.method,
+            "last_summary": self.last_summary,
         }
 
     @classmethod
@@ -73,6 +76,9 @@ class CoordinatorState:
                 rejected_total={str(k): int(v) for k, v in document["rejected_total"].items()},
                 anomaly=dict(document.get("anomaly") or {}),
                 method=document.get("method"),
+                last_summary=(
+                    summary if isinstance(summary := document.get("last_summary"), str) else None
+                ),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             msg = f"coordinator state is missing or mistypes a field: {exc}"

@@ -70,11 +70,9 @@ def test_ef21_mirrors_survive_sigkills_of_a_device_and_the_coordinator(fleet: Fl
 
     summaries = fleet.rounds()
     rounds = [s["round"] for s in summaries]
-    # A SIGKILL after a round's state is saved but before its summary line is written
-    # loses that line (the round itself is kept): allow that one gap, nothing else.
-    assert rounds == sorted(set(rounds))
-    assert rounds[-1] == last
-    assert len(rounds) >= last - 1
+    # A SIGKILL between a round's state save and its summary line is made good at restart
+    # from the saved summary: every round has exactly one line.
+    assert rounds == list(range(1, last + 1))
     assert all(s["algorithm"] == "byz-ef21" for s in summaries)
     accuracies = [s["validation_accuracy"] for s in summaries]
     assert accuracies[-1] > accuracies[0] + 0.2, accuracies

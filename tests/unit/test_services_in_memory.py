@@ -8,6 +8,7 @@ refused device reports, without sockets. The same behaviours over a real mosquit
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -128,3 +129,28 @@ def test_worker_momentum_survives_an_agent_restart(tmp_path: Path) -> None:
     assert saved["momentum"] == kept.astype("<f4").tobytes()
     assert restarted._pipeline.momentum is not None
     np.testing.assert_array_equal(restarted._pipeline.momentum, kept)
+
+
+def test_a_summary_line_cut_by_a_kill_is_written_at_restart(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    fleet, _ = build(tmp_path, broker, rounds=2)
+    assert fleet.run() == 0
+    log = tmp_path / "coordinator" / "rounds.jsonl"
+    lines = log.read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2]
+    # What a SIGKILL between round 2's state save and its summary line leaves behind.
+    log.write_text(lines[0] + "\n")
+
+    restarted, _ = build(tmp_path, broker, rounds=2)
+    assert restarted.run() == 0
+
+    recovered = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [s["round"] for s in recovered] == [1, 2]
+    assert recovered[1] | {"audit_head": None} == json.loads(lines[1]) | {"audit_head": None}
+    audit = (tmp_path / "coordinator" / "audit.jsonl").read_text()
+    assert audit.count('"round-summary-recovered"') == 1
+
+    # Nothing is written twice on the next start.
+    again, _ = build(tmp_path, broker, rounds=2)
+    assert again.run() == 0
+    assert len(log.read_text().splitlines()) == 2
