@@ -52,10 +52,12 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from byzedge.daemon.backoff import exponential_backoff
 from byzedge.protocol.chunking import DEFAULT_MAX_MESSAGE_BYTES, split_payload
+from byzedge.protocol.errors import TopicError
+from byzedge.protocol.topics import validate_nats_topic
 
 __all__ = [
     "ConnectInfo",
@@ -145,6 +147,23 @@ class MqttSettings(BaseModel):
         "mqtt://127.0.0.1:1883",
         description="Broker URL, mqtt://host:port or mqtts://host:port.",
     )
+    fallback_urls: tuple[str, ...] = Field(
+        (),
+        description=(
+            "Other nodes of a clustered broker (NATS), same scheme as url. The client moves "
+            "to the next URL (url first, then these, round robin) whenever a connection "
+            "attempt fails or an open connection is lost."
+        ),
+    )
+    topic_rules: Literal["mqtt", "nats"] = Field(
+        "mqtt",
+        description=(
+            "'nats' refuses, before they reach the broker, the topics and QoS that "
+            "nats-server 2.9 answers by dropping the connection ('.' or space in a topic "
+            "level, '*' or '>' as a level, QoS 2); paho would re-send such a message on "
+            "every reconnect, forever."
+        ),
+    )
     protocol: ProtocolChoice = Field(
         "auto",
         description=(
@@ -184,6 +203,20 @@ class MqttSettings(BaseModel):
     def _check_url(cls, value: str) -> str:
         parse_broker_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_fallback_urls(self) -> MqttSettings:
+        use_tls = parse_broker_url(self.url)[2]
+        for url in self.fallback_urls:
+            if parse_broker_url(url)[2] != use_tls:
+                msg = f"fallback URL {url!r} must use the same scheme as url {self.url!r}"
+                raise ValueError(msg)
+        return self
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """Every broker URL, in the order they are tried: ``url``, then the fallbacks."""
+        return (self.url, *self.fallback_urls)
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:
@@ -376,6 +409,10 @@ class MqttClient:
         self.settings = settings
         self.client_id = client_id
         self._host, self._port, use_tls = parse_broker_url(settings.url)
+        # The broker in use (url, or a fallback after a failure): see _next_broker.
+        self.broker_url = settings.url
+        self._broker_index = 0
+        self._broker_changed = False
         self._on_message = on_message
         self._on_retained = on_retained or on_message
         self._subscriptions = list(subscriptions)
@@ -444,7 +481,8 @@ class MqttClient:
         self._thread.start()
         if wait_s is not None and not self.connected.wait(wait_s):
             reason = f": {self.last_error}" if self.last_error else ""
-            msg = f"no connection to {self.settings.url} within {wait_s} s{reason}"
+            urls = ", ".join(self.settings.broker_urls)
+            msg = f"no connection to {urls} within {wait_s} s{reason}"
             raise MqttTimeoutError(msg)
 
     def stop(self, flush_s: float = 5.0) -> None:
@@ -491,6 +529,11 @@ class MqttClient:
         MqttPayloadError
             For a retained payload over the size limit.
         """
+        if self.settings.topic_rules == "nats":
+            refusal = _nats_refusal(topic, qos)
+            if refusal is not None:
+                _LOGGER.error("client %s: not sending: %s", self.client_id, refusal)
+                return Delivery.failed(topic, refusal)
         limit = self.settings.max_message_bytes
         if retain and len(payload) > limit:
             msg = f"retained payload of {len(payload)} bytes exceeds {limit}"
@@ -561,11 +604,13 @@ class MqttClient:
                         self._wait_for_wake(min(next_attempt - now, _IDLE_WAIT_S))
                         continue
                     if not self._open_connection():
+                        self._next_broker()
                         next_attempt = time.monotonic() + next(self._delays)
                         continue
                 if not self._service_socket():
                     self._connection_lost()
                     self._maybe_switch_protocol()
+                    self._next_broker()
                     next_attempt = time.monotonic() + next(self._delays)
         except Exception:  # a bug here must not leave callers waiting forever
             _LOGGER.exception("client %s: network thread failed", self.client_id)
@@ -587,13 +632,20 @@ class MqttClient:
         try:
             # reconnect() keeps paho's unacknowledged QoS 1 messages and re-sends them
             # after the CONNACK; connect() would also re-arm v5's clean start.
-            rc = client.reconnect() if self._paho_has_connected else self._first_connect(client)
+            # After a move to another broker, connect() points paho at the new host (its
+            # host setter refuses while paho thinks a connection is open); paho still
+            # re-sends its unacknowledged QoS 1 messages there after the CONNACK.
+            if self._paho_has_connected and not self._broker_changed:
+                rc = client.reconnect()
+            else:
+                rc = self._first_connect(client)
+            self._broker_changed = False
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self._record_failure(f"cannot reach {self.settings.url}: {_describe(exc)}")
+            self._record_failure(f"cannot reach {self.broker_url}: {_describe(exc)}")
             return False
         self._paho_has_connected = True
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._record_failure(f"cannot connect to {self.settings.url}: {paho.error_string(rc)}")
+            self._record_failure(f"cannot connect to {self.broker_url}: {paho.error_string(rc)}")
             return False
         sock = client.socket()
         if isinstance(sock, socket.socket):
@@ -602,6 +654,17 @@ class MqttClient:
         self._socket_open = True
         self._opened_at = time.monotonic()
         return True
+
+    def _next_broker(self) -> None:
+        """Move to the next broker URL (a no-op with a single URL)."""
+        urls = self.settings.broker_urls
+        if len(urls) < 2:
+            return
+        self._broker_index = (self._broker_index + 1) % len(urls)
+        self.broker_url = urls[self._broker_index]
+        self._host, self._port, _tls = parse_broker_url(self.broker_url)
+        self._broker_changed = True
+        _LOGGER.info("client %s: next broker %s", self.client_id, self.broker_url)
 
     def _first_connect(self, client: paho.Client) -> MQTTErrorCode:
         keepalive = self.settings.keepalive_s
@@ -664,7 +727,7 @@ class MqttClient:
         try:
             readable, _writable, _ = select.select(readers, writers, [], _IDLE_WAIT_S)
         except (OSError, ValueError) as exc:  # the socket was closed under us
-            self._record_failure(f"connection to {self.settings.url} lost: {_describe(exc)}")
+            self._record_failure(f"connection to {self.broker_url} lost: {_describe(exc)}")
             return False
         if self._wake_r in readable:
             self._drain_wake()
@@ -684,12 +747,12 @@ class MqttClient:
             if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 rc = client.loop_misc()
         except (OSError, ssl.SSLError) as exc:
-            self._record_failure(f"connection to {self.settings.url} lost: {_describe(exc)}")
+            self._record_failure(f"connection to {self.broker_url} lost: {_describe(exc)}")
             return False
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
             if self.last_error is None or self.connected.is_set():
                 self._record_failure(
-                    f"connection to {self.settings.url} lost: {paho.error_string(rc)}"
+                    f"connection to {self.broker_url} lost: {paho.error_string(rc)}"
                 )
             return False
         return True
@@ -698,9 +761,7 @@ class MqttClient:
         """Close an attempt whose CONNACK has not come in time; ``True`` if closed."""
         if time.monotonic() - self._opened_at <= _CONNACK_TIMEOUT_S:
             return False
-        self._record_failure(
-            f"no CONNACK from {self.settings.url} within {_CONNACK_TIMEOUT_S:.0f} s"
-        )
+        self._record_failure(f"no CONNACK from {self.broker_url} within {_CONNACK_TIMEOUT_S:.0f} s")
         if isinstance(sock, socket.socket):
             sock.close()
         return True
@@ -836,7 +897,7 @@ class MqttClient:
             self.subscribed.set()
         self.connected.set()
         _LOGGER.info(
-            "client %s: connected to %s (MQTT %s)", self.client_id, self.settings.url, self.protocol
+            "client %s: connected to %s (MQTT %s)", self.client_id, self.broker_url, self.protocol
         )
         if self._on_connect_hook is not None:
             info = ConnectInfo(self.protocol, bool(flags.session_present), self.connect_count)
@@ -849,7 +910,7 @@ class MqttClient:
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
         if self.connected.is_set():
-            self.last_error = f"disconnected from {self.settings.url}: {reason}"
+            self.last_error = f"disconnected from {self.broker_url}: {reason}"
         self.connected.clear()
 
     def _handle_publish(
@@ -965,6 +1026,17 @@ class MqttClient:
         return exponential_backoff(
             self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng
         )
+
+
+def _nats_refusal(topic: str, qos: int) -> MqttPayloadError | None:
+    """Why nats-server 2.9 would drop the connection on this publish, or ``None``."""
+    if qos > 1:
+        return MqttPayloadError(f"QoS {qos} on {topic}: a NATS broker supports QoS 0 and 1")
+    try:
+        validate_nats_topic(topic)
+    except TopicError as exc:
+        return MqttPayloadError(str(exc))
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,6 +30,8 @@ from byzedge.daemon.config import (
 from byzedge.daemon.mqtt import MqttSettings
 from byzedge.models.tasks import LossName
 from byzedge.protocol.codecs import CODECS
+from byzedge.protocol.errors import TopicError
+from byzedge.protocol.topics import update_topic, validate_nats_topic
 
 __all__ = [
     "AgentConfig",
@@ -194,6 +196,14 @@ class AgentConfig(_Strict):
         default_factory=EligibilityConfig, description="Training eligibility rules."
     )
     status_interval_s: float = Field(30.0, gt=0, description="Telemetry status period.")
+    receipt_grace_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Sharded ingest: send the round's update again when the coordinator's receipts, "
+            "this long after the publish, do not list it (at most once per this period)."
+        ),
+    )
     fault_plan: Path | None = Field(
         None, description="Fault plan (TOML) that turns this agent into a faulty one (HIL)."
     )
@@ -211,6 +221,11 @@ class AgentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> AgentConfig:
+        if self.mqtt.topic_rules == "nats":
+            try:
+                validate_nats_topic(update_topic(self.fleet, self.device_id))
+            except TopicError as exc:
+                raise ValueError(str(exc)) from exc
         if self.compression not in CODECS:
             known = ", ".join(sorted(CODECS))
             msg = f"unknown compression {self.compression!r}; known: {known}"

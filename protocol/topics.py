@@ -44,6 +44,7 @@ __all__ = [
     "update_topic",
     "update_wildcard",
     "validate_device_id",
+    "validate_nats_topic",
     "validate_identifier",
 ]
 
@@ -68,12 +69,12 @@ def validate_identifier(value: str, what: str = "identifier") -> str:
     return value
 
 
-RESERVED_DEVICE_IDS = frozenset({"coordinator", "monitor"})
+RESERVED_DEVICE_IDS = frozenset({"coordinator", "monitor", "ingest"})
 """Names no device may take.
 
 The broker ACL (deploy/mosquitto/acl) grants these MQTT users (certificate CNs) the
-coordinator's and the operator monitor's rights, so a device enrolled under one of them
-would gain those rights.
+coordinator's, the operator monitor's and the ingest workers' rights, so a device
+enrolled under one of them would gain those rights.
 """
 
 
@@ -90,7 +91,8 @@ def validate_device_id(value: str) -> str:
     if value.lower() in RESERVED_DEVICE_IDS:
         msg = (
             f"invalid device id {value!r}: {', '.join(sorted(RESERVED_DEVICE_IDS))} are "
-            "reserved for the coordinator's and the monitor's broker accounts"
+            "reserved for the coordinator's, the monitor's and the ingest workers' broker "
+            "accounts"
         )
         raise TopicError(msg)
     return value
@@ -210,3 +212,29 @@ def parse_device_topic(topic: str, fleet: str, kind: str) -> str:
         msg = f"unexpected topic {topic!r} for fleet {fleet!r} and kind {kind!r}"
         raise TopicError(msg)
     return validate_device_id(parts[3])
+
+
+# nats-server 2.9's MQTT layer maps '/' to '.', so a '.' or space inside a level cannot be
+# carried, and a level of '*' or '>' becomes a NATS wildcard; it answers all of these by
+# closing the connection (scale-out.md §3). 2.10 maps '.' to '//'; 2.9 is what Debian ships.
+_NATS_FORBIDDEN_LEVEL_CHARS = frozenset(". ")
+_NATS_WILDCARD_LEVELS = frozenset({"*", ">"})
+
+
+def validate_nats_topic(topic: str) -> str:
+    """Return ``topic`` if a NATS cluster's MQTT listener can carry it, else raise.
+
+    Raises
+    ------
+    TopicError
+        When a level holds ``.`` or a space, or is ``*`` or ``>``: nats-server 2.9 drops
+        the connection on such a publish, and the client would re-send it forever.
+    """
+    for level in topic.split("/"):
+        if _NATS_FORBIDDEN_LEVEL_CHARS & set(level) or level in _NATS_WILDCARD_LEVELS:
+            msg = (
+                f"topic {topic!r} cannot be used on a NATS broker: no '.' or space inside a "
+                "level and no '*' or '>' level (rename the fleet or device id)"
+            )
+            raise TopicError(msg)
+    return topic

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import settings
 
 from byzedge.fleet_sim.brokers import BrokerHandle, find_mosquitto, start_embedded, start_mosquitto
+from byzedge.fleet_sim.nats_cluster import NatsCluster, find_nats_server, start_nats_cluster
 
 # These 2-core machines run brokers, fleets and tests side by side: a per-example time
 # limit would turn load into flaky failures, so examples are bounded by count only.
@@ -86,3 +87,20 @@ def postgres_dsn(postgres_database: str) -> str:
         db.execute(f'CREATE SCHEMA "{schema}"')
     options = f"-csearch_path={schema}"
     return make_conninfo(**{**conninfo_to_dict(postgres_database), "options": options})
+
+
+@pytest.fixture
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A fresh three-node NATS cluster (clustered JetStream, MQTT on every node).
+
+    Function-scoped: tests kill and restart its nodes. A missing nats-server binary is a
+    set-up error, as for mosquitto.
+    """
+    if find_nats_server() is None:
+        pytest.fail(
+            "nats-server is required by the cluster tests: run scripts/setup (as root it "
+            "installs it) or 'apt-get install -y nats-server'",
+            pytrace=False,
+        )
+    with start_nats_cluster(tmp_path_factory.mktemp("nats")) as cluster:
+        yield cluster
