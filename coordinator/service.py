@@ -49,7 +49,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -855,7 +855,7 @@ class Coordinator:
             rejected=dict(intake.rejected),
             rejected_total=dict(state.rejected_total),
             flagged=list(step.flagged),
-            reputations={k: round(v, 4) for k, v in self._reputation.snapshot().items()},
+            reputations=self._round_reputations(intake, step.flagged),
             validation_accuracy=self._validate(state.params),
             validation_metric=self._task.metric_name,
             uplink_bytes=sum(a.wire_bytes for a in accepted.values()),
@@ -888,6 +888,27 @@ class Coordinator:
         self._journal.clear()
         self._report(summary)
         return summary
+
+    def _round_reputations(self, intake: _Intake, flagged: Iterable[str]) -> dict[str, float]:
+        """The reputations of the devices the round touched, for its summary.
+
+        Not every device's: a fleet of a million devices, 10,000 a round, would put a
+        million figures (some 30 MB) in every summary line, audit record and status
+        message. Those the round asked, heard from, rejected or flagged are what changed;
+        the monitor keeps the last value it saw of each device, and ``byzedge coordinator
+        reputation list`` reads them all from the state.
+        """
+        book = self._reputation
+        if intake.cohort is None:  # every device was asked: every recorded one is touched
+            return {d: round(r, 4) for d, r in book.snapshot().items()}
+        touched = (
+            intake.cohort
+            | intake.accepted.keys()
+            | intake.misbehaving
+            | intake.last_rejections.keys()
+            | set(flagged)
+        )
+        return {d: round(book.weight(d), 4) for d in sorted(touched) if d in book}
 
     def _recover_summary(self) -> None:
         """Write the saved round's summary line if a kill came between save and report."""

@@ -154,3 +154,28 @@ def test_a_summary_line_cut_by_a_kill_is_written_at_restart(tmp_path: Path) -> N
     again, _ = build(tmp_path, broker, rounds=2)
     assert again.run() == 0
     assert len(log.read_text().splitlines()) == 2
+
+
+def test_a_sampled_round_reports_the_reputations_of_its_devices_only(tmp_path: Path) -> None:
+    summaries: list[RoundSummary] = []
+    spec = FleetSpec(
+        fleet="mem",
+        broker_url="mqtt://unused:1",
+        devices=6,
+        rounds=4,
+        epochs=1,
+        round_timeout_s=30.0,
+        coordinator_overrides={"validation": "none", "devices_per_round": 2},
+    )
+    fleet = InProcessFleet(
+        spec, tmp_path, on_round=summaries.append, transport=InMemoryBroker().connect
+    )
+    assert fleet.run() == 0
+
+    seen: set[str] = set()
+    for summary in summaries:
+        assert summary.accepted == 2
+        # A million-device fleet must not put every device's figure in every summary.
+        assert sorted(summary.reputations) == summary.accepted_devices
+        seen.update(summary.reputations)
+    assert len(seen) > 2  # different devices in different rounds
