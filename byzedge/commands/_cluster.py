@@ -60,6 +60,14 @@ def coordinator_verify_key(config: CoordinatorConfig) -> VerifyKey:
     return SigningKey.load(config.signing_key).verify_key
 
 
+def _register_broker(config: CoordinatorConfig) -> None:
+    """Load the source and lease of a broker kept out of the default registries (NATS)."""
+    if config.cluster.broker == "nats":
+        from byzedge.coordinator.cluster.nats_factory import register_nats  # noqa: PLC0415
+
+        register_nats()
+
+
 def run_ingest_worker(args: argparse.Namespace) -> int:
     """``byzedge coordinator ingest-worker --config FILE --worker N``."""
     from byzedge.coordinator.cluster.worker import IngestWorker, build_source  # noqa: PLC0415
@@ -102,6 +110,7 @@ def run_ingest_worker(args: argparse.Namespace) -> int:
         return fail("coordinator", str(exc))
     with closing_enrolment(devices):
         try:
+            _register_broker(config)
             source = build_source(config, settings, args.worker)
             worker = IngestWorker(
                 config,
@@ -130,6 +139,7 @@ def run_leader(config: CoordinatorConfig, key: SigningKey, devices: Enrolment) -
     from byzedge.daemon.signals import install_signal_handlers  # noqa: PLC0415
 
     try:
+        _register_broker(config)
         lease = build_lease(config)
     except ValueError as exc:
         return fail("coordinator", str(exc))
