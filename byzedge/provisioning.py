@@ -16,6 +16,8 @@ A fleet folder (``DIR``) holds everything a fleet needs, written with :mod:`byze
     DIR/agents/<device-id>/agent.toml  + device.key/.pub, coordinator.pub, tls/...
     DIR/monitor/monitor.toml           + coordinator.pub, tls/...
     DIR/systemd/byzedge-coordinator.service, byzedge-agent.service
+    DIR/coordinator/ingest/tls/...     with --workers K: the ingest workers' certificate (CN
+                                       ingest), and DIR/systemd/byzedge-ingest@.service
 
 Every config uses paths relative to its own folder, so a folder can be copied as a whole
 (an agent's folder onto its device as ``/etc/byzedge/agent``, the coordinator's and the
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from byzedge.daemon import pki
+from byzedge.protocol.chunking import DEFAULT_MAX_MESSAGE_BYTES
 from byzedge.protocol.errors import TopicError
 from byzedge.protocol.signing import SigningKey
 from byzedge.protocol.topics import validate_device_id, validate_identifier
@@ -60,6 +63,7 @@ __all__ = [
     "add_device",
     "agent_unit",
     "coordinator_unit",
+    "ingest_unit",
     "init_fleet",
     "next_device_id",
     "revoke_device",
@@ -90,6 +94,8 @@ pattern write byzedge/+/status/%u
 pattern read byzedge/+/model
 pattern read byzedge/+/model/broadcast
 pattern read byzedge/+/model/resync
+# Sharded ingest's receipts: which devices' updates the coordinator holds (signed).
+pattern read byzedge/+/receipts
 
 # The coordinator reads every update and status, and publishes the model, its round
 # summaries and alerts.
@@ -101,6 +107,19 @@ topic readwrite byzedge/+/model/broadcast
 topic readwrite byzedge/+/model/resync
 topic write byzedge/+/coordinator/status
 topic write byzedge/+/alerts
+# As the leader of sharded ingest: the workers' partials in, round context and receipts out.
+topic read byzedge/+/partial/+
+topic write byzedge/+/cluster/context
+topic write byzedge/+/receipts
+
+# Sharded ingest's workers (certificate CN ingest, one certificate per machine or worker):
+# their share of the updates through an MQTT v5 shared subscription
+# ($share/<group>/byzedge/<fleet>/update/+, which mosquitto checks as a read of the
+# update topics), their partial aggregates, and the leader's round context and receipts.
+user ingest
+topic read byzedge/+/update/+
+topic write byzedge/+/partial/+
+topic read byzedge/+/cluster/context
 
 # The operator's `byzedge monitor`: read-only view of the whole fleet.
 user monitor
@@ -128,6 +147,9 @@ class FleetSpec:
         Address the broker listens on; ``""`` for every interface.
     byzantine_defense:
         The coordinator's aggregation rule.
+    workers:
+        Sharded ingest: ingest workers beside the coordinator (``[cluster] workers``); 0
+        for a single coordinator process.
     partitions:
         Number of digits shards agents are configured with (the initial device count).
     coordinator_settings:
@@ -143,6 +165,7 @@ class FleetSpec:
     port: int = DEFAULT_PORT
     bind: str = ""
     byzantine_defense: str = "clipping-vr"
+    workers: int = 0
     partitions: int = 1
     coordinator_settings: Mapping[str, Any] = field(default_factory=dict)
     agent_settings: Mapping[str, Any] = field(default_factory=dict)
@@ -295,6 +318,9 @@ def _validate_spec(spec: FleetSpec, devices: int) -> None:
         msg = f"--host {spec.host!r}: not a host name or address"
         raise ProvisioningError(msg)
     _validate_defense(spec)
+    if not 0 <= spec.workers <= 64:
+        msg = f"--workers {spec.workers}: from 0 (a single coordinator process) to 64"
+        raise ProvisioningError(msg)
 
 
 def _validate_defense(spec: FleetSpec) -> None:
@@ -796,6 +822,107 @@ TasksMax=512
     )
 
 
+def ingest_unit() -> str:
+    """The ingest workers' template unit (also shipped as deploy/systemd/byzedge-ingest@.service).
+
+    One instance per worker: ``byzedge-ingest@1`` ... ``byzedge-ingest@K``.
+    """
+    head = f"""\
+# byzedge ingest worker %i of K ([cluster] workers = K in coordinator.toml): verifies,
+# decodes and folds a share of the fleet's updates and sends the coordinator (the leader)
+# partial aggregates. Install beside byzedge-coordinator.service (as root):
+#   cp DIR/systemd/byzedge-ingest@.service /etc/systemd/system/
+#   systemctl daemon-reload
+#   systemctl enable --now byzedge-ingest@1 byzedge-ingest@2   # ... one per worker
+# The key stays root:root 0600 in /etc/byzedge/coordinator/ingest/tls: systemd hands it to
+# the dynamic user as a credential. Workers need the coordinator's public key, not its
+# private one.
+# Check: systemd-analyze verify byzedge-ingest@1.service
+
+[Unit]
+Description=byzedge ingest worker %i
+Wants=network-online.target time-sync.target
+After=network-online.target time-sync.target
+StartLimitIntervalSec=600
+StartLimitBurst=5
+
+[Service]
+# READY=1 once the shared subscription is in place; WATCHDOG=1 from the main loop.
+Type=notify
+NotifyAccess=main
+ExecStart={_BIN} coordinator ingest-worker --config /etc/byzedge/coordinator/coordinator.toml \\
+    --worker %i \\
+    --state-dir ${{STATE_DIRECTORY}} \\
+    --tls-key ${{CREDENTIALS_DIRECTORY}}/ingest.key
+Restart=on-failure
+RestartSec=5s
+TimeoutStartSec=120s
+# Enough to send the partial in hand and acknowledge its messages.
+TimeoutStopSec=60s
+WatchdogSec=60s
+
+DynamicUser=yes
+# The worker's replay counters (ingest-N.state).
+StateDirectory=byzedge-ingest-%i
+CacheDirectory=byzedge-ingest-%i
+ConfigurationDirectory=byzedge
+LoadCredential=ingest.key:/etc/byzedge/coordinator/ingest/tls/client.key
+Environment=PYTHONUNBUFFERED=1
+# The streaming rules' kernels may be compiled (numba) at first use: cached here.
+Environment=NUMBA_CACHE_DIR=/var/cache/byzedge-ingest-%i/numba
+TasksMax=256
+
+"""
+    return head + _HARDENING.format(
+        exposure="",
+        private_devices="PrivateDevices=yes\n",
+        proc="ProtectProc=invisible\n",
+        families="AF_UNIX AF_INET AF_INET6",
+        mdwe="# Not MemoryDenyWriteExecute=yes: numba (LLVM) and libffi generate code.\n",
+        syscalls="",
+    )
+
+
+def _with_worker_limits(spec: FleetSpec) -> FleetSpec:
+    """``spec`` whose coordinator accepts no chunked update when it has ingest workers.
+
+    The workers share MQTT messages, not updates: the chunks of one update would land on
+    different workers (``CoordinatorConfig`` refuses such a configuration).
+    """
+    if spec.workers == 0 or "max_update_bytes" in spec.coordinator_settings:
+        return spec
+    settings = {**spec.coordinator_settings, "max_update_bytes": DEFAULT_MAX_MESSAGE_BYTES}
+    return dataclasses.replace(spec, coordinator_settings=settings)
+
+
+def _write_workers(root: Path, spec: FleetSpec, ca: pki.Issued) -> None:
+    """With ``--workers K``: the workers' certificate (CN ingest) and their template unit."""
+    if spec.workers == 0:
+        return
+    tls = root / "coordinator" / "ingest" / "tls"
+    _mkdir(tls.parent)
+    _mkdir(tls)
+    _issue_client(root, ca, "ingest", tls)
+    _write_text(root / "systemd" / "byzedge-ingest@.service", ingest_unit())
+
+
+def _cluster_table(spec: FleetSpec) -> str:
+    """``[cluster]`` of coordinator.toml with ``--workers K`` (none without)."""
+    if spec.workers == 0:
+        return ""
+    return (
+        "\n"
+        "# Sharded ingest: K ingest workers (byzedge coordinator ingest-worker --worker N,\n"
+        "# systemd/byzedge-ingest@.service) share the updates through an MQTT v5 shared\n"
+        "# subscription; `byzedge coordinator run` is their leader. Run a second `run` with\n"
+        "# this file as a standby: it takes over when the leader dies.\n"
+        "[cluster]\n"
+        f"workers = {spec.workers}\n"
+        'worker_cert_file = "ingest/tls/client.crt"\n'
+        'worker_key_file = "ingest/tls/client.key"   # under systemd: --tls-key\n'
+    )
+
+
 # -- devices --------------------------------------------------------------------------------
 
 
@@ -865,6 +992,7 @@ def init_fleet(root: Path, spec: FleetSpec, devices: int, *, force: bool = False
         mosquitto.conf cannot hold.
     """
     _validate_spec(spec, devices)
+    spec = _with_worker_limits(spec)
     root = root.resolve()
     _prepare_root(root, force=force)
     report = Report()
@@ -888,7 +1016,7 @@ def init_fleet(root: Path, spec: FleetSpec, devices: int, *, force: bool = False
     signing.save(coordinator / "coordinator.key")
     (coordinator / "coordinator.pub").chmod(0o644)
     _issue_client(root, ca, "coordinator", coordinator / "tls")
-    _write_text(coordinator / "coordinator.toml", _coordinator_config(spec))
+    _write_text(coordinator / "coordinator.toml", _coordinator_config(spec) + _cluster_table(spec))
 
     monitor = root / "monitor"
     _mkdir(monitor)
@@ -908,6 +1036,7 @@ def init_fleet(root: Path, spec: FleetSpec, devices: int, *, force: bool = False
     _mkdir(systemd)
     _write_text(systemd / "byzedge-agent.service", agent_unit())
     _write_text(systemd / "byzedge-coordinator.service", coordinator_unit())
+    _write_workers(root, spec, ca)
     return report
 
 

@@ -10,7 +10,10 @@ in its state file). Whenever a valid model for that same round and version arriv
 (the retained copy the broker hands out after every reconnect, or the coordinator sending
 the round's model again after a restart), the agent publishes the same bytes again instead
 of ignoring it: an update lost with a broker restart or a coordinator crash is then
-delivered, and the coordinator recognises copies of what it already has.
+delivered, and the coordinator recognises copies of what it already has. With sharded
+ingest the coordinator also publishes signed receipts of the updates it holds, and the
+agent sends its update again when a receipt, ``receipt_grace_s`` after the publish, omits
+it (:mod:`byzedge.edge_agent.receipts`).
 
 Device-side state: the update pipeline's error-feedback residual and worker momentum
 (``momentum1``; :mod:`byzedge.edge_agent.pipeline`) are saved in the agent's state file
@@ -45,6 +48,7 @@ from byzedge.edge_agent.downlink import DownlinkFollower, Subscriptions
 from byzedge.edge_agent.method_step import DeviceStepJob, MethodDevice, propose
 from byzedge.edge_agent.model_store import ModelInfo, ModelStore
 from byzedge.edge_agent.pipeline import PreparedUpdate, UpdatePipeline
+from byzedge.edge_agent.receipts import ReceiptFollower
 from byzedge.edge_agent.seams import RoundContext, SensorSource, UpdateStage, WireStage
 from byzedge.edge_agent.telemetry import TelemetrySnapshot, check_eligibility, read_telemetry
 from byzedge.edge_agent.worker import TrainingWorker, TrainingWorkerError
@@ -167,12 +171,21 @@ class Agent:
         self._worker = TrainingWorker(config.training.worker_linger_s)
         self.last_status: dict[str, Any] = {}
         self._status_topic = topics.device_status_topic(config.fleet, config.device_id)
+        # Sharded ingest's receipts: the update is sent again when they omit it.
+        self._receipts = ReceiptFollower(
+            config.fleet, config.device_id, coordinator_key, config.receipt_grace_s
+        )
+        if self._sent is not None:
+            self._receipts.sent(self._sent.round, self._sent.base_version)
         connect = transport if transport is not None else mqtt_transport(config.mqtt)
         self._client = connect(
             Endpoint(
                 config.device_id,
                 on_message=self._enqueue,
-                subscriptions=[(topics.model_topic(config.fleet), 1)],
+                subscriptions=[
+                    (topics.model_topic(config.fleet), 1),
+                    (self._receipts.topic, 1),
+                ],
                 will=Will(self._status_topic, self._status_bytes("offline")),
                 on_connect=self._on_connect,
                 seed=config.seed + self._device_salt,
@@ -232,6 +245,7 @@ class Agent:
                 if model is not None:
                     self._handle_model(model)
                 self._check_deliveries()
+                self._resend_if_unreceipted()
                 if self._worker.release_if_idle():
                     _LOGGER.info("device %s: training worker released", self.config.device_id)
                 if time.monotonic() >= next_status:
@@ -264,6 +278,8 @@ class Agent:
 
     def _enqueue(self, topic: str, payload: bytes) -> None:
         if not payload:  # a reachability probe (check-config --online)
+            return
+        if self._receipts.offer(topic, payload):
             return
         try:
             self._inbox.put_nowait((topic, payload))
@@ -389,19 +405,32 @@ class Agent:
         self._save_state()
         return True
 
-    def _publish_update(self, sent: SentUpdate, *, resend: bool) -> None:
+    def _publish_update(
+        self, sent: SentUpdate, *, resend: bool, why: str = "the round's model came again"
+    ) -> None:
         for topic_device, payload in sent.messages:
             delivery = self._client.publish(
                 topics.update_topic(self.config.fleet, topic_device), payload, qos=1
             )
             self._deliveries.append((sent.round, delivery))
+        self._receipts.sent(sent.round, sent.base_version)
         if resend:
             self.updates_resent += 1
             _LOGGER.info(
-                "device %s round %d: sent the update again (the round's model came again)",
+                "device %s round %d: sent the update again (%s)",
                 self.config.device_id,
                 sent.round,
+                why,
             )
+
+    def _resend_if_unreceipted(self) -> None:
+        """Send the kept update again when the coordinator's receipts omit it (sharded ingest)."""
+        sent = self._sent
+        if not self._receipts.due() or sent is None:
+            return
+        if time.time() * 1000 >= sent.expires_ms:
+            return  # too old to be accepted
+        self._publish_update(sent, resend=True, why="the coordinator's receipts omit it")
 
     def _check_deliveries(self) -> None:
         """Log and report updates the broker refused (MQTT 5 reason codes)."""

@@ -3,7 +3,7 @@
 ::
 
     byzedge init DIR --fleet NAME --devices N [--host HOST] [--port PORT] [--bind ADDRESS]
-                     [--byzantine-defense RULE] [--force]
+                     [--byzantine-defense RULE] [--workers K] [--force]
     byzedge init add-device DIR [--device-id ID]
     byzedge init revoke-device DIR DEVICE
 
@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RULE",
         help="the coordinator's aggregation rule (default: clipping-vr)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="K",
+        help="sharded ingest: K ingest workers beside the coordinator ([cluster] workers; "
+        "their certificate, CN ingest, and systemd/byzedge-ingest@.service); default 0",
+    )
     parser.add_argument("--force", action="store_true", help="provision over a non-empty DIR")
     return parser
 
@@ -114,6 +122,7 @@ def main(argv: Sequence[str]) -> int:
             port=parsed.port,
             bind=bind,
             byzantine_defense=parsed.byzantine_defense,
+            workers=parsed.workers,
         )
         report = provisioning.init_fleet(parsed.dir, spec, parsed.devices, force=parsed.force)
     except provisioning.ProvisioningError as exc:
@@ -160,6 +169,11 @@ def _print_summary(root: Path, spec: FleetSpec, report: Report) -> None:
         f"  byzedge coordinator check-config --config {root}/coordinator/coordinator.toml",
         f"  byzedge coordinator run --config {root}/coordinator/coordinator.toml",
     ]
+    if spec.workers > 0:
+        lines.append(
+            f"  byzedge coordinator ingest-worker --config {root}/coordinator/coordinator.toml "
+            f"--worker N   (N = 1..{spec.workers}, beside the coordinator)"
+        )
     if agent is not None:
         lines += [
             f"  byzedge agent check-config --config {agent} --enrolment {root}/devices",

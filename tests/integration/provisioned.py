@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +137,20 @@ class Fleet:
             "coordinator", "coordinator", "run", "--config", "coordinator/coordinator.toml", *args
         )
 
+    def worker(self, number: int, *args: str) -> Daemon:
+        """Ingest worker ``number`` (``byzedge init --workers K``)."""
+        config = "coordinator/coordinator.toml"
+        return self.spawn(
+            f"worker-{number}",
+            "coordinator",
+            "ingest-worker",
+            "--config",
+            config,
+            "--worker",
+            str(number),
+            *args,
+        )
+
     def agent(self, device: str, *args: str) -> Daemon:
         config = f"agents/{device}/agent.toml"
         return self.spawn(device, "agent", "run", "--config", config, *args)
@@ -199,7 +213,9 @@ def start_broker(root: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def provisioned_fleet(devices: int = 2, fleet: str = FLEET) -> Iterator[Fleet]:
+def provisioned_fleet(
+    devices: int = 2, fleet: str = FLEET, init_args: Sequence[str] = ()
+) -> Iterator[Fleet]:
     """``byzedge init`` a fleet, start its broker; stop every daemon and the broker after."""
     # mkdtemp makes a 0700 folder; the broker's user must be able to enter it.
     base = Path(tempfile.mkdtemp(prefix="byzedge-init-", dir="/tmp"))
@@ -208,7 +224,7 @@ def provisioned_fleet(devices: int = 2, fleet: str = FLEET) -> Iterator[Fleet]:
         port = free_port()
         root = base / "fleet"
         args = ["init", str(root), "--fleet", fleet, "--devices", str(devices)]
-        assert main([*args, "--host", "127.0.0.1", "--port", str(port)]) == 0
+        assert main([*args, "--host", "127.0.0.1", "--port", str(port), *init_args]) == 0
         made = Fleet(root, port, start_broker(root, port))
         try:
             yield made
