@@ -49,10 +49,16 @@ from pathlib import Path
 from typing import Any
 
 from byzedge.daemon import pki
+from byzedge.nats_provisioning import NatsNodePlan, nats_node_config, nats_unit, plan_nodes
 from byzedge.protocol.chunking import DEFAULT_MAX_MESSAGE_BYTES
 from byzedge.protocol.errors import TopicError
 from byzedge.protocol.signing import SigningKey
-from byzedge.protocol.topics import validate_device_id, validate_identifier
+from byzedge.protocol.topics import (
+    update_topic,
+    validate_device_id,
+    validate_identifier,
+    validate_nats_topic,
+)
 
 __all__ = [
     "ACL",
@@ -169,6 +175,14 @@ class FleetSpec:
     partitions: int = 1
     coordinator_settings: Mapping[str, Any] = field(default_factory=dict)
     agent_settings: Mapping[str, Any] = field(default_factory=dict)
+    broker: str = "mosquitto"
+    nodes: int = 1
+    nats_port: int = 4222
+    node_hosts: tuple[str, ...] = ()
+
+    def nats_nodes(self) -> list[NatsNodePlan]:
+        """The NATS cluster's nodes (``broker = "nats"``): names, hosts and ports."""
+        return plan_nodes(self.host, self.port, self.nats_port, self.nodes, self.node_hosts)
 
 
 @dataclass
@@ -261,6 +275,13 @@ def _write_spec(root: Path, spec: FleetSpec) -> None:
         f"byzantine_defense = {_toml_string(spec.byzantine_defense)}\n"
         f"partitions = {spec.partitions}\n"
     )
+    if spec.broker != "mosquitto":
+        text += (
+            f"broker = {_toml_string(spec.broker)}\n"
+            f"nodes = {spec.nodes}\n"
+            f"nats_port = {spec.nats_port}\n"
+            f"node_hosts = {_toml_value(list(spec.node_hosts))}\n"
+        )
     # What init was given from Python (byzedge.init), so add-device writes the same.
     for table, settings in (
         ("coordinator", spec.coordinator_settings),
@@ -292,6 +313,10 @@ def read_spec(root: Path) -> FleetSpec:
             partitions=int(raw.get("partitions", 1)),
             coordinator_settings=dict(raw.get("coordinator", {})),
             agent_settings=dict(raw.get("agent", {})),
+            broker=str(raw.get("broker", "mosquitto")),
+            nodes=int(raw.get("nodes", 1)),
+            nats_port=int(raw.get("nats_port", 4222)),
+            node_hosts=tuple(str(host) for host in raw.get("node_hosts", ())),
         )
     except FileNotFoundError as exc:
         msg = (
@@ -320,6 +345,29 @@ def _validate_spec(spec: FleetSpec, devices: int) -> None:
     _validate_defense(spec)
     if not 0 <= spec.workers <= 64:
         msg = f"--workers {spec.workers}: from 0 (a single coordinator process) to 64"
+        raise ProvisioningError(msg)
+    _validate_nats(spec)
+
+
+def _validate_nats(spec: FleetSpec) -> None:
+    if spec.broker not in {"mosquitto", "nats"}:
+        msg = f"--broker {spec.broker!r}: use mosquitto or nats"
+        raise ProvisioningError(msg)
+    if spec.broker != "nats":
+        return
+    try:
+        validate_nats_topic(update_topic(spec.fleet, "dev-000"))
+    except TopicError as exc:
+        raise ProvisioningError(str(exc)) from exc
+    if not 1 <= spec.nodes <= 9:
+        msg = f"--nodes {spec.nodes}: a NATS cluster of 1 to 9 nodes (3 survive one failure)"
+        raise ProvisioningError(msg)
+    if spec.node_hosts and len(spec.node_hosts) != spec.nodes:
+        msg = f"--node-hosts names {len(spec.node_hosts)} hosts for {spec.nodes} nodes"
+        raise ProvisioningError(msg)
+    offset = 0 if spec.node_hosts else spec.nodes - 1
+    if not 1 <= spec.nats_port <= 65535 - 4000 - offset or spec.port + offset > 65535:
+        msg = f"--nats-port {spec.nats_port} / --port {spec.port}: ports out of range"
         raise ProvisioningError(msg)
 
 
@@ -566,10 +614,31 @@ def _write_broker(root: Path, spec: FleetSpec, ca: pki.Issued, report: Report) -
         )
 
 
+def _write_nats_broker(root: Path, spec: FleetSpec, ca: pki.Issued) -> None:
+    """One server certificate and one config per NATS node (see byzedge.nats_provisioning)."""
+    broker = root / "broker"
+    _mkdir(broker, 0o750)
+    _mkdir(broker / "nats", 0o750)
+    nodes = spec.nats_nodes()
+    hosts = list(dict.fromkeys([spec.host, *(node.host for node in nodes), "127.0.0.1"]))
+    hosts.append("localhost")
+    server = pki.issue_certificate(ca, spec.host, usage="server", hosts=hosts)
+    _copy_public(root / "ca" / "ca.crt", broker / "ca.crt")
+    pki.write_certificate(broker / "server.crt", server.certificate)
+    pki.write_private_key(broker / "server.key", server.key)
+    pki.write_certificate(root / "ca" / "issued" / "broker.crt", server.certificate)
+    for node in nodes:
+        _mkdir(broker / "nats" / node.name, 0o700)
+        config = nats_node_config(spec.fleet, node, nodes, broker, spec.bind)
+        _write_text(broker / "nats" / f"{node.name}.conf", config)
+
+
 # -- configs --------------------------------------------------------------------------------
 
 
-def _mqtt_table(spec: FleetSpec) -> str:
+def _mqtt_table(spec: FleetSpec, first: int = 0) -> str:
+    if spec.broker == "nats":
+        return _nats_mqtt_table(spec, first)
     return (
         "[mqtt]\n"
         f"url = {_toml_string(_url(spec.host, spec.port))}\n"
@@ -579,6 +648,56 @@ def _mqtt_table(spec: FleetSpec) -> str:
         'ca_file = "tls/ca.crt"\n'
         'cert_file = "tls/client.crt"\n'
         'key_file = "tls/client.key"   # under systemd: --tls-key\n'
+    )
+
+
+def _nats_mqtt_table(spec: FleetSpec, first: int) -> str:
+    """``[mqtt]`` for a NATS cluster: every node, starting at ``first`` (spreads devices)."""
+    urls = [node.mqtt_url for node in spec.nats_nodes()]
+    start = first % len(urls)
+    urls = urls[start:] + urls[:start]
+    return (
+        "[mqtt]\n"
+        "# A NATS cluster: the client moves to the next node when one fails.\n"
+        f"url = {_toml_string(urls[0])}\n"
+        f"fallback_urls = {_toml_value(urls[1:])}\n"
+        '# nats-server 2.9 speaks MQTT 3.1.1 only, and drops a connection on a "." in a topic.\n'
+        'protocol = "3.1.1"\n'
+        'topic_rules = "nats"\n'
+        "\n"
+        "# Mutual TLS with the fleet CA.\n"
+        "[mqtt.tls]\n"
+        'ca_file = "tls/ca.crt"\n'
+        'cert_file = "tls/client.crt"\n'
+        'key_file = "tls/client.key"   # under systemd: --tls-key\n'
+    )
+
+
+def _nats_cluster_keys(spec: FleetSpec) -> str:
+    """``[cluster]`` keys of a NATS cluster: the workers read a durable JetStream stream."""
+    if spec.broker != "nats":
+        return ""
+    servers = _toml_value([node.nats_url for node in spec.nats_nodes()])
+    return (
+        "# On the NATS cluster the workers share a durable JetStream stream of the updates\n"
+        "# (not $share, which nats-server 2.9 lacks); the leader holds a JetStream KV lease.\n"
+        'broker = "nats"\n'
+        f"nats_servers = {servers}\n"
+    )
+
+
+def _cluster_note(spec: FleetSpec) -> str:
+    """The coordinator's sharded-ingest table for the NATS cluster, commented out."""
+    if spec.broker != "nats" or spec.workers > 0:
+        return ""
+    servers = _toml_value([node.nats_url for node in spec.nats_nodes()])
+    return (
+        "\n# Sharded ingest on the NATS cluster: ingest workers share a durable JetStream\n"
+        "# stream of the updates, the leader holds a JetStream key-value lease.\n"
+        "# [cluster]\n"
+        '# broker = "nats"\n'
+        "# workers = 2\n"
+        f"# nats_servers = {servers}\n"
     )
 
 
@@ -598,7 +717,9 @@ def _coordinator_config(spec: FleetSpec) -> str:
         + "\n"
         "[metrics]\n"
         "enabled = true                    # Prometheus on 127.0.0.1:9464\n"
-        "\n" + _mqtt_table(spec)
+        + _cluster_note(spec)
+        + "\n"
+        + _mqtt_table(spec)
     )
 
 
@@ -622,7 +743,7 @@ def _agent_config(spec: FleetSpec, device_id: str, index: int, partitions: int) 
         f"partition_index = {index}\n"
         + _toml_lines(spec.agent_settings.get("data", {}))
         + "\n"
-        + _mqtt_table(spec)
+        + _mqtt_table(spec, first=index)
     )
 
 
@@ -918,7 +1039,8 @@ def _cluster_table(spec: FleetSpec) -> str:
         "# this file as a standby: it takes over when the leader dies.\n"
         "[cluster]\n"
         f"workers = {spec.workers}\n"
-        'worker_cert_file = "ingest/tls/client.crt"\n'
+        + _nats_cluster_keys(spec)
+        + 'worker_cert_file = "ingest/tls/client.crt"\n'
         'worker_key_file = "ingest/tls/client.key"   # under systemd: --tls-key\n'
     )
 
@@ -1007,7 +1129,10 @@ def init_fleet(root: Path, spec: FleetSpec, devices: int, *, force: bool = False
     )
     spec = dataclasses.replace(spec, partitions=max(devices, 1))
     _write_spec(root, spec)
-    _write_broker(root, spec, ca, report)
+    if spec.broker == "nats":
+        _write_nats_broker(root, spec, ca)
+    else:
+        _write_broker(root, spec, ca, report)
 
     coordinator = root / "coordinator"
     _mkdir(coordinator)
@@ -1037,6 +1162,11 @@ def init_fleet(root: Path, spec: FleetSpec, devices: int, *, force: bool = False
     _write_text(systemd / "byzedge-agent.service", agent_unit())
     _write_text(systemd / "byzedge-coordinator.service", coordinator_unit())
     _write_workers(root, spec, ca)
+    if spec.broker == "nats":
+        for node in spec.nats_nodes():
+            config = root / "broker" / "nats" / f"{node.name}.conf"
+            unit = nats_unit(spec.fleet, node, config)
+            _write_text(systemd / f"byzedge-nats-{node.name}.service", unit)
     return report
 
 
@@ -1091,7 +1221,7 @@ def revoke_device(root: Path, device_id: str) -> Report:
         already revoked.
     """
     root = root.resolve()
-    read_spec(root)
+    spec = read_spec(root)
     try:
         validate_device_id(device_id)
     except TopicError as exc:
@@ -1124,6 +1254,14 @@ def revoke_device(root: Path, device_id: str) -> Report:
             f"listed its certificate in {root / 'broker' / 'crl.pem'}: mosquitto reads the "
             "CRL only when it starts or reloads, so restart the broker (or send it SIGHUP) "
             "to refuse its TLS connections",
+        ]
+        if spec.broker != "nats"
+        else [
+            f"removed {root / 'devices' / f'{device_id}.pub'}: reload the coordinator "
+            "(systemctl reload byzedge-coordinator, or SIGHUP) and it refuses the "
+            "device's updates",
+            "nats-server 2.9 reads no CRL: the device's certificate still connects to the "
+            "cluster's MQTT listener (its updates are refused by the coordinator)",
         ],
     )
 

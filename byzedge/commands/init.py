@@ -3,6 +3,7 @@
 ::
 
     byzedge init DIR --fleet NAME --devices N [--host HOST] [--port PORT] [--bind ADDRESS]
+                     [--broker nats [--nodes 3] [--nats-port 4222] [--node-hosts H1,H2,H3]]
                      [--byzantine-defense RULE] [--workers K] [--force]
     byzedge init add-device DIR [--device-id ID]
     byzedge init revoke-device DIR DEVICE
@@ -66,6 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="the coordinator's aggregation rule (default: clipping-vr)",
     )
     parser.add_argument(
+        "--broker",
+        choices=("mosquitto", "nats"),
+        default="mosquitto",
+        help="mosquitto (one broker, the default) or nats: a NATS cluster with JetStream and "
+        "its MQTT listener (configs for --nodes nodes; devices get every node's URL)",
+    )
+    parser.add_argument(
+        "--nodes", type=int, default=3, help="--broker nats: cluster nodes (default: 3)"
+    )
+    parser.add_argument(
+        "--nats-port",
+        type=int,
+        default=4222,
+        help="--broker nats: NATS client port of node 0 (routes +2000, monitoring +4000; "
+        "nodes on one host take consecutive ports, as does the MQTT --port)",
+    )
+    parser.add_argument(
+        "--node-hosts",
+        help="--broker nats: comma-separated host of each node (default: every node on HOST)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -123,6 +145,10 @@ def main(argv: Sequence[str]) -> int:
             bind=bind,
             byzantine_defense=parsed.byzantine_defense,
             workers=parsed.workers,
+            broker=parsed.broker,
+            nodes=parsed.nodes if parsed.broker == "nats" else 1,
+            nats_port=parsed.nats_port,
+            node_hosts=tuple(h for h in (parsed.node_hosts or "").split(",") if h),
         )
         report = provisioning.init_fleet(parsed.dir, spec, parsed.devices, force=parsed.force)
     except provisioning.ProvisioningError as exc:
@@ -159,6 +185,9 @@ def _print_summary(root: Path, spec: FleetSpec, report: Report) -> None:
     devices = report.devices
     shown = f"{devices[0]}..{devices[-1]}" if len(devices) > 1 else ", ".join(devices) or "none"
     agent = f"{root}/agents/{devices[0]}/agent.toml" if devices else None
+    if spec.broker == "nats":
+        _print_nats_summary(root, spec, report)
+        return
     lines = [
         f"fleet {spec.fleet} provisioned in {root}",
         f"  CA (ECDSA P-256, keep {root}/ca offline), broker for "
@@ -182,5 +211,19 @@ def _print_summary(root: Path, spec: FleetSpec, report: Report) -> None:
     lines += [
         f"  byzedge monitor --config {root}/monitor/monitor.toml",
         f"  more devices: byzedge init add-device {root}; systemd units: {root}/systemd/",
+    ]
+    print("\n".join(lines))
+
+
+def _print_nats_summary(root: Path, spec: FleetSpec, report: Report) -> None:
+    nodes = spec.nats_nodes()
+    lines = [
+        f"fleet {spec.fleet} provisioned in {root} for a {len(nodes)}-node NATS cluster",
+        "  MQTT (mutual TLS, MQTT 3.1.1): " + ", ".join(node.mqtt_url for node in nodes),
+        f"  {len(report.devices)} devices, each with every node's URL",
+        "next:",
+        *(f"  nats-server -c {root}/broker/nats/{node.name}.conf" for node in nodes),
+        f"  byzedge coordinator run --config {root}/coordinator/coordinator.toml",
+        f"  systemd units: {root}/systemd/",
     ]
     print("\n".join(lines))
