@@ -24,6 +24,13 @@ compression, plus the stacked copy anomaly scoring makes).
 
 Nothing here asserts a timing: the report states whether the ingest target (at least
 :data:`INGEST_TARGET` of raw) was met.
+
+Sharded ingest (``workers``): a configuration with ``K > 0`` workers runs the coordinator as
+the leader of ``K`` ingest-worker processes (:mod:`byzedge.coordinator.cluster`) that
+share the update stream through an MQTT v5 shared subscription; the round then runs from
+the first publish to the leader's summary, through the workers' partials. Updates that
+would be chunked cannot be shared (the chunks would land on different workers), so such
+configurations are reported as not run.
 """
 
 from __future__ import annotations
@@ -57,13 +64,14 @@ from byzedge.fleet_sim.loadgen import (
 )
 from byzedge.models import get_model_spec
 from byzedge.protocol import topics
-from byzedge.protocol.chunking import Reassembler
+from byzedge.protocol.chunking import DEFAULT_MAX_MESSAGE_BYTES, Reassembler
 from byzedge.protocol.errors import ProtocolError
 from byzedge.protocol.manifest import open_global_model
 from byzedge.protocol.signing import SigningKey, VerifyKey
 
 __all__ = [
     "INGEST_TARGET",
+    "render_workers_markdown",
     "FleetBenchReport",
     "FleetRow",
     "render_markdown",
@@ -78,20 +86,24 @@ _WAIT_S = 900.0
 # Every broker message queue large enough for a whole round: the benchmark measures the
 # coordinator, not a broker limit an operator would raise for such a fleet.
 _BROKER_CONFIG = "max_queued_messages 0\nmax_inflight_messages 0\n"
+# How often an ingest worker sends its partial (sooner once 16 messages await their ack).
+_PARTIAL_FLUSH_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
 class FleetConfig:
-    """One configuration: devices per round, model, codec."""
+    """One configuration: devices per round, model, codec, ingest workers."""
 
     devices: int
     model: str
     compression: str
+    workers: int = 0
 
     @property
     def label(self) -> str:
-        """``1000 x mlp x dense``."""
-        return f"{self.devices} x {self.model} x {self.compression}"
+        """``1000 x mlp x dense`` (``... x 2 workers`` with sharded ingest)."""
+        label = f"{self.devices} x {self.model} x {self.compression}"
+        return f"{label} x {self.workers} workers" if self.workers else label
 
 
 @dataclass(slots=True)
@@ -103,6 +115,7 @@ class FleetRow:
     dim: int
     compression: str
     status: str = "ok"
+    workers: int = 0
     update_bytes: int = 0
     seal_s: float = 0.0
     raw_updates_per_s: float = 0.0
@@ -220,6 +233,12 @@ class _Child:
             raise RuntimeError(msg)
         return message
 
+    def terminate(self) -> None:
+        """Stop a process that runs until told (an ingest worker): SIGTERM, then wait."""
+        if self._process.poll() is None:
+            self._process.terminate()
+        self.close()
+
     def close(self, timeout_s: float = 60.0) -> None:
         """Wait for the process to end; kill it if it does not."""
         try:
@@ -251,7 +270,7 @@ def _raw_baseline(
 def _coordinator_settings(
     workdir: Path, broker: BrokerHandle, config: FleetConfig, rounds: int, fleet: str
 ) -> dict[str, Any]:
-    return {
+    settings: dict[str, Any] = {
         "fleet": fleet,
         "mqtt": {"url": broker.url, "reconnect_min_s": 0.2, "reconnect_max_s": 5.0},
         "signing_key": str(workdir / "coordinator.key"),
@@ -264,6 +283,18 @@ def _coordinator_settings(
         "validation": "none",
         "max_update_bytes": 64 * 1024 * 1024,
     }
+    if config.workers:  # a leader: updates must fit one message (see the module docstring)
+        settings["max_update_bytes"] = DEFAULT_MAX_MESSAGE_BYTES
+        settings["cluster"] = {"workers": config.workers, "partial_flush_s": _PARTIAL_FLUSH_S}
+    return settings
+
+
+def _start_workers(settings: Path, count: int) -> list[_Child]:
+    """``count`` ingest-worker processes, each once it consumes the update stream."""
+    workers = [_Child("worker", str(settings), str(n)) for n in range(1, count + 1)]
+    for worker in workers:
+        worker.expect("ready", 120.0)
+    return workers
 
 
 def _measure(
@@ -280,7 +311,7 @@ def _measure(
     # broker keeps queueing its fleet's updates for it) must not see this one's messages.
     fleet = workdir.name
     dim = get_model_spec(config.model).dim
-    row = FleetRow(config.devices, config.model, dim, config.compression)
+    row = FleetRow(config.devices, config.model, dim, config.compression, workers=config.workers)
     rng = np.random.default_rng([config.devices, dim])
     bodies = encode_bodies(config.compression, dim, rng)
     progress("sealing")
@@ -299,6 +330,9 @@ def _measure(
     ]
     row.update_bytes = sealed[0].update_bytes // sealed[0].updates
     row.seal_s = sealed[0].seal_s
+    if config.workers and len(sealed[0].messages) > sealed[0].updates:
+        row.status = f"not run: {_bytes(row.update_bytes)} updates are chunked"
+        return row
     progress("raw broker")
     raw_rate, _ = _raw_baseline(broker, publisher, sealed[0], fleet)
     coordinator_key = SigningKey.generate()
@@ -308,6 +342,7 @@ def _measure(
     settings.write_text(
         json.dumps(_coordinator_settings(workdir, broker, config, rounds, fleet)), encoding="utf-8"
     )
+    workers = _start_workers(settings, config.workers)
     watcher = _ModelWatcher(broker, fleet, coordinator_key.verify_key)
     child = _Child("coordinator", str(settings))
     try:
@@ -327,6 +362,8 @@ def _measure(
     finally:
         watcher.close()
         child.close()
+        for worker in workers:
+            worker.terminate()
     last = row.rounds[-1]
     row.accepted = int(last["accepted"])
     elapsed = (last["last_accept"] or last["summary_at"]) - last["publish_started"]
@@ -377,6 +414,7 @@ def run_fleet_bench(
     workdir: Path | None = None,
     progress: Callable[[str, str], None] | None = None,
     broker: BrokerHandle | None = None,
+    workers: Sequence[int] = (0,),
 ) -> FleetBenchReport:
     """Measure every configuration; see the module docstring.
 
@@ -395,8 +433,16 @@ def run_fleet_bench(
         Called as ``progress(configuration, stage)``.
     broker:
         A running broker; a private mosquitto by default.
+    workers:
+        Ingest workers per configuration: 0 is the single coordinator process.
     """
-    grid = [FleetConfig(n, m, c) for m in models for c in compressions for n in sorted(devices)]
+    grid = [
+        FleetConfig(n, m, c, k)
+        for m in models
+        for c in compressions
+        for n in sorted(devices)
+        for k in workers
+    ]
     fleet = LoadDevices.generate(max(devices))
     rows: list[FleetRow] = []
     with tempfile.TemporaryDirectory(prefix="byzedge-bench-fleet-", dir=workdir) as tmp:
@@ -476,7 +522,8 @@ def render_markdown(report: FleetBenchReport, before: FleetBenchReport | None = 
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report.rows:
-        head = f"| {row.devices:,} | {row.model} ({row.dim:,}) | {row.compression} |"
+        codec = f"{row.compression}, {row.workers} workers" if row.workers else row.compression
+        head = f"| {row.devices:,} | {row.model} ({row.dim:,}) | {codec} |"
         if not row.ran:
             lines.append(f"{head} {row.status} | | | | | | | |")
             continue
@@ -516,6 +563,65 @@ def render_markdown(report: FleetBenchReport, before: FleetBenchReport | None = 
     lines += ["", "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in report.machine.items()]
     return "\n".join(lines) + "\n"
+
+
+def render_workers_markdown(report: FleetBenchReport) -> str:
+    """The sharded-ingest table: each configuration with 0 (one process), 1, 2, ... workers.
+
+    *round upd/s* counts every row the same way, from the first publish to the round
+    summary (the leader's summary, after the workers' partials), so rows with and
+    without workers compare: the median over the rounds after the first (which warms up);
+    *vs one process* divides it by the same configuration's figure without workers.
+    """
+    single = {
+        (r.devices, r.model, r.compression): _round_rate(r)
+        for r in report.rows
+        if r.ran and not r.workers
+    }
+    lines = [
+        "# Sharded ingest: one coordinator vs a leader and K ingest workers",
+        "",
+        f"Command: `{report.command}`",
+        "",
+        f"Each configuration ran {report.rounds} rounds; figures are the last round's. The "
+        f"load generator published through {report.connections} MQTT connections (QoS 1) to "
+        "a private mosquitto. *workers 0* is one coordinator process that verifies every "
+        "update; *workers K* is the coordinator as leader plus K `coordinator ingest-worker` "
+        "processes sharing the updates through an MQTT v5 shared subscription "
+        f"(`partial_flush_s = {_PARTIAL_FLUSH_S}`). *round upd/s* = accepted updates / time "
+        "from the first publish to the round summary, the median of the rounds after the "
+        "first; *raw* is a plain subscriber receiving the same messages in the same run.",
+        "",
+        "| devices | model (d) | codec | workers | update | raw upd/s | round upd/s | "
+        "vs one process | round (s) | accepted |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report.rows:
+        head = (
+            f"| {row.devices:,} | {row.model} ({row.dim:,}) | {row.compression} | {row.workers} |"
+        )
+        if not row.ran:
+            lines.append(f"{head} {row.status} | | | | | |")
+            continue
+        rate = _round_rate(row)
+        base = single.get((row.devices, row.model, row.compression))
+        speedup = f"{rate / base:.2f}x" if base else "-"
+        lines.append(
+            f"{head} {_bytes(row.update_bytes)} | {_si(row.raw_updates_per_s)} | {_si(rate)} "
+            f"| {speedup} | {row.accepted / rate:.2f} | {row.accepted:,}/{row.devices:,} |"
+        )
+    lines += ["", "## Machine", ""]
+    lines += [f"- {key}: {value}" for key, value in report.machine.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _round_rate(row: FleetRow) -> float:
+    """Accepted updates per second, first publish to summary; median of rounds 2.. ."""
+    rates = [
+        float(r["accepted"]) / max(float(r["summary_at"]) - float(r["publish_started"]), 1e-9)
+        for r in row.rounds
+    ]
+    return float(np.median(rates[1:] or rates))
 
 
 def _before_after(report: FleetBenchReport, before: FleetBenchReport) -> list[str]:

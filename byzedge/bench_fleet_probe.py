@@ -41,7 +41,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from byzedge.coordinator.config import CoordinatorConfig
+    from byzedge.coordinator.devices import DeviceRegistry
+    from byzedge.coordinator.service import Coordinator, RoundSummary
 
 __all__ = ["PHASES", "coordinator_process", "main", "process_rss_bytes", "sink_process"]
 
@@ -170,8 +175,6 @@ def coordinator_process(settings: dict[str, Any]) -> None:
 def _run_coordinator(settings: dict[str, Any], results: _Events) -> None:
     from byzedge.coordinator.config import CoordinatorConfig  # noqa: PLC0415
     from byzedge.coordinator.devices import DeviceRegistry  # noqa: PLC0415
-    from byzedge.coordinator.service import Coordinator, RoundSummary  # noqa: PLC0415
-    from byzedge.protocol.signing import SigningKey  # noqa: PLC0415
 
     marks: dict[str, float] = {}
     clock = _instrument(marks)
@@ -217,12 +220,7 @@ def _run_coordinator(settings: dict[str, Any], results: _Events) -> None:
             }
         )
 
-    coordinator = Coordinator(
-        config,
-        signing_key=SigningKey.load(config.signing_key),
-        devices=devices,
-        on_round=on_round,
-    )
+    coordinator = _coordinator(config, devices, on_round)
     # The inbox is the one private attribute touched: its waits are the main thread's idle time.
     clock.wrap(coordinator._updates, "get", "idle")
     last["main"] = _thread_cpu_s(main_id) if main_id is not None else 0.0
@@ -231,6 +229,59 @@ def _run_coordinator(settings: dict[str, Any], results: _Events) -> None:
     results.put({"event": "ready", "rss": rss_before})
     coordinator.run()
     results.put({"event": "done"})
+
+
+def _coordinator(
+    config: CoordinatorConfig, devices: DeviceRegistry, on_round: Callable[[RoundSummary], None]
+) -> Coordinator:
+    """The coordinator, or with ``[cluster] workers`` the leader (holding the file lease)."""
+    from byzedge.coordinator.cluster.leader import ClusterLeader  # noqa: PLC0415
+    from byzedge.coordinator.cluster.lease import FileLease  # noqa: PLC0415
+    from byzedge.coordinator.service import Coordinator  # noqa: PLC0415
+    from byzedge.protocol.signing import SigningKey  # noqa: PLC0415
+
+    key = SigningKey.load(config.signing_key)
+    if config.cluster.workers == 0:
+        return Coordinator(config, signing_key=key, devices=devices, on_round=on_round)
+    lease = FileLease(config.state_dir)
+    epoch = lease.acquire()
+    assert epoch is not None  # noqa: S101 - acquire() without a timeout blocks until held
+    return ClusterLeader(
+        config, signing_key=key, devices=devices, lease=lease, epoch=epoch, on_round=on_round
+    )
+
+
+def worker_process(settings: dict[str, Any], number: int) -> None:
+    """Run ingest worker ``number`` of the coordinator ``settings`` until SIGTERM.
+
+    Reports ``{"event": "ready"}`` once its shared subscription is in place, then
+    ``{"event": "done"}`` (or ``{"event": "error"}``).
+    """
+    from byzedge.coordinator.cluster.worker import IngestWorker, build_source  # noqa: PLC0415
+    from byzedge.coordinator.config import CoordinatorConfig  # noqa: PLC0415
+    from byzedge.coordinator.devices import DeviceRegistry  # noqa: PLC0415
+    from byzedge.daemon.signals import install_signal_handlers  # noqa: PLC0415
+    from byzedge.protocol.signing import SigningKey  # noqa: PLC0415
+
+    results = _Events()
+    try:
+        config = CoordinatorConfig.model_validate(settings)
+        source = build_source(config, config.mqtt, number)
+        worker = IngestWorker(
+            config,
+            number,
+            coordinator_key=SigningKey.load(config.signing_key).verify_key,
+            devices=DeviceRegistry.load(Path(settings["devices_dir"])),
+            source=source,
+        )
+        if not source.wait_ready(60.0):
+            raise TimeoutError("the worker's shared subscription did not come up in 60 s")
+        results.put({"event": "ready", "rss": process_rss_bytes()})
+        with install_signal_handlers() as signals:
+            worker.run(signals.stop)
+        results.put({"event": "done"})
+    except Exception as exc:  # reported to the parent, which raises it
+        results.put({"event": "error", "error": f"{type(exc).__name__}: {exc}"})
 
 
 def sink_process(host: str, port: int, topic_filter: str, expected: int) -> None:
@@ -274,7 +325,7 @@ def sink_process(host: str, port: int, topic_filter: str, expected: int) -> None
 
 
 def main(argv: list[str]) -> int:
-    """``coordinator SETTINGS.json`` or ``sink HOST PORT FILTER COUNT``."""
+    """``coordinator SETTINGS.json``, ``worker SETTINGS.json N`` or ``sink HOST PORT FILTER N``."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if len(argv) == 2 and argv[0] == "coordinator":
         coordinator_process(json.loads(Path(argv[1]).read_text(encoding="utf-8")))
@@ -282,7 +333,11 @@ def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[0] == "sink":
         sink_process(argv[1], int(argv[2]), argv[3], int(argv[4]))
         return 0
-    print("usage: coordinator SETTINGS.json | sink HOST PORT FILTER COUNT", file=sys.stderr)
+    if len(argv) == 3 and argv[0] == "worker":
+        worker_process(json.loads(Path(argv[1]).read_text(encoding="utf-8")), int(argv[2]))
+        return 0
+    usage = "coordinator SETTINGS.json | worker SETTINGS.json N | sink HOST PORT FILTER COUNT"
+    print(f"usage: {usage}", file=sys.stderr)
     return 2
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "RejectReason",
     "Rejected",
     "RoundWindow",
+    "decode_update",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ class Ingest:
         rejection = self._check_window(device, header, window)
         if rejection is not None:
             return rejection
-        update = self._decode(device, header, envelope.body, window.dim)
+        update = decode_update(device, header, envelope.body, window.dim)
         if isinstance(update, Rejected):
             return update
         self._accepted_this_round[device] = header.nonce
@@ -288,32 +289,6 @@ class Ingest:
             body_bytes=len(envelope.body),
             payload=payload,
         )
-
-    def _decode(
-        self, device: str, header: Header, body: bytes, dim: int
-    ) -> NDArray[np.float32] | Rejected:
-        """Codec, shape and finite checks of an authenticated, fresh update's body."""
-        codec_type = CODECS.get(header.codec)
-        if codec_type is None:
-            detail = f"unknown codec {header.codec!r}"
-            return Rejected(RejectReason.UNKNOWN_CODEC, detail, device, attributable=True)
-        if header.dim != dim:
-            detail = f"update of dim {header.dim}, the model has {dim}"
-            return Rejected(RejectReason.WRONG_SHAPE, detail, device, attributable=True)
-        # rand-k's support comes from the signed fleet, round and sender, never the body.
-        codec_context = CodecContext(header.fleet, header.round, header.sender)
-        try:
-            update = codec_type().decode(body, header.dim, context=codec_context)
-        except SupportMismatchError as exc:
-            reason = RejectReason.RANDK_SUPPORT_MISMATCH
-            return Rejected(reason, str(exc), device, attributable=True)
-        except CodecError as exc:
-            return Rejected(RejectReason.BAD_BODY, str(exc), device, attributable=True)
-        if not np.isfinite(update).all():
-            bad = int(np.count_nonzero(~np.isfinite(update)))
-            detail = f"{bad} non-finite values"
-            return Rejected(RejectReason.NON_FINITE, detail, device, attributable=True)
-        return update
 
     def _check_fresh(self, device: str, header: Header) -> Rejected | Redelivered | None:
         if header.nonce in (
@@ -361,3 +336,34 @@ class Ingest:
         """Restore what :meth:`state_dict` returned."""
         counters = state.get("last_counter", {})
         self._last_counter = {str(k): int(v) for k, v in counters.items()}
+
+
+def decode_update(
+    device: str, header: Header, body: bytes, dim: int
+) -> NDArray[np.float32] | Rejected:
+    """Codec, shape and finite checks of an authenticated, fresh update's body.
+
+    Ingest's last step, after the signature, replay and window checks; the leader of
+    sharded ingest decodes the envelopes its workers accepted with it.
+    """
+    codec_type = CODECS.get(header.codec)
+    if codec_type is None:
+        detail = f"unknown codec {header.codec!r}"
+        return Rejected(RejectReason.UNKNOWN_CODEC, detail, device, attributable=True)
+    if header.dim != dim:
+        detail = f"update of dim {header.dim}, the model has {dim}"
+        return Rejected(RejectReason.WRONG_SHAPE, detail, device, attributable=True)
+    # rand-k's support comes from the signed fleet, round and sender, never the body.
+    codec_context = CodecContext(header.fleet, header.round, header.sender)
+    try:
+        update = codec_type().decode(body, header.dim, context=codec_context)
+    except SupportMismatchError as exc:
+        reason = RejectReason.RANDK_SUPPORT_MISMATCH
+        return Rejected(reason, str(exc), device, attributable=True)
+    except CodecError as exc:
+        return Rejected(RejectReason.BAD_BODY, str(exc), device, attributable=True)
+    if not np.isfinite(update).all():
+        bad = int(np.count_nonzero(~np.isfinite(update)))
+        detail = f"{bad} non-finite values"
+        return Rejected(RejectReason.NON_FINITE, detail, device, attributable=True)
+    return update

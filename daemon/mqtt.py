@@ -621,7 +621,7 @@ class MqttClient:
         if time.monotonic() >= deadline or not self.connected.is_set():
             return True
         with self._lock:
-            return not self._outgoing and not self._in_flight
+            return not self._outgoing and not self._in_flight and not self._acks
 
     def _open_connection(self) -> bool:
         """Open the socket and send CONNECT; ``False`` (error recorded) if that failed."""

@@ -95,6 +95,13 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds per configuration")
     parser.add_argument(
+        "--workers",
+        type=_csv(int),
+        default=[0],
+        help="ingest workers, comma-separated: 0 is one coordinator process, K > 0 a leader "
+        "and K ingest-worker processes ([cluster] workers; default 0)",
+    )
+    parser.add_argument(
         "--connections", type=int, default=4, help="MQTT connections of the load generator"
     )
     parser.add_argument(
@@ -183,10 +190,12 @@ def run_fleet(args: argparse.Namespace, command: str) -> int:
         return fail("bench", "rand-k codecs derive their support per device: use top-k-q8")
     if min(args.devices) < 1 or args.rounds < 1 or args.connections < 1:
         return fail("bench", "need --devices >= 1, --rounds >= 1 and --connections >= 1")
+    if min(args.workers) < 0:
+        return fail("bench", "need --workers >= 0")
     if find_mosquitto() is None:
         return fail("bench", "mosquitto is not installed (apt-get install -y mosquitto)")
     before = load_report(args.before) if args.before is not None else None
-    total = len(args.devices) * len(args.model) * len(args.compression)
+    total = len(args.devices) * len(args.model) * len(args.compression) * len(args.workers)
     with tqdm(total=total, unit="config", dynamic_ncols=True) as bar:
         seen: set[str] = set()
 
@@ -206,6 +215,7 @@ def run_fleet(args: argparse.Namespace, command: str) -> int:
             max_round_bytes=int(args.max_round_gb * 1e9),
             command=command,
             progress=progress,
+            workers=args.workers,
         )
         bar.update(total - bar.n)
     if args.out is not None:

@@ -218,16 +218,14 @@ class ClusterLeader(Coordinator):
             and not settings.anomaly_detection
             and not settings.certified_robustness
         ):
-            probe = self._build_rule(self.config.byzantine_defense)
-            rule = probe if probe.streaming else None
+            # A fresh instance in the workers' place: can it open the round and merge?
+            probe = cast(StreamingAggregator, self._build_rule(self.config.byzantine_defense))
             try:
-                if rule is not None:
-                    if state is not None:
-                        load_rule_state(rule, state)
-                    streaming = cast(StreamingAggregator, rule)
-                    streaming.start(window.dim)
-                    streaming.partial()
-                    mode = "sum"
+                if state is not None:
+                    load_rule_state(probe, state)
+                probe.start(window.dim)
+                probe.partial()
+                mode = "sum"
             except StreamingUnavailableError as exc:
                 _LOGGER.info("round %d: folded from rows: %s", window.round, exc)
         if mode == "rows":

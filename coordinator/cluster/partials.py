@@ -7,8 +7,8 @@ map::
 
     {"v": 1, "fleet", "round", "model_version", "epoch", "basis": 32 bytes,
      "worker", "session": 8 bytes, "seq", "mode": "rows" | "sum", "dim",
-     "updates": [[device, header bytes, wire bytes, body bytes, sha256, weight], ...],
-     "rows": n x d little-endian float32 | nil,
+     "updates": [[device, header bytes, wire bytes, body bytes, sha256, weight,
+                  signed envelope | nil], ...],
      "sums": {"rule", "count", "total", "radius", "vectors": {name: d float64},
               "scalars": {name: count float64}} | nil,
      "copies": [[device, sha256], ...],
@@ -26,8 +26,12 @@ map::
   round summary adds up, the SHA-256 of the envelope (duplicates are keyed by device,
   round and this hash) and the weight the update was folded with.
 * Rows mode (order-statistic rules, anomaly scoring, certificates: anything that needs
-  the rows): ``rows`` holds each update's decoded float32 vector, in ``updates`` order.
-  Sum mode: ``sums`` is the worker's rule's
+  the rows): each update carries the signed envelope the worker accepted, as compact as
+  it came (a top-k update stays some hundred bytes, where its decoded row is ``4 d``),
+  and :meth:`Partial.from_bytes` decodes it with ingest's own
+  :func:`~byzedge.coordinator.ingest.decode_update`: the worker has verified the
+  signature, replay and round, the leader only decodes (:attr:`Partial.rows`). Sum mode:
+  ``sums`` is the worker's rule's
   :class:`~byzedge.coordinator.aggregation.base.StreamPartial` of exactly those updates.
 * ``copies``: updates ingest accepted here whose device the leader's latest receipt
   already holds (a device re-sending while its first copy was on its way through another
@@ -43,6 +47,7 @@ only :class:`PartialFrameError`, whatever the bytes.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -51,10 +56,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from byzedge.coordinator.aggregation.base import StreamPartial
-from byzedge.coordinator.ingest import RejectReason
+from byzedge.coordinator.ingest import Rejected, RejectReason, decode_update
 from byzedge.coordinator.round_engine import ShardPartial
-from byzedge.protocol.envelope import Header
-from byzedge.protocol.errors import EnvelopeError, TopicError
+from byzedge.protocol.envelope import Header, open_envelope
+from byzedge.protocol.errors import EnvelopeError, ProtocolError, TopicError
 from byzedge.protocol.topics import validate_device_id, validate_identifier
 
 __all__ = [
@@ -85,7 +90,6 @@ _KEYS: Final = frozenset(
         "mode",
         "dim",
         "updates",
-        "rows",
         "sums",
         "copies",
         "rejected",
@@ -96,6 +100,7 @@ _SUM_KEYS: Final = frozenset({"rule", "count", "total", "radius", "vectors", "sc
 _REASONS: Final = frozenset(reason.value for reason in RejectReason)
 _MAX_DETAIL: Final = 512
 _MAX_HEADER_BYTES: Final = 64 * 1024
+_MAX_UPDATE_BYTES: Final = 256 * 1024 * 1024
 
 
 class PartialFrameError(Exception):
@@ -104,7 +109,10 @@ class PartialFrameError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class HeldUpdate:
-    """One accepted update in a worker's share (its vector is in the rows or the sums)."""
+    """One accepted update in a worker's share (its vector is in the rows or the sums).
+
+    ``payload`` is the signed envelope in rows mode (empty in sum mode).
+    """
 
     device_id: str
     header: Header
@@ -113,6 +121,7 @@ class HeldUpdate:
     body_bytes: int
     digest: bytes
     weight: float = 1.0
+    payload: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +149,12 @@ class Partial:
     mode: PartialMode
     dim: int
     updates: tuple[HeldUpdate, ...] = ()
-    rows: NDArray[np.float32] | None = None
     sums: StreamPartial | None = None
     copies: tuple[tuple[str, bytes], ...] = ()
     rejections: tuple[RejectionRecord, ...] = ()
     redelivered: int = 0
+    rows: NDArray[np.float32] | None = None
+    """Rows mode, once decoded: the updates' float32 ``(n, d)`` vectors in ``updates`` order."""
 
     @property
     def key(self) -> tuple[str, bytes, int]:
@@ -174,9 +184,6 @@ class Partial:
                 "vectors": {k: _f64(v) for k, v in self.sums.vectors.items()},
                 "scalars": {k: _f64(v) for k, v in self.sums.scalars.items()},
             }
-        rows = None
-        if self.rows is not None:
-            rows = np.ascontiguousarray(self.rows, dtype="<f4").tobytes()
         document = {
             "v": FORMAT_VERSION,
             "fleet": self.fleet,
@@ -190,10 +197,17 @@ class Partial:
             "mode": self.mode,
             "dim": self.dim,
             "updates": [
-                [u.device_id, u.header_bytes, u.wire_bytes, u.body_bytes, u.digest, u.weight]
+                [
+                    u.device_id,
+                    u.header_bytes,
+                    u.wire_bytes,
+                    u.body_bytes,
+                    u.digest,
+                    u.weight,
+                    u.payload if self.mode == "rows" else None,
+                ]
                 for u in self.updates
             ],
-            "rows": rows,
             "sums": sums,
             "copies": [[device, digest] for device, digest in self.copies],
             "rejected": [
@@ -244,12 +258,8 @@ def _decode(raw: dict[str, Any]) -> Partial:
     mode = raw["mode"]
     if mode not in _MODES:
         raise PartialFrameError(f"unknown mode {mode!r}")
-    updates = _updates(raw["updates"], fleet, round_number, version, dim)
-    rows = _rows(raw["rows"], len(updates), dim) if mode == "rows" else None
-    if mode == "rows" and raw["rows"] is None and updates:
-        raise PartialFrameError("a rows-mode frame with updates must carry their rows")
-    if mode == "sum" and raw["rows"] is not None:
-        raise PartialFrameError("a sum-mode frame carries no rows")
+    updates = _updates(raw["updates"], fleet, round_number, version, dim, mode=mode)
+    rows = _rows(updates, dim) if mode == "rows" and updates else None
     sums = None
     if mode == "sum":
         sums = _sums(raw["sums"], dim, updates)
@@ -315,14 +325,16 @@ def _device(value: object) -> str:
 
 
 def _updates(
-    value: object, fleet: str, round_number: int, version: int, dim: int
+    value: object, fleet: str, round_number: int, version: int, dim: int, *, mode: str
 ) -> tuple[HeldUpdate, ...]:
     if not isinstance(value, list):
         raise PartialFrameError("updates must be a list")
     updates: list[HeldUpdate] = []
     for entry in value:
-        if not isinstance(entry, list) or len(entry) != 6:
-            raise PartialFrameError("each update must be [device, header, wire, body, sha256, w]")
+        if not isinstance(entry, list) or len(entry) != 7:
+            raise PartialFrameError(
+                "each update must be [device, header, wire, body, sha256, weight, envelope]"
+            )
         device = _device(entry[0])
         header_bytes = entry[1]
         if not isinstance(header_bytes, bytes) or len(header_bytes) > _MAX_HEADER_BYTES:
@@ -349,6 +361,7 @@ def _updates(
                 body_bytes=_count(entry[3], "body bytes"),
                 digest=_bytes(entry[4], 32, "sha256"),
                 weight=_number(entry[5], "weight"),
+                payload=_payload(entry[6], mode, device),
             )
         )
     if len({u.device_id for u in updates}) != len(updates):
@@ -356,14 +369,32 @@ def _updates(
     return tuple(updates)
 
 
-def _rows(value: object, count: int, dim: int) -> NDArray[np.float32] | None:
-    if value is None:
-        return None
-    if not isinstance(value, bytes) or len(value) != 4 * count * dim:
-        raise PartialFrameError(f"rows must be {count} x {dim} float32")
-    rows = np.frombuffer(value, dtype="<f4").astype(np.float32).reshape(count, dim)
-    if not np.isfinite(rows).all():
-        raise PartialFrameError("rows hold NaN or Inf")
+def _payload(value: object, mode: str, device: str) -> bytes:
+    if mode == "sum":
+        if value is not None:
+            raise PartialFrameError("a sum-mode frame carries no envelopes")
+        return b""
+    if not isinstance(value, bytes) or not 0 < len(value) <= _MAX_UPDATE_BYTES:
+        raise PartialFrameError(f"{device}: a rows-mode update must carry its envelope")
+    return value
+
+
+def _rows(updates: tuple[HeldUpdate, ...], dim: int) -> NDArray[np.float32]:
+    """Decode each accepted envelope as ingest does (no signature check: the worker's)."""
+    rows = np.empty((len(updates), dim), dtype=np.float32)
+    for index, update in enumerate(updates):
+        if hashlib.sha256(update.payload).digest() != update.digest:
+            raise PartialFrameError(f"{update.device_id}: envelope does not match its SHA-256")
+        try:
+            envelope = open_envelope(update.payload, _MAX_UPDATE_BYTES)
+        except ProtocolError as exc:
+            raise PartialFrameError(f"{update.device_id}: bad envelope: {exc}") from exc
+        if envelope.header_bytes != update.header_bytes:
+            raise PartialFrameError(f"{update.device_id}: envelope of another header")
+        decoded = decode_update(update.device_id, envelope.header, envelope.body, dim)
+        if isinstance(decoded, Rejected):
+            raise PartialFrameError(f"{update.device_id}: {decoded.detail}")
+        rows[index] = decoded
     return rows
 
 

@@ -8,7 +8,7 @@ for the round the leader's signed context announces
 (:mod:`~byzedge.coordinator.cluster.context`)::
 
     Ingest.submit (the coordinator's own checks, unchanged)
-      -> accepted: fold (rows mode: keep the decoded row; sum mode: the rule's accumulate,
+      -> accepted: fold (rows mode: keep the signed envelope; sum mode: the rule's accumulate,
          weighted as the leader's step will weight it)
       -> rejected / copy: noted for the leader's counts, reputation and audit
     every partial_flush_s, or once 16 messages await their ack, or the partial is large:
@@ -41,9 +41,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import cast
-
-import numpy as np
-from numpy.typing import NDArray
 
 from byzedge.coordinator.aggregation import build, load_rule_state
 from byzedge.coordinator.aggregation.base import StreamingAggregator, StreamingUnavailableError
@@ -122,7 +119,6 @@ class _Share:
     """What the worker folded since its last flush."""
 
     updates: list[HeldUpdate] = field(default_factory=list)
-    rows: list[NDArray[np.float32]] = field(default_factory=list)
     kept: list[Accepted] = field(default_factory=list)
     copies: list[tuple[str, bytes]] = field(default_factory=list)
     rejections: list[RejectionRecord] = field(default_factory=list)
@@ -464,9 +460,8 @@ class IngestWorker:
             weight = context.weight(accepted.device_id)
             self._rule.accumulate(accepted.update, weight, device_id=accepted.device_id)
             share.size = 16 * self._dim
-        else:
-            share.rows.append(accepted.update)
-            share.size += 4 * self._dim
+        else:  # the leader decodes the envelope itself: it travels as compact as it came
+            share.size += len(accepted.payload)
         share.kept.append(accepted)
         share.updates.append(
             HeldUpdate(
@@ -477,6 +472,7 @@ class IngestWorker:
                 body_bytes=accepted.body_bytes,
                 digest=_digest(accepted),
                 weight=weight,
+                payload=accepted.payload if self._rule is None else b"",
             )
         )
 
@@ -522,15 +518,12 @@ class IngestWorker:
 
     def _frame(self, share: _Share, context: RoundContext, seq: int) -> bytes:
         sums = None
-        rows = None
         if self._rule is not None:
             if share.updates:
                 sums = replace(
                     self._rule.partial(), devices=tuple(u.device_id for u in share.updates)
                 )
             self._rule.start(self._dim)  # the next share starts from zero
-        elif share.rows:
-            rows = np.stack(share.rows)
         return Partial(
             fleet=self._fleet,
             round=context.round,
@@ -543,7 +536,6 @@ class IngestWorker:
             mode=context.mode,
             dim=self._dim,
             updates=tuple(share.updates),
-            rows=rows,
             sums=sums,
             copies=tuple(share.copies),
             rejections=tuple(share.rejections),

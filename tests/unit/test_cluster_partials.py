@@ -25,37 +25,45 @@ from byzedge.coordinator.cluster.partials import (
     PartialFrameError,
     RejectionRecord,
 )
-from byzedge.protocol.envelope import Header
+from byzedge.protocol.codecs import CodecContext, build_codec
+from byzedge.protocol.envelope import Header, seal
+from byzedge.protocol.signing import SigningKey
 
 DIM = 4
 LIMIT = 1 << 20
+KEY = SigningKey.generate()
+ROWS = {"dev-a": [0.0, 1.0, 2.0, 3.0], "dev-b": [4.0, 5.0, 6.0, 7.0]}
 
 
-def held(device: str, round_number: int = 3, version: int = 2, weight: float = 0.9) -> HeldUpdate:
+def held(device: str, *, rows: bool, vector: list[float] | None = None) -> HeldUpdate:
+    """dev-a/dev-b's accepted update; in rows mode with its signed envelope."""
     header = Header(
         kind="update",
         fleet="f",
         sender=device,
-        round=round_number,
-        base_version=version,
+        round=3,
+        base_version=2,
         codec="dense",
         dim=DIM,
         counter=7,
     )
+    values = np.array(vector if vector is not None else ROWS[device], dtype=np.float32)
+    body = build_codec("dense").encode(values, context=CodecContext("f", 3, device))
+    payload = seal(header, body, KEY).to_bytes()
     return HeldUpdate(
         device_id=device,
         header=header,
         header_bytes=header.to_bytes(),
-        wire_bytes=500,
-        body_bytes=16,
-        digest=hashlib.sha256(device.encode()).digest(),
-        weight=weight,
+        wire_bytes=len(payload),
+        body_bytes=len(body),
+        digest=hashlib.sha256(payload).digest(),
+        weight=0.9,
+        payload=payload if rows else b"",
     )
 
 
 def a_partial(mode: str = "rows") -> Partial:
-    updates = (held("dev-a"), held("dev-b"))
-    rows = np.arange(2 * DIM, dtype=np.float32).reshape(2, DIM) if mode == "rows" else None
+    updates = (held("dev-a", rows=mode == "rows"), held("dev-b", rows=mode == "rows"))
     sums = None
     if mode == "sum":
         sums = StreamPartial(
@@ -84,7 +92,6 @@ def a_partial(mode: str = "rows") -> Partial:
         mode="rows" if mode == "rows" else "sum",
         dim=DIM,
         updates=updates,
-        rows=rows,
         sums=sums,
         copies=(("dev-c", b"\x03" * 32),),
         rejections=(
@@ -108,7 +115,7 @@ def test_a_frame_round_trips(mode: str) -> None:
     assert decoded.redelivered == 2
     if mode == "rows":
         assert decoded.rows is not None
-        np.testing.assert_array_equal(decoded.rows, partial.rows)
+        np.testing.assert_array_equal(decoded.rows, [ROWS["dev-a"], ROWS["dev-b"]])
         assert decoded.sums is None
     else:
         assert decoded.sums is not None
@@ -138,9 +145,9 @@ def frame(raw: dict[str, Any]) -> bytes:
         (lambda d: d.pop("epoch"), "fields"),
         (lambda d: d.update(extra=1), "fields"),
         (lambda d: d.update(mode="median"), "mode"),
-        (lambda d: d.update(rows=d["rows"][:-4]), "rows"),
-        (lambda d: d.update(rows=np.full(2 * DIM, np.nan, "<f4").tobytes()), "NaN"),
-        (lambda d: d.update(rows=None), "carry their rows"),
+        (lambda d: d["updates"][0].__setitem__(6, d["updates"][0][6][:-5]), "SHA-256"),
+        (lambda d: d["updates"][0].__setitem__(6, None), "carry its envelope"),
+        (lambda d: d["updates"][0].__setitem__(6, d["updates"][1][6]), "SHA-256"),
         (lambda d: d.update(basis=b"short"), "basis"),
         (lambda d: d.update(seq=-1), "seq"),
         (lambda d: d.update(worker="a/b"), "worker"),
@@ -178,6 +185,23 @@ def test_malformed_sums_are_refused(change: Any, message: str) -> None:
     change(raw["sums"])
     with pytest.raises(PartialFrameError, match=message):
         Partial.from_bytes(frame(raw), max_bytes=LIMIT)
+
+
+def test_an_envelope_that_does_not_decode_is_refused() -> None:
+    broken = held("dev-a", rows=True, vector=[np.nan, 0.0, 0.0, 0.0])
+    partial = replace(a_partial("rows"), updates=(broken,))
+    with pytest.raises(PartialFrameError, match="non-finite"):
+        Partial.from_bytes(partial.to_bytes(), max_bytes=LIMIT)
+
+
+def test_an_envelope_under_another_header_is_refused() -> None:
+    update = held("dev-a", rows=True)
+    other = held("dev-a", rows=True, vector=[9.0, 9.0, 9.0, 9.0])
+    mixed = replace(update, payload=other.payload, digest=other.digest)
+    mixed = replace(mixed, header_bytes=update.header_bytes[:-1] + b"\x08")
+    partial = replace(a_partial("rows"), updates=(mixed,))
+    with pytest.raises(PartialFrameError):
+        Partial.from_bytes(partial.to_bytes(), max_bytes=LIMIT)
 
 
 def test_oversized_and_foreign_frames_are_refused() -> None:
