@@ -583,14 +583,15 @@ def render_workers_markdown(report: FleetBenchReport) -> str:
         "",
         f"Command: `{report.command}`",
         "",
-        f"Each configuration ran {report.rounds} rounds; figures are the last round's. The "
-        f"load generator published through {report.connections} MQTT connections (QoS 1) to "
-        "a private mosquitto. *workers 0* is one coordinator process that verifies every "
-        "update; *workers K* is the coordinator as leader plus K `coordinator ingest-worker` "
-        "processes sharing the updates through an MQTT v5 shared subscription "
-        f"(`partial_flush_s = {_PARTIAL_FLUSH_S}`). *round upd/s* = accepted updates / time "
-        "from the first publish to the round summary, the median of the rounds after the "
-        "first; *raw* is a plain subscriber receiving the same messages in the same run.",
+        f"Each configuration ran {report.rounds} rounds (the first warms up). The load "
+        f"generator published through {report.connections} MQTT connections (QoS 1) to "
+        "a private mosquitto, all on this machine. *workers 0* is one coordinator process "
+        "that verifies every update; *workers K* is the coordinator as leader plus K "
+        "`coordinator ingest-worker` processes sharing the updates through an MQTT v5 "
+        f"shared subscription (`partial_flush_s = {_PARTIAL_FLUSH_S}`). *round upd/s* = "
+        "accepted updates / time from the first publish to the round summary, the median of "
+        "the rounds after the first; *raw* is a plain subscriber receiving the same messages "
+        "in the same run.",
         "",
         "| devices | model (d) | codec | workers | update | raw upd/s | round upd/s | "
         "vs one process | round (s) | accepted |",
@@ -609,6 +610,33 @@ def render_workers_markdown(report: FleetBenchReport) -> str:
         lines.append(
             f"{head} {_bytes(row.update_bytes)} | {_si(row.raw_updates_per_s)} | {_si(rate)} "
             f"| {speedup} | {row.accepted / rate:.2f} | {row.accepted:,}/{row.devices:,} |"
+        )
+    sharded = [r for r in report.rows if r.ran and r.workers]
+    cores = report.machine.get("cpu count", "?")
+    lines += [
+        "",
+        "## Reading",
+        "",
+        f"The load generator, mosquitto, the leader and the K workers share this machine's "
+        f"{cores} cores: a worker adds verification capacity (Ed25519, SHA-256, decoding, "
+        "which the leader no longer does) only where a core is idle, and costs a process, "
+        "a broker hop and a partial per flush where none is.",
+        "",
+    ]
+    if sharded and single:
+        speedups = [
+            (_round_rate(r) / single[key], r)
+            for r in sharded
+            if (key := (r.devices, r.model, r.compression)) in single
+        ]
+        best, best_row = max(speedups, key=lambda item: item[0])
+        worst, worst_row = min(speedups, key=lambda item: item[0])
+        lines.append(
+            f"Here the workers' rounds ran at {worst:.2f}x to {best:.2f}x the single "
+            f"process's (best: {best_row.devices:,} x {best_row.compression} with "
+            f"{best_row.workers} workers; worst: {worst_row.devices:,} x "
+            f"{worst_row.compression} with {worst_row.workers}); every round accepted every "
+            "update."
         )
     lines += ["", "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in report.machine.items()]

@@ -56,6 +56,7 @@ from byzedge.coordinator.journal import RoundJournal
 from byzedge.coordinator.round_engine import ShardPartial
 from byzedge.coordinator.service import Coordinator, RoundSummary, _Intake
 from byzedge.daemon.logging import RateLimitedLog
+from byzedge.daemon.mqtt import ConnectInfo
 from byzedge.daemon.transport import TransportFactory
 from byzedge.models.datasets import DigitsSplit
 from byzedge.protocol import topics
@@ -157,6 +158,13 @@ class ClusterLeader(Coordinator):
     def _subscriptions(self) -> list[tuple[str, int]]:
         fleet = self.config.fleet
         return [(topics.partial_wildcard(fleet), 1), (topics.device_status_wildcard(fleet), 1)]
+
+    def _on_connect(self, info: ConnectInfo) -> None:
+        super()._on_connect(info)
+        if info.session_present:
+            # A session kept from a single-process coordinator of this fleet still holds
+            # its subscription to every update: the leader reads partials only.
+            self._client.unsubscribe(topics.update_wildcard(self.config.fleet))
 
     # -- round open ----------------------------------------------------------------------
 
