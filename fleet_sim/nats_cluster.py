@@ -231,6 +231,18 @@ class NatsCluster:
                 return str(leader)
         return None
 
+    def stream_state(self, stream: str) -> dict[str, Any]:
+        """``stream``'s state (``messages``, ``first_seq``, ``last_seq``...) as a node reports it.
+
+        Empty when no running node reports the stream.
+        """
+        for node in self.nodes:
+            if node.running:
+                report = _stream_report(node, stream)
+                if report is not None and report.get("state"):
+                    return dict(report["state"])
+        return {}
+
     def wait_ready(self, timeout_s: float = _START_TIMEOUT_S) -> None:
         """Wait until every running node sees a meta leader and accepts an MQTT CONNECT.
 
