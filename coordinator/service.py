@@ -87,7 +87,7 @@ from byzedge.coordinator.round_engine import (
     sample_cohort,
     server_step,
 )
-from byzedge.coordinator.state import CoordinatorState, StateStore
+from byzedge.coordinator.state import CoordinatorState, CoordinatorStateStore, StateStore
 from byzedge.coordinator.training_method import (
     FEDAVG,
     build_training_method,
@@ -243,7 +243,7 @@ class Coordinator:
         )
         self._connected_at = 0.0  # monotonic; written and read on the network thread
         self.dropped_messages = 0
-        self._store = StateStore(config.state_dir)
+        self._store = self._state_store()
         self._journal = RoundJournal(config.state_dir / "round.journal")
         self._ingest = Ingest(
             config.fleet,
@@ -316,6 +316,10 @@ class Coordinator:
 
     def _build_rule(self, name: str) -> Aggregator:
         return build(name, **rule_parameters(self.config, name))
+
+    def _state_store(self) -> CoordinatorStateStore:
+        """The state file; the leader of a cluster may share its state with standbys."""
+        return StateStore(self.config.state_dir)
 
     def _load_or_init_state(self) -> CoordinatorState:
         try:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from byzedge.daemon.store import AtomicStore
 
-__all__ = ["CoordinatorState", "StateStore"]
+__all__ = ["CoordinatorState", "CoordinatorStateStore", "StateStore"]
 
 
 @dataclass(slots=True)
@@ -83,6 +83,27 @@ class CoordinatorState:
         except (KeyError, TypeError, AttributeError) as exc:
             msg = f"coordinator state is missing or mistypes a field: {exc}"
             raise ValueError(msg) from exc
+
+
+class CoordinatorStateStore(Protocol):
+    """Where the coordinator's state lives between rounds.
+
+    One file (:class:`StateStore`), or one file and a cluster's replicated copy
+    (:mod:`byzedge.coordinator.cluster.nats_state`).
+    """
+
+    @property
+    def path(self) -> Path:
+        """The local state file."""
+        ...
+
+    def load(self) -> CoordinatorState | None:
+        """The saved state, or ``None`` when there is none."""
+        ...
+
+    def save(self, state: CoordinatorState) -> None:
+        """Write ``state`` atomically."""
+        ...
 
 
 class StateStore:

@@ -33,7 +33,14 @@ from typing import Any
 import msgpack
 import numpy as np
 
-__all__ = ["STATE_FORMAT", "STATE_VERSION", "AtomicStore"]
+__all__ = [
+    "STATE_FORMAT",
+    "STATE_VERSION",
+    "AtomicStore",
+    "StateDecodeError",
+    "decode_state",
+    "encode_state",
+]
 
 STATE_FORMAT = "byzedge-state"
 STATE_VERSION = 1
@@ -46,8 +53,8 @@ _ARRAY_KINDS = frozenset("biufc")
 _log = logging.getLogger(__name__)
 
 
-class _CorruptStateError(Exception):
-    """Raised internally when a state file cannot be trusted."""
+class StateDecodeError(Exception):
+    """A stored state cannot be trusted: not ours, another version, or a bad checksum."""
 
 
 def _default(obj: object) -> object:
@@ -70,12 +77,12 @@ def _default(obj: object) -> object:
 def _ext_hook(code: int, payload: bytes) -> object:
     if code != _EXT_NDARRAY:
         msg = f"unknown msgpack extension type {code}"
-        raise _CorruptStateError(msg)
+        raise StateDecodeError(msg)
     dtype_str, shape, raw = msgpack.unpackb(payload, raw=False)
     dtype = np.dtype(dtype_str)
     if dtype.kind not in _ARRAY_KINDS:
         msg = f"refusing numpy dtype {dtype_str!r}"
-        raise _CorruptStateError(msg)
+        raise StateDecodeError(msg)
     # copy(): frombuffer views the immutable bytes; callers expect a writable array.
     return np.frombuffer(raw, dtype=dtype).reshape(tuple(shape)).copy()
 
@@ -125,14 +132,7 @@ class AtomicStore:
         OSError
             If the file cannot be written; the old file is kept.
         """
-        data = _pack(dict(obj))
-        wrapper = {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "data": data,
-        }
-        blob = _pack(wrapper)
+        blob = encode_state(obj)
         directory = self.path.parent
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
@@ -169,43 +169,10 @@ class AtomicStore:
             self._quarantine(f"unreadable: {exc}")
             return None
         try:
-            return self._decode(blob)
-        except _CorruptStateError as exc:
+            return decode_state(blob)
+        except StateDecodeError as exc:
             self._quarantine(str(exc))
             return None
-
-    def _decode(self, blob: bytes) -> dict[str, Any]:
-        try:
-            wrapper = msgpack.unpackb(blob, raw=False)
-        except Exception as exc:
-            # msgpack raises a zoo of types (ExtraData, FormatError, ValueError, ...).
-            msg = f"not a msgpack document ({type(exc).__name__}: {exc})"
-            raise _CorruptStateError(msg) from exc
-        if not isinstance(wrapper, dict) or wrapper.get("format") != STATE_FORMAT:
-            msg = "not a byzedge state file"
-            raise _CorruptStateError(msg)
-        version = wrapper.get("version")
-        if version != STATE_VERSION:
-            msg = f"unsupported state version {version!r} (this build reads {STATE_VERSION})"
-            raise _CorruptStateError(msg)
-        data, digest = wrapper.get("data"), wrapper.get("sha256")
-        if not isinstance(data, bytes) or not isinstance(digest, str):
-            msg = "state wrapper lacks its data or checksum"
-            raise _CorruptStateError(msg)
-        if hashlib.sha256(data).hexdigest() != digest:
-            msg = "checksum mismatch"
-            raise _CorruptStateError(msg)
-        try:
-            state = _unpack(data)
-        except _CorruptStateError:
-            raise
-        except Exception as exc:
-            msg = f"state payload does not decode ({type(exc).__name__}: {exc})"
-            raise _CorruptStateError(msg) from exc
-        if not isinstance(state, dict):
-            msg = f"state payload is a {type(state).__name__}, not a map"
-            raise _CorruptStateError(msg)
-        return state
 
     def _quarantine(self, reason: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -239,6 +206,65 @@ class AtomicStore:
             _log.debug("removing leftover temporary state file %s", stale)
             with contextlib.suppress(OSError):
                 stale.unlink()
+
+
+def encode_state(obj: Mapping[str, Any]) -> bytes:
+    """The stored form of ``obj``: the checksummed wrapper of the module docstring.
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` holds a value that cannot be stored.
+    """
+    data = _pack(dict(obj))
+    wrapper = {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "data": data,
+    }
+    return _pack(wrapper)
+
+
+def decode_state(blob: bytes) -> dict[str, Any]:
+    """Verify and decode :func:`encode_state`'s bytes.
+
+    Raises
+    ------
+    StateDecodeError
+        When the bytes are not a byzedge state of this version or fail their checksum.
+    """
+    try:
+        wrapper = msgpack.unpackb(blob, raw=False)
+    except Exception as exc:
+        # msgpack raises a zoo of types (ExtraData, FormatError, ValueError, ...).
+        msg = f"not a msgpack document ({type(exc).__name__}: {exc})"
+        raise StateDecodeError(msg) from exc
+    if not isinstance(wrapper, dict) or wrapper.get("format") != STATE_FORMAT:
+        msg = "not a byzedge state file"
+        raise StateDecodeError(msg)
+    version = wrapper.get("version")
+    if version != STATE_VERSION:
+        msg = f"unsupported state version {version!r} (this build reads {STATE_VERSION})"
+        raise StateDecodeError(msg)
+    data, digest = wrapper.get("data"), wrapper.get("sha256")
+    if not isinstance(data, bytes) or not isinstance(digest, str):
+        msg = "state wrapper lacks its data or checksum"
+        raise StateDecodeError(msg)
+    if hashlib.sha256(data).hexdigest() != digest:
+        msg = "checksum mismatch"
+        raise StateDecodeError(msg)
+    try:
+        state = _unpack(data)
+    except StateDecodeError:
+        raise
+    except Exception as exc:
+        msg = f"state payload does not decode ({type(exc).__name__}: {exc})"
+        raise StateDecodeError(msg) from exc
+    if not isinstance(state, dict):
+        msg = f"state payload is a {type(state).__name__}, not a map"
+        raise StateDecodeError(msg)
+    return state
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -49,12 +49,14 @@ from byzedge.coordinator.aggregation.base import StreamingAggregator, StreamingU
 from byzedge.coordinator.cluster.context import RoundContext, seal_context
 from byzedge.coordinator.cluster.contracts import LeaderLease
 from byzedge.coordinator.cluster.partials import Partial, PartialFrameError
+from byzedge.coordinator.cluster.shared_state import build_state_store
 from byzedge.coordinator.config import CoordinatorConfig, rule_parameters
 from byzedge.coordinator.enrolment import Enrolment
 from byzedge.coordinator.ingest import Accepted, Rejected, RejectReason, RoundWindow
 from byzedge.coordinator.journal import RoundJournal
 from byzedge.coordinator.round_engine import ShardPartial
 from byzedge.coordinator.service import Coordinator, RoundSummary, _Intake
+from byzedge.coordinator.state import CoordinatorStateStore
 from byzedge.daemon.logging import RateLimitedLog
 from byzedge.daemon.mqtt import ConnectInfo
 from byzedge.daemon.transport import TransportFactory
@@ -154,6 +156,10 @@ class ClusterLeader(Coordinator):
         )
         # The journal holds partial frames here, not updates: its own file.
         self._journal = RoundJournal(config.state_dir / "partials.journal")
+
+    def _state_store(self) -> CoordinatorStateStore:
+        """Where the broker's standbys can find the state (a cluster copy on NATS)."""
+        return build_state_store(self.config, self.epoch)
 
     def _subscriptions(self) -> list[tuple[str, int]]:
         fleet = self.config.fleet

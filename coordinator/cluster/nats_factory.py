@@ -1,9 +1,10 @@
-"""``[cluster] broker = "nats"``: the JetStream update source and the KV leader lease.
+"""``[cluster] broker = "nats"``: the JetStream update source, the KV leader lease, the state.
 
-:func:`register_nats` adds both to the registries the ingest worker and the leader pick
+:func:`register_nats` adds them to the registries the ingest worker and the leader pick
 from (``SOURCES`` in :mod:`~byzedge.coordinator.cluster.worker`, ``LEASES`` in
-:mod:`~byzedge.coordinator.cluster.lease`); the commands call it when a config names the
-NATS broker, so the mosquitto path never imports nats-py.
+:mod:`~byzedge.coordinator.cluster.lease`, ``STATE_STORES`` in
+:mod:`~byzedge.coordinator.cluster.shared_state`); the commands call it when a config
+names the NATS broker, so the mosquitto path never imports nats-py.
 
 Both connect to ``[cluster] nats_servers``; ``tls://`` servers get the client certificate
 of the process (the worker's ``[mqtt.tls]`` with ``[cluster]``'s worker certificate, the
@@ -16,12 +17,13 @@ import ssl
 from typing import TYPE_CHECKING
 
 from byzedge.coordinator.cluster.contracts import LeaderLease, UpdateSource
+from byzedge.coordinator.state import CoordinatorStateStore, StateStore
 
 if TYPE_CHECKING:
     from byzedge.coordinator.config import CoordinatorConfig
     from byzedge.daemon.mqtt import MqttSettings, TlsSettings
 
-__all__ = ["nats_lease", "nats_source", "register_nats"]
+__all__ = ["nats_lease", "nats_source", "nats_state_store", "register_nats"]
 
 # A worker acks a message once its partial is with the broker: a flush (partial_flush_s)
 # plus a PUBACK that may take up to the worker's 30 s resend wait. Twice that, so a slow
@@ -115,10 +117,34 @@ def nats_lease(config: CoordinatorConfig) -> LeaderLease:
     )
 
 
+def nats_state_store(config: CoordinatorConfig, epoch: int) -> CoordinatorStateStore:
+    """The leader's state: its file, and a copy in the cluster its standbys resume from.
+
+    Raises
+    ------
+    ValueError
+        When ``nats_servers`` is empty or its TLS files cannot be loaded.
+    """
+    _require_nats_py()
+    from byzedge.coordinator.cluster.nats_state import JetStreamStateStore  # noqa: PLC0415
+
+    servers = _servers(config)
+    return JetStreamStateStore(
+        StateStore(config.state_dir),
+        servers,
+        config.fleet,
+        epoch=epoch,
+        replicas=_replicas(servers),
+        tls=_tls(servers, config.mqtt.tls),
+    )
+
+
 def register_nats() -> None:
     """Make ``broker = "nats"`` known to the worker's and the leader's registries."""
     from byzedge.coordinator.cluster.lease import LEASES  # noqa: PLC0415
+    from byzedge.coordinator.cluster.shared_state import STATE_STORES  # noqa: PLC0415
     from byzedge.coordinator.cluster.worker import SOURCES  # noqa: PLC0415
 
     SOURCES.setdefault("nats", nats_source)
     LEASES.setdefault("nats", nats_lease)
+    STATE_STORES.setdefault("nats", nats_state_store)
