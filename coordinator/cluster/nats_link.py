@@ -18,6 +18,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, TypeVar
 
@@ -100,13 +101,18 @@ class NatsLink:
         js = self._js
         if self._closing or js is None or not self.ready.is_set():
             raise NatsUnavailableError(f"NATS link {self.name} is not connected")
-        future = asyncio.run_coroutine_threadsafe(work(js), self._loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(work(js), self._loop)
+        except RuntimeError as exc:  # the loop closed meanwhile
+            raise NatsUnavailableError(f"NATS link {self.name} is closed") from exc
         try:
             return future.result(timeout_s)
         except FutureTimeoutError as exc:
             future.cancel()
             msg = f"NATS call on {self.name} took over {timeout_s:.1f} s"
             raise TimeoutError(msg) from exc
+        except CancelledError as exc:  # close() stopped the loop under the call
+            raise NatsUnavailableError(f"NATS link {self.name} is closed") from exc
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Wait until connected and provisioned (or ``timeout_s``); return whether it is."""
