@@ -276,7 +276,11 @@ class Ingest:
             return replay
         rejection = self._check_window(device, header, window)
         if rejection is not None:
+            # Not remembered: an update early for its round (an ingest worker that has not
+            # yet seen the round open) or refused by the window comes again as itself,
+            # judged again, never as a replay of itself.
             return rejection
+        self._remember(device, header)
         update = decode_update(device, header, envelope.body, window.dim)
         if isinstance(update, Rejected):
             return update
@@ -302,13 +306,18 @@ class Ingest:
         if header.counter <= last:
             detail = f"counter {header.counter} not above {last}"
             return Rejected(RejectReason.REPLAY, detail, device)
-        # Remember the message only once it is authenticated, so forged messages cannot
-        # burn a device's nonces or counters.
+        return None
+
+    def _remember(self, device: str, header: Header) -> None:
+        """Burn the message's nonce and counter.
+
+        Only for an authenticated message its round's window takes, so neither a forged
+        message nor one that came too early can burn a device's nonces or counters.
+        """
         self._seen_nonces[header.nonce] = None
         while len(self._seen_nonces) > _NONCE_MEMORY:
             self._seen_nonces.popitem(last=False)
         self._last_counter[device] = header.counter
-        return None
 
     def _check_window(self, device: str, header: Header, window: RoundWindow) -> Rejected | None:
         now_ms = int(self._clock() * 1000)

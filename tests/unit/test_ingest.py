@@ -340,14 +340,30 @@ def test_a_copy_arriving_two_rounds_later_is_a_replay() -> None:
     assert rejection(outcome) is RejectReason.REPLAY
 
 
-def test_a_copy_of_a_rejected_update_is_a_replay() -> None:
+def test_an_update_early_for_its_round_is_judged_again_and_taken_once_the_round_opens() -> None:
+    # An ingest worker may see a device's next-round update before the round's context:
+    # refusing it must not burn its nonce, or the device's re-send would be a "replay".
     ingest = make_ingest()
-    wire = frame(round=ROUND + 5)
+    wire = frame(round=ROUND + 1)
+    assert rejection(ingest.submit(topic(), wire, WINDOW)) is RejectReason.WRONG_ROUND
     assert rejection(ingest.submit(topic(), wire, WINDOW)) is RejectReason.WRONG_ROUND
 
-    outcome = ingest.submit(topic(), wire, WINDOW)
+    taken = ingest.submit(topic(), wire, replace_round(1))
 
-    assert rejection(outcome) is RejectReason.REPLAY
+    assert isinstance(taken, Accepted)
+    assert isinstance(ingest.submit(topic(), wire, replace_round(1)), Redelivered)
+
+
+def test_a_copy_of_an_accepted_update_from_an_older_round_is_a_replay() -> None:
+    ingest = make_ingest()
+    wire = frame()
+    assert isinstance(ingest.submit(topic(), wire, WINDOW), Accepted)
+    for offset in (1, 2):  # Redelivered for one round after, a replay from then on
+        ingest.submit(
+            topic(), frame(round=ROUND + offset, counter=20 + offset), replace_round(offset)
+        )
+
+    assert rejection(ingest.submit(topic(), wire, replace_round(2))) is RejectReason.REPLAY
 
 
 def test_a_journaled_payload_is_checked_like_a_message() -> None:
