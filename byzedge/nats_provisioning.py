@@ -27,11 +27,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NatsNodePlan", "nats_node_config", "nats_unit", "plan_nodes"]
+__all__ = [
+    "USERS_FILE",
+    "NatsNodePlan",
+    "nats_node_config",
+    "nats_unit",
+    "nats_users_config",
+    "plan_nodes",
+]
 
 _CLUSTER_OFFSET = 2000
 _HTTP_OFFSET = 4000
 NATS_SERVER_BIN = "/usr/sbin/nats-server"
+USERS_FILE = "users.conf"
+"""Beside the node configs (``DIR/broker/nats/users.conf``), included by each of them."""
+# The names the coordinator's NATS-client code uses (coordinator/cluster/nats_source.py,
+# nats_lease.py, nats_state.py); the permissions below are scoped to them.
+_DURABLE = "ingest"
+_LEASE_BUCKET = "byzedge_leader"
+_STATE_BUCKET = "byzedge_state"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +110,7 @@ def nats_node_config(
         f'    cert_file: "{broker / "server.crt"}"\n'
         f'    key_file: "{broker / "server.key"}"\n'
         f'    ca_file: "{broker / "ca.crt"}"\n'
-        "    verify: true\n"
+        "    verify_and_map: true\n"
         "    timeout: 5\n"
     )
     store = broker / "nats" / node.name
@@ -109,6 +123,13 @@ def nats_node_config(
 
 # Required by the MQTT listener and by clustered JetStream.
 server_name: {node.name}
+
+# Who may connect and what each may publish and subscribe: one user per certificate
+# (verify_and_map below maps a client certificate's subject, "CN=<id>", to a user). The
+# file is shared by every node and rewritten by `byzedge init add-device | revoke-device`;
+# after a change, reload each node: nats-server --signal reload=<pid> (or SIGHUP,
+# systemctl reload byzedge-nats-{node.name}). What it enforces is written at its top.
+include "{USERS_FILE}"
 
 # NATS clients (the coordinator): mutual TLS with the fleet CA.
 listen: {_listen(bind, node.client_port)}
@@ -170,4 +191,183 @@ PrivateTmp=yes
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+
+def _permissions(publish: Sequence[str], subscribe: Sequence[str]) -> str:
+    def block(subjects: Sequence[str]) -> str:
+        listed = "".join(f'            "{subject}"\n' for subject in subjects)
+        return "{ allow: [\n" + listed + "          ] }"
+
+    return (
+        "        permissions: {\n"
+        f"          publish: {block(publish)}\n"
+        f"          subscribe: {block(subscribe)}\n"
+        "        }\n"
+    )
+
+
+def _user(
+    name: str, note: str, publish: Sequence[str], subscribe: Sequence[str], *, nats: bool
+) -> str:
+    # Devices and the monitor speak MQTT only: their certificates are refused on the NATS
+    # client port, so they never reach the JetStream API, $MQTT.sub.> or _INBOX.>.
+    kinds = '"STANDARD", "MQTT"' if nats else '"MQTT"'
+    return (
+        f"    # {note}\n"
+        "    {\n"
+        f'        user: "CN={name}"\n'
+        f"        allowed_connection_types: [{kinds}]\n"
+        + _permissions(publish, subscribe)
+        + "    }\n"
+    )
+
+
+def nats_users_config(fleet: str, devices: Sequence[str]) -> str:
+    """The ``authorization`` block every node includes: one user per fleet certificate.
+
+    Parameters
+    ----------
+    fleet:
+        The fleet (every subject is scoped to it).
+    devices:
+        The enrolled devices; a device missing here (revoked) is refused at connect.
+    """
+    base = f"byzedge.{fleet}"
+    stream = f"BYZ_UPDATES_{fleet}"
+    # A QoS 1 MQTT subscription is a JetStream consumer delivering to "$MQTT.sub.<id>",
+    # which the server subscribes under the user's permissions (2.9.10 refuses the SUBACK
+    # and logs a subscription violation without it). Publishing (QoS 0/1, retained) needs
+    # only the topic's own subject: the copies into $MQTT_msgs/$MQTT_rmsgs are the
+    # server's (tests/integration/test_nats_authorization.py).
+    mqtt_sub = "$MQTT.sub.>"
+    device_reads = [
+        f"{base}.model",
+        f"{base}.model.broadcast",
+        f"{base}.model.resync",
+        f"{base}.receipts",
+        f"{base}.cluster.context",
+        mqtt_sub,
+    ]
+    # The ingest source (nats_source.py): look up or create the update stream and its
+    # durable pull consumer, pull, ack. Nothing that deletes, purges or edits a stream.
+    ingest_api = [
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{_DURABLE}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{_DURABLE}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{_DURABLE}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{_DURABLE}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{_DURABLE}",
+        f"$JS.ACK.{stream}.{_DURABLE}.>",
+    ]
+    # The leader (nats_lease.py, nats_state.py) additionally holds the lease bucket and
+    # the state object store: their streams (KV_/OBJ_), their write subjects ($KV., $O.)
+    # and the consumers an object read creates (nats-py's subscribe first looks the
+    # stream up by subject: STREAM.NAMES, which lists names only).
+    leader_api = [
+        "$JS.API.STREAM.NAMES",
+        *(
+            f"$JS.API.{call}.{kind}_{bucket}"
+            for kind, bucket in (("KV", _LEASE_BUCKET), ("OBJ", _STATE_BUCKET))
+            for call in ("STREAM.INFO", "STREAM.CREATE", "STREAM.MSG.GET", "STREAM.PURGE")
+        ),
+        *(
+            f"$JS.API.DIRECT.GET.{kind}_{bucket}.>"
+            for kind, bucket in (("KV", _LEASE_BUCKET), ("OBJ", _STATE_BUCKET))
+        ),
+        f"$JS.API.CONSUMER.CREATE.OBJ_{_STATE_BUCKET}",
+        f"$JS.API.CONSUMER.CREATE.OBJ_{_STATE_BUCKET}.>",
+        f"$JS.API.CONSUMER.DELETE.OBJ_{_STATE_BUCKET}.>",
+        f"$JS.API.CONSUMER.INFO.OBJ_{_STATE_BUCKET}.>",
+        f"$JS.FC.OBJ_{_STATE_BUCKET}.>",
+        f"$KV.{_LEASE_BUCKET}.>",
+        f"$O.{_STATE_BUCKET}.>",
+    ]
+    users = [
+        _user(
+            "coordinator",
+            "The coordinator (leader): reads updates, statuses and partials, publishes the "
+            "model, receipts and round context; on the NATS port the ingest source, the "
+            "lease and the state store.",
+            [
+                f"{base}.model",
+                f"{base}.model.broadcast",
+                f"{base}.model.resync",
+                f"{base}.coordinator.status",
+                f"{base}.alerts",
+                f"{base}.cluster.context",
+                f"{base}.receipts",
+                *ingest_api,
+                *leader_api,
+            ],
+            [f"{base}.>", "_INBOX.>", mqtt_sub],
+            nats=True,
+        ),
+        _user(
+            _DURABLE,
+            "Sharded ingest's workers: the update stream through its durable consumer, "
+            "their partials out, the round context in. No lease, no state, no stream "
+            "deletion.",
+            [f"{base}.partial.>", *ingest_api],
+            [f"{base}.cluster.context", f"{base}.receipts", "_INBOX.>", mqtt_sub],
+            nats=True,
+        ),
+        _user(
+            "monitor", "The operator's monitor: read-only.", [], [f"{base}.>", mqtt_sub], nats=False
+        ),
+    ]
+    for device in devices:
+        users.append(
+            _user(
+                device,
+                f"Device {device}: its own update (and chunks below it) and status only.",
+                [
+                    f"{base}.update.{device}",
+                    f"{base}.update.{device}.>",
+                    f"{base}.status.{device}",
+                ],
+                device_reads,
+                nats=False,
+            )
+        )
+    return (
+        _USERS_HEADER.format(fleet=fleet)
+        + "authorization {\n  users = [\n"
+        + "".join(users)
+        + "  ]\n}\n"
+    )
+
+
+_USERS_HEADER = """\
+# Users of byzedge fleet {fleet}'s NATS cluster, written by `byzedge init`, `init
+# add-device` and `init revoke-device` (edits here are overwritten). Every node includes
+# it; after a change reload each node (nats-server --signal reload=<pid>, or SIGHUP).
+#
+# Enforced, on the MQTT listener and the NATS client port alike (a client certificate
+# from the fleet CA whose subject, "CN=<id>", is not listed is refused at connect):
+# - a device publishes only on byzedge/{fleet}/update/<its id> (and below it) and
+#   byzedge/{fleet}/status/<its id>, and reads only the model, broadcast, resync,
+#   receipts and round-context topics. A publish elsewhere is dropped (see the tests);
+#   on the NATS port it may use no JetStream API at all (no stream deletion, no lease,
+#   no state);
+# - the ingest workers may look up, create and consume the update stream (never delete
+#   or purge it), and may not touch the leader lease or state;
+# - the coordinator holds the lease (KV byzedge_leader) and the state (object store
+#   byzedge_state);
+# - the monitor reads only;
+# - a revoked device has no user here: after the reload its certificate is refused.
+#
+# Not enforced here:
+# - nats-server 2.9 reads no CRL: revocation is this file plus a reload of every node;
+# - a connection open before a reload keeps its user until it reconnects (or the reload
+#   closes it: nats-server closes clients whose user was removed);
+# - the NATS route port carries no TLS and no auth: keep it on a private network;
+# - the retained status of a device (its last will included) is checked like its other
+#   publishes; what it says is not (the coordinator checks signatures on updates);
+# - JetStream's own subjects used for MQTT sessions and retained messages ($MQTT_*) are
+#   handled by the server itself, not under any user's permissions.
+
 """

@@ -49,7 +49,14 @@ from pathlib import Path
 from typing import Any
 
 from byzedge.daemon import pki
-from byzedge.nats_provisioning import NatsNodePlan, nats_node_config, nats_unit, plan_nodes
+from byzedge.nats_provisioning import (
+    USERS_FILE,
+    NatsNodePlan,
+    nats_node_config,
+    nats_unit,
+    nats_users_config,
+    plan_nodes,
+)
 from byzedge.protocol.chunking import DEFAULT_MAX_MESSAGE_BYTES
 from byzedge.protocol.errors import TopicError
 from byzedge.protocol.signing import SigningKey
@@ -633,6 +640,22 @@ def _write_nats_broker(root: Path, spec: FleetSpec, ca: pki.Issued) -> None:
         _write_text(broker / "nats" / f"{node.name}.conf", config)
 
 
+def _write_nats_users(root: Path, spec: FleetSpec) -> None:
+    """The users every node includes: the fleet's accounts and its enrolled devices."""
+    if spec.broker != "nats":
+        return
+    path = root / "broker" / "nats" / USERS_FILE
+    _write_text(path, nats_users_config(spec.fleet, device_ids(root)))
+
+
+def _nats_reload_note(root: Path) -> str:
+    return (
+        f"rewrote {root / 'broker' / 'nats' / USERS_FILE}: reload every NATS node "
+        "(nats-server --signal reload=<pid>, SIGHUP, or systemctl reload byzedge-nats-nK) "
+        "to apply it"
+    )
+
+
 # -- configs --------------------------------------------------------------------------------
 
 
@@ -1162,6 +1185,7 @@ def init_fleet(root: Path, spec: FleetSpec, devices: int, *, force: bool = False
     _write_text(systemd / "byzedge-agent.service", agent_unit())
     _write_text(systemd / "byzedge-coordinator.service", coordinator_unit())
     _write_workers(root, spec, ca)
+    _write_nats_users(root, spec)
     if spec.broker == "nats":
         for node in spec.nats_nodes():
             config = root / "broker" / "nats" / f"{node.name}.conf"
@@ -1208,6 +1232,9 @@ def add_device(root: Path, device_id: str | None = None) -> Report:
     report.notes.append(
         "reload the coordinator (systemctl reload byzedge-coordinator, or SIGHUP) to enrol it"
     )
+    if spec.broker == "nats":
+        _write_nats_users(root, spec)
+        report.notes.append(_nats_reload_note(root))
     return report
 
 
@@ -1245,6 +1272,7 @@ def revoke_device(root: Path, device_id: str) -> Report:
         handle.write(f"{certificate.serial_number:x} {device_id} {now.isoformat()}\n")
     _write_crl(root, ca)
     (root / "devices" / f"{device_id}.pub").unlink(missing_ok=True)
+    _write_nats_users(root, spec)
     return Report(
         devices=[device_id],
         notes=[
@@ -1260,8 +1288,9 @@ def revoke_device(root: Path, device_id: str) -> Report:
             f"removed {root / 'devices' / f'{device_id}.pub'}: reload the coordinator "
             "(systemctl reload byzedge-coordinator, or SIGHUP) and it refuses the "
             "device's updates",
-            "nats-server 2.9 reads no CRL: the device's certificate still connects to the "
-            "cluster's MQTT listener (its updates are refused by the coordinator)",
+            "nats-server 2.9 reads no CRL, so the device's user was removed instead: "
+            + _nats_reload_note(root)
+            + "; after that its certificate is refused on every listener",
         ],
     )
 
