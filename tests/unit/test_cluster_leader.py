@@ -88,6 +88,11 @@ class Played:
         return open_context(payload, self.key.verify_key, fleet=FLEET)
 
     def receipt(self) -> Receipt:
+        """The latest receipt (the leader sends its first right after the context)."""
+        deadline = time.monotonic() + 30
+        while topics.receipts_topic(FLEET) not in self.broker.retained:
+            assert time.monotonic() < deadline, "no receipt"
+            time.sleep(0.01)
         payload = self.broker.retained[topics.receipts_topic(FLEET)]
         return open_receipt(payload, self.key.verify_key, fleet=FLEET)
 
