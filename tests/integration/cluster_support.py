@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from provisioned import Daemon
 
 from byzedge.coordinator.state import CoordinatorState, StateStore
 from byzedge.daemon.rotating import iter_lines
@@ -46,33 +46,6 @@ from byzedge.protocol.signing import SigningKey
 
 FLEET = "cl"
 MODEL = "mlp"
-STOP_TIMEOUT_S = 30.0
-
-
-@dataclass
-class Process:
-    """One byzedge process and its log."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
 
 
 @dataclass
@@ -90,7 +63,7 @@ class ClusterFleet:
     devices: LoadDevices
     key: SigningKey
     broker: BrokerHandle | None = None
-    processes: list[Process] = field(default_factory=list)
+    processes: list[Daemon] = field(default_factory=list)
 
     @property
     def dim(self) -> int:
@@ -124,7 +97,7 @@ class ClusterFleet:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def spawn(self, name: str, *args: str) -> Process:
+    def spawn(self, name: str, *args: str) -> Daemon:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -136,14 +109,14 @@ class ClusterFleet:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        made = Process(name, process, log)
+        made = Daemon(name, process, log)
         self.processes.append(made)
         return made
 
-    def coordinator(self, config: Path, name: str = "coordinator", *args: str) -> Process:
+    def coordinator(self, config: Path, name: str = "coordinator", *args: str) -> Daemon:
         return self.spawn(name, "coordinator", "run", "--config", str(config), *args)
 
-    def worker(self, config: Path, number: int) -> Process:
+    def worker(self, config: Path, number: int) -> Daemon:
         return self.spawn(
             f"worker-{number}",
             "coordinator",
@@ -156,14 +129,14 @@ class ClusterFleet:
             "DEBUG",
         )
 
-    def wait_for_log(self, process: Process, text: str, timeout_s: float = 30.0) -> None:
+    def wait_for_log(self, process: Daemon, text: str, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         while text not in process.log_text():
             if time.monotonic() > deadline or process.process.poll() is not None:
                 self.fail(f"{process.name} did not log {text!r}")
             time.sleep(0.05)
 
-    def start_workers(self, config: Path, count: int) -> list[Process]:
+    def start_workers(self, config: Path, count: int) -> list[Daemon]:
         """Start ``count`` workers and wait until each consumes the update stream."""
         started = [self.worker(config, number) for number in range(1, count + 1)]
         for process in started:
