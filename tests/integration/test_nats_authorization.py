@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import nats
 import nats.errors
 import paho.mqtt.client as paho
+import provisioned
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
@@ -53,6 +55,7 @@ FLEET = "natsauth"
 NODES = 3
 READY_S = 90.0
 WAIT_S = 60.0
+ROUND_TIMEOUT_S = 240.0
 
 
 def _free(port: int) -> bool:
@@ -112,23 +115,32 @@ class Fleet:
         context.load_cert_chain(str(tls / "client.crt"), str(tls / "client.key"))
         return context
 
+    def violations(self) -> list[str]:
+        """Every permission or authorization violation the nodes have logged."""
+        lines = []
+        for k in range(NODES):
+            log = self.root.parent / f"n{k}.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            lines += [line for line in text.splitlines() if "Violation" in line]
+        return lines
+
     def reload(self) -> None:
         """What an operator does after add-device or revoke-device: SIGHUP every node."""
         for process in self.processes:
             process.send_signal(signal.SIGHUP)
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
+@contextmanager
+def _started(fleet: str = FLEET, devices: int = 2) -> Iterator[Fleet]:
     """``byzedge init --broker nats --workers 1`` and its three nodes, started as written."""
     binary = find_nats_server()
     assert binary is not None, "nats-server is required: run scripts/setup"
     base = Path(tempfile.mkdtemp(prefix="byzedge-nats-auth-", dir="/tmp"))
     mqtt_base, nats_base = _port_bases()
     root = base / "fleet"
-    args = ["init", str(root), "--fleet", FLEET, "--devices", "2", "--host", "127.0.0.1"]
-    args += ["--broker", "nats", "--port", str(mqtt_base), "--nats-port", str(nats_base)]
-    assert main([*args, "--workers", "1"]) == 0
+    args = ["init", str(root), "--fleet", fleet, "--devices", str(devices), "--workers", "1"]
+    args += ["--host", "127.0.0.1", "--broker", "nats"]
+    assert main([*args, "--port", str(mqtt_base), "--nats-port", str(nats_base)]) == 0
     running = Fleet(root, mqtt_base, nats_base)
     try:
         for k in range(NODES):
@@ -154,6 +166,13 @@ def fleet() -> Iterator[Fleet]:
                 process.kill()
                 process.wait()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    """One cluster for the module's tests (each uses its own devices and topics)."""
+    with _started() as running:
+        yield running
 
 
 class Mqtt:
@@ -299,7 +318,12 @@ def test_a_device_publishes_only_on_its_own_topics(fleet: Fleet, clients: list[M
         (_topic("update", "dev-000"), b"own"),
         (_topic("update", "dev-000") + "/chunk/0", b"own chunk"),
     ]
-    # The violations did not close the device's connection (2.9.10 drops them silently).
+    # The server logged the forged publishes; they did not close the device's connection
+    # (2.9.10 drops them silently).
+    assert any(
+        'Publish Violation - User "CN=dev-000", Subject "byzedge.natsauth.update.dev-001"' in line
+        for line in fleet.violations()
+    ), fleet.violations()
     assert device.disconnects == 0
     assert device.connects == [0]
 
@@ -495,3 +519,30 @@ def test_add_device_and_revoke_device_take_effect_on_reload(
     assert not again.connected(10.0), again.connects
     # Its old client kept trying to reconnect meanwhile (paho retries every 1-2 s): refused.
     assert device.connects.count(0) == 1, device.connects
+
+
+def test_leader_worker_and_devices_run_a_round_under_their_permissions() -> None:
+    """The daemons as init configured them: leader, one ingest worker, two agents."""
+    with _started(fleet="natsflow") as running:
+        # provisioned.Fleet runs byzedge daemons as processes in the fleet folder; its
+        # "broker" is only used to stop or restart it, which this test does not do.
+        operated = provisioned.Fleet(running.root, running.mqtt_base, running.processes[0])
+        try:
+            operated.coordinator()
+            operated.worker(1)
+            operated.agent("dev-000")
+            operated.agent("dev-001")
+            first, second = operated.wait_for_rounds(2, ROUND_TIMEOUT_S)[:2]
+            worker_log = operated.daemons[1].log_text()
+            violations = running.violations()
+        finally:
+            for daemon in operated.daemons:
+                if daemon.process.poll() is None:
+                    daemon.kill()
+    # Round 2 needs round 1's model: the devices read what the leader published.
+    assert first["accepted_devices"] == second["accepted_devices"] == ["dev-000", "dev-001"]
+    # The worker created and consumed the update stream under the ingest user (the leader
+    # takes updates only from partials when it has workers).
+    assert "created stream BYZ_UPDATES_natsflow" in worker_log
+    # Nobody needed a subject its user lacks.
+    assert violations == []
