@@ -4,6 +4,7 @@ Written beside the fleet's CA, for ``--nodes N`` nodes (three survive one failur
 
     DIR/broker/ca.crt, server.crt, server.key     one server certificate for every node
     DIR/broker/nats/nK.conf                       `nats-server -c DIR/broker/nats/nK.conf`
+    DIR/broker/nats/users.conf                    who may do what (included by every node)
     DIR/broker/nats/nK/                           node K's JetStream store
     DIR/systemd/byzedge-nats-nK.service           one unit per node
 
@@ -12,9 +13,18 @@ device presents its certificate as it does to mosquitto), the NATS client port (
 TLS too: the coordinator's ingest workers and its leader lease connect there with the
 coordinator's certificate), cluster routes to every node, and HTTP monitoring on loopback.
 The design and its limits on nats-server 2.9 are in scale-out.md; in short: MQTT 3.1.1
-only (the devices' ``protocol`` is pinned), no ``.`` in fleet or device ids, and no
-per-device topic ACL here (any device certificate may publish on any topic; the
-coordinator's signature checks still refuse another device's update).
+only (the devices' ``protocol`` is pinned), and no ``.`` in fleet or device ids.
+
+Authorization: both client listeners map a certificate to the user named by its subject
+(``verify_and_map``; the fleet's certificates carry only ``CN=<id>``, so the user is
+``"CN=<id>"``), and ``users.conf`` gives each user its subjects, as the mosquitto ACL
+does: a device publishes only its own update and status and speaks MQTT only (its
+certificate is refused on the NATS port, so it never reaches the JetStream API); the
+ingest workers may create and consume the update stream but not delete it, nor touch
+the leader lease or state; the coordinator holds those; the monitor reads. ``init
+add-device`` and ``revoke-device`` rewrite ``users.conf``; the nodes apply it on reload
+(SIGHUP): nats-server 2.9 reads no CRL, so a revoked device is refused because its user
+is gone. What each user may do, and what is not enforced, is written in ``users.conf``.
 
 Nodes on one host (the default) take consecutive ports: MQTT ``port + K``, NATS clients
 ``nats_port + K``, routes ``nats_port + 2000 + K``, monitoring ``nats_port + 4000 + K``.
@@ -360,14 +370,23 @@ _USERS_HEADER = """\
 # - the monitor reads only;
 # - a revoked device has no user here: after the reload its certificate is refused.
 #
+# What a client observes (nats-server 2.9.10): an MQTT publish outside its permissions
+# is PUBACKed and dropped, and logged as a "Publish Violation"; the connection stays
+# open. A subscription outside them gets a failed SUBACK (0x80). On the NATS port a
+# refused call gets "-ERR Permissions Violation" and no reply. A reload closes the
+# connections of a user it removed.
+#
 # Not enforced here:
-# - nats-server 2.9 reads no CRL: revocation is this file plus a reload of every node;
-# - a connection open before a reload keeps its user until it reconnects (or the reload
-#   closes it: nats-server closes clients whose user was removed);
+# - nats-server 2.9 reads no CRL: revocation is this file plus a reload of every node,
+#   and a node that was not reloaded still accepts the revoked certificate;
+# - what a device's status says (only where it may publish); updates are signed and the
+#   coordinator checks the signatures;
 # - the NATS route port carries no TLS and no auth: keep it on a private network;
-# - the retained status of a device (its last will included) is checked like its other
-#   publishes; what it says is not (the coordinator checks signatures on updates);
-# - JetStream's own subjects used for MQTT sessions and retained messages ($MQTT_*) are
-#   handled by the server itself, not under any user's permissions.
+# - "$MQTT.sub.>" is granted to every user because a QoS 1 MQTT subscription delivers
+#   through it; MQTT clients cannot subscribe "$MQTT/..." topics, but the coordinator's
+#   and the workers' certificates could read other clients' QoS 1 deliveries through it
+#   on the NATS port (they are the fleet's trusted accounts);
+# - the server's own JetStream use for MQTT sessions and retained messages ($MQTT_*
+#   streams) runs outside every user's permissions.
 
 """

@@ -19,6 +19,10 @@ A fleet folder (``DIR``) holds everything a fleet needs, written with :mod:`byze
     DIR/coordinator/ingest/tls/...     with --workers K: the ingest workers' certificate (CN
                                        ingest), and DIR/systemd/byzedge-ingest@.service
 
+With ``--broker nats`` the broker folder holds the cluster's node configs instead
+(:mod:`byzedge.nats_provisioning`), and ``DIR/broker/nats/users.conf``, the per-certificate
+permissions every node includes, which add-device and revoke-device rewrite.
+
 Every config uses paths relative to its own folder, so a folder can be copied as a whole
 (an agent's folder onto its device as ``/etc/byzedge/agent``, the coordinator's and the
 enrolment folder as ``/etc/byzedge/coordinator`` and ``/etc/byzedge/devices``).

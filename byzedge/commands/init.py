@@ -114,7 +114,8 @@ def _revoke_parser() -> argparse.ArgumentParser:
         prog="byzedge init revoke-device",
         description=(
             "Revoke a device: remove its enrolment file (the coordinator refuses its updates "
-            "after a reload) and list its certificate in the broker's CRL."
+            "after a reload) and list its certificate in the broker's CRL (on a NATS "
+            "cluster, which reads no CRL: remove its user from broker/nats/users.conf)."
         ),
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="a fleet folder from byzedge init")
@@ -223,6 +224,8 @@ def _print_nats_summary(root: Path, spec: FleetSpec, report: Report) -> None:
         f"  {len(report.devices)} devices, each with every node's URL",
         "next:",
         *(f"  nats-server -c {root}/broker/nats/{node.name}.conf" for node in nodes),
+        f"  per-certificate permissions: {root}/broker/nats/users.conf (init add-device and "
+        "revoke-device rewrite it; reload every node after)",
         f"  byzedge coordinator run --config {root}/coordinator/coordinator.toml",
         f"  systemd units: {root}/systemd/",
     ]
