@@ -89,6 +89,9 @@ _IDLE_WAIT_S = 0.5
 # A broker that neither answers nor closes a CONNECT (amqtt given an MQTT 5 CONNECT with a
 # will) gets this long before the attempt counts as failed.
 _CONNACK_TIMEOUT_S = 5.0
+# A refused SUBSCRIBE is asked again after 1 s, then twice as long each time, up to 60 s.
+_SUBSCRIBE_RETRY_MIN_S = 1.0
+_SUBSCRIBE_RETRY_MAX_S = 60.0
 # CONNACK reason of a broker that does not speak the requested protocol: 0x84 in MQTT 5,
 # return code 1 in 3.1.1 (which paho reports under the same name).
 _UNSUPPORTED_PROTOCOL = "Unsupported protocol version"
@@ -458,6 +461,8 @@ class MqttClient:
         self._in_flight: dict[int, _Frame] = {}
         self._early_acks: dict[int, Any] = {}
         self._subscribe_mids: dict[int, list[str]] = {}
+        # Refused subscriptions asked again: filter -> (monotonic due time, delay used).
+        self._subscribe_retries: dict[str, tuple[float, float]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -718,6 +723,7 @@ class MqttClient:
             return False
         if self.connected.is_set():
             self._hand_over_subscription_changes(client)
+            self._retry_refused_subscriptions(client)
             self._hand_over_outgoing(client)
             self._hand_over_acks(client)
         elif self._connack_overdue(sock):
@@ -778,6 +784,28 @@ class MqttClient:
             _rc, mid = client.subscribe(topic_filter, qos)
             if mid is not None:
                 self._subscribe_mids[mid] = [topic_filter]
+
+    def _retry_refused_subscriptions(self, client: paho.Client) -> None:
+        """Ask again for subscriptions the broker refused, with a growing delay.
+
+        A refusal may pass: a NATS node answers "Unspecified error" while its MQTT session
+        stream elects a leader (scale-out.md, section 7), and an ingest worker that never
+        subscribed to its round context again would wait forever. An ACL's refusal stays;
+        asking again each minute costs one small packet.
+        """
+        if not self._subscribe_retries:
+            return
+        now = time.monotonic()
+        with self._lock:
+            wanted = dict(self._subscriptions)
+        for topic_filter, (due, delay) in list(self._subscribe_retries.items()):
+            if topic_filter not in wanted:
+                del self._subscribe_retries[topic_filter]
+            elif now >= due:
+                self._subscribe_retries[topic_filter] = (float("inf"), delay)
+                _rc, mid = client.subscribe(topic_filter, wanted[topic_filter])
+                if mid is not None:
+                    self._subscribe_mids[mid] = [topic_filter]
 
     def _hand_over_outgoing(self, client: paho.Client) -> None:
         while True:
@@ -884,6 +912,7 @@ class MqttClient:
         self._delays = self._new_backoff()
         self.subscription_refusals.clear()
         self._subscribe_mids.clear()
+        self._subscribe_retries.clear()  # a new connection subscribes to the whole list
         self.subscribed.clear()
         with self._lock:
             # A fresh connection subscribes to the whole list: pending changes are in it.
@@ -941,14 +970,21 @@ class MqttClient:
     ) -> None:
         filters = self._subscribe_mids.pop(mid, [])
         for topic_filter, reason in zip(filters, reasons, strict=False):
-            if getattr(reason, "is_failure", False):
-                self.subscription_refusals[topic_filter] = str(reason)
+            if not getattr(reason, "is_failure", False):
+                self.subscription_refusals.pop(topic_filter, None)
+                self._subscribe_retries.pop(topic_filter, None)
+                continue
+            _due, previous = self._subscribe_retries.get(topic_filter, (0.0, 0.0))
+            delay = min(_SUBSCRIBE_RETRY_MAX_S, max(_SUBSCRIBE_RETRY_MIN_S, 2 * previous))
+            self._subscribe_retries[topic_filter] = (time.monotonic() + delay, delay)
+            if topic_filter not in self.subscription_refusals:  # once, not every retry
                 _LOGGER.warning(
-                    "client %s: broker refused subscription to %s: %s",
+                    "client %s: broker refused subscription to %s: %s (asking again)",
                     self.client_id,
                     topic_filter,
                     reason,
                 )
+            self.subscription_refusals[topic_filter] = str(reason)
         if not self._subscribe_mids:
             self.subscribed.set()
 

@@ -251,9 +251,16 @@ class DeviceDriver:
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"driver-{id(self)}")
         self._client.max_inflight_messages_set(200)
         self._client.on_message = self._on_message
+        # Subscribed on every CONNACK: a reconnect (a NATS node failing over the MQTT
+        # sessions) may start a clean session, and devices must still see the rounds.
+        self._client.on_connect = self._on_connect
         self._client.connect(fleet.broker.host, fleet.broker.port)
-        self._client.subscribe([(topics.model_topic(FLEET), 1), (topics.receipts_topic(FLEET), 1)])
         self._client.loop_start()
+
+    def _on_connect(
+        self, client: Any, _userdata: Any, _flags: Any, _reason: Any, _props: Any
+    ) -> None:
+        client.subscribe([(topics.model_topic(FLEET), 1), (topics.receipts_topic(FLEET), 1)])
 
     def close(self) -> None:
         self._client.disconnect()
