@@ -560,9 +560,27 @@ def render_markdown(report: FleetBenchReport, before: FleetBenchReport | None = 
         )
     if before is not None:
         lines += _before_after(report, before)
+    lines += _SCALED_OUT
     lines += ["", "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in report.machine.items()]
     return "\n".join(lines) + "\n"
+
+
+# Where the scaled-out runs are: their own commands write their own tables.
+_SCALED_OUT = [
+    "",
+    "## Scaled out: ingest workers, a NATS cluster",
+    "",
+    "- 1, 2 and 4 ingest workers beside a leader on one mosquitto, against the single "
+    "process in the same run: [scale_workers.md](scale_workers.md) "
+    "(`python benchmarks/scale_workers.py`).",
+    "- Updates through MQTT, a replicated JetStream stream and 1 or 2 pull workers on a "
+    "three-node NATS cluster, against raw MQTT on the same cluster: "
+    "[scale_nats.md](scale_nats.md) (`python benchmarks/scale_nats.py`).",
+    "- This machine has 2 cores shared by the load generator, the broker(s), the leader "
+    "and the workers: a worker adds verification capacity only where a core is idle, so "
+    "these curves are flat or bend down here; more cores were not available to measure.",
+]
 
 
 def render_workers_markdown(report: FleetBenchReport) -> str:
