@@ -206,6 +206,10 @@ WantedBy=multi-user.target
 
 def _permissions(publish: Sequence[str], subscribe: Sequence[str]) -> str:
     def block(subjects: Sequence[str]) -> str:
+        if not subjects:
+            # An empty allow list is no restriction at all on 2.9.10 (the monitor's
+            # publishes went through with "allow: []"): deny everything instead.
+            return '{ deny: [">"] }'
         listed = "".join(f'            "{subject}"\n' for subject in subjects)
         return "{ allow: [\n" + listed + "          ] }"
 

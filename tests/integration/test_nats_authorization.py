@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 import signal
 import socket
@@ -68,8 +69,14 @@ def _free(port: int) -> bool:
 
 
 def _port_bases() -> tuple[int, int]:
-    """An MQTT base and a NATS base whose consecutive ports (and +2000, +4000) are free."""
-    for mqtt_base in range(21003, 29000, 41):
+    """An MQTT base and a NATS base whose consecutive ports (and +2000, +4000) are free.
+
+    The scan starts at a place drawn at random: other sessions on this machine run the
+    same tests at the same time, and two that scan alike race for the same ports.
+    """
+    start = random.randrange(20000, 29000)
+    for step in range(0, 9000, 41):
+        mqtt_base = 20000 + (start - 20000 + step) % 9000
         nats_base = mqtt_base + 11000
         wanted = [mqtt_base + k for k in range(NODES)]
         wanted += [nats_base + offset + k for offset in (0, 2000, 4000) for k in range(NODES)]
@@ -119,10 +126,19 @@ class Fleet:
         """Every permission or authorization violation the nodes have logged."""
         lines = []
         for k in range(NODES):
-            log = self.root.parent / f"n{k}.log"
+            log = self.root.parent / f"n{k}.log"  # beside the fleet folder (_start)
             text = log.read_text(errors="replace") if log.exists() else ""
             lines += [line for line in text.splitlines() if "Violation" in line]
         return lines
+
+    def wait_logged(self, text: str) -> bool:
+        """Wait until a node logs a violation line holding ``text``."""
+        deadline = time.monotonic() + WAIT_S
+        while not any(text in line for line in self.violations()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
 
     def reload(self) -> None:
         """What an operator does after add-device or revoke-device: SIGHUP every node."""
@@ -130,41 +146,68 @@ class Fleet:
             process.send_signal(signal.SIGHUP)
 
 
-@contextmanager
-def _started(fleet: str = FLEET, devices: int = 2) -> Iterator[Fleet]:
-    """``byzedge init --broker nats --workers 1`` and its three nodes, started as written."""
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _start(base: Path, fleet: str, devices: int) -> Fleet | None:
+    """Init a fleet in ``base`` on free ports and start its nodes; ``None`` if a port was
+    taken meanwhile (a node exits when it cannot listen)."""
     binary = find_nats_server()
     assert binary is not None, "nats-server is required: run scripts/setup"
-    base = Path(tempfile.mkdtemp(prefix="byzedge-nats-auth-", dir="/tmp"))
     mqtt_base, nats_base = _port_bases()
     root = base / "fleet"
     args = ["init", str(root), "--fleet", fleet, "--devices", str(devices), "--workers", "1"]
     args += ["--host", "127.0.0.1", "--broker", "nats"]
     assert main([*args, "--port", str(mqtt_base), "--nats-port", str(nats_base)]) == 0
     running = Fleet(root, mqtt_base, nats_base)
+    logs = [base / f"n{k}.log" for k in range(NODES)]
+    for k, path in enumerate(logs):
+        config = root / "broker" / "nats" / f"n{k}.conf"
+        with path.open("ab") as log:
+            command = [str(binary), "-c", str(config)]
+            running.processes.append(
+                subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            )
+    # Every listener is bound once a node logs its route listener (the last one it opens).
+    deadline = time.monotonic() + READY_S
+    while (
+        not all(
+            "Listening for route connections" in path.read_text(errors="replace") for path in logs
+        )
+        or _meta_leader(nats_base + 4000) is None
+    ):
+        if any(p.poll() is not None for p in running.processes):
+            _stop(running.processes)
+            return None
+        assert time.monotonic() < deadline, "no JetStream meta leader"
+        time.sleep(0.3)
+    return running
+
+
+@contextmanager
+def _started(fleet: str = FLEET, devices: int = 2) -> Iterator[Fleet]:
+    """``byzedge init --broker nats --workers 1`` and its three nodes, started as written."""
+    running: Fleet | None = None
+    base = Path(tempfile.mkdtemp(prefix="byzedge-nats-auth-", dir="/tmp"))
     try:
-        for k in range(NODES):
-            config = root / "broker" / "nats" / f"n{k}.conf"
-            with (base / f"n{k}.log").open("ab") as log:
-                command = [str(binary), "-c", str(config)]
-                running.processes.append(
-                    subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-                )
-        deadline = time.monotonic() + READY_S
-        while _meta_leader(nats_base + 4000) is None:
-            assert time.monotonic() < deadline, "no JetStream meta leader"
-            assert all(p.poll() is None for p in running.processes), "a node exited"
-            time.sleep(0.3)
+        for attempt in range(5):
+            running = _start(base / str(attempt), fleet, devices)
+            if running is not None:
+                break
+        assert running is not None, "five port ranges were taken while the nodes started"
         yield running
     finally:
-        for process in running.processes:
-            process.terminate()
-        for process in running.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if running is not None:
+            _stop(running.processes)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -334,8 +377,9 @@ def test_a_device_publishes_only_on_its_own_topics(fleet: Fleet, clients: list[M
     assert monitor.subscribe(f"byzedge/{FLEET}/status/+") == [1]
     assert monitor.wait_for(lambda: (_topic("status", "dev-000"), b"online") in monitor.messages)
     assert (_topic("status", "dev-001"), b"offline") not in monitor.messages
-    # ... and may publish nothing: its "model" never reaches a device.
-    monitor.publish(f"byzedge/{FLEET}/model", b"monitor model")
+    # ... and may publish nothing (PUBACKed, dropped, logged).
+    monitor.publish(f"byzedge/{FLEET}/model", b"monitor model", retain=True)
+    assert fleet.wait_logged('Publish Violation - User "CN=monitor"'), fleet.violations()
 
 
 def test_a_device_reads_the_model_but_not_other_devices_updates(
@@ -390,14 +434,31 @@ async def _nats_call(
     return result, errors
 
 
-def test_a_device_certificate_is_refused_on_the_nats_client_port(fleet: Fleet) -> None:
-    async def attempt() -> None:
-        await _nats_call(fleet, "dev-000", lambda js: js.delete_stream(stream_name(FLEET)))
+async def _take_lease(js: Any) -> object:
+    bucket = await js.key_value("byzedge_leader")
+    return await bucket.create(FLEET, b"not the leader")
 
+
+async def _read_state(js: Any) -> object:
+    objects = await js.object_store("byzedge_state")
+    return await objects.get(f"fleet.{FLEET}.state")
+
+
+async def _write_state(js: Any) -> object:
+    objects = await js.object_store("byzedge_state")
+    return await objects.put(f"fleet.{FLEET}.state", b"forged")
+
+
+async def _delete_stream(js: Any) -> object:
+    return await js.delete_stream(stream_name(FLEET))
+
+
+def test_a_device_certificate_is_refused_on_the_nats_client_port(fleet: Fleet) -> None:
     # Devices are MQTT-only users: no stream deletion, no lease, no state, not even a
     # connection.
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        asyncio.run(attempt())
+    for call in (_delete_stream, _take_lease, _read_state, _write_state):
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            asyncio.run(_nats_call(fleet, "dev-000", call))
 
 
 def _state() -> CoordinatorState:
@@ -442,29 +503,11 @@ def test_only_the_coordinator_holds_the_lease_and_the_state(fleet: Fleet, tmp_pa
 
     # An ingest worker's certificate: no stream deletion, no lease key, no state.
     for identity in ("ingest", "coordinator"):
-        deleted, errors = asyncio.run(
-            _nats_call(fleet, identity, lambda js: js.delete_stream(stream))
-        )
+        deleted, errors = asyncio.run(_nats_call(fleet, identity, _delete_stream))
         assert isinstance(deleted, TimeoutError), deleted
         assert any("permissions violation" in error for error in errors), errors
 
-    async def take_lease(js: Any) -> object:
-        bucket = await js.key_value("byzedge_leader")
-        return await bucket.create(FLEET, b"ingest")
-
-    taken, errors = asyncio.run(_nats_call(fleet, "ingest", take_lease))
-    assert isinstance(taken, TimeoutError), taken
-    assert any("permissions violation" in error for error in errors), errors
-
-    async def read_state(js: Any) -> object:
-        objects = await js.object_store("byzedge_state")
-        return await objects.get(f"fleet.{FLEET}.state")
-
-    async def write_state(js: Any) -> object:
-        objects = await js.object_store("byzedge_state")
-        return await objects.put(f"fleet.{FLEET}.state", b"forged")
-
-    for call in (read_state, write_state):
+    for call in (_take_lease, _read_state, _write_state):
         result, errors = asyncio.run(_nats_call(fleet, "ingest", call))
         assert isinstance(result, TimeoutError), result
         assert any("permissions violation" in error for error in errors), errors
@@ -497,6 +540,12 @@ def test_add_device_and_revoke_device_take_effect_on_reload(
     assert main(["init", "add-device", str(fleet.root), "--device-id", "dev-007"]) == 0
     users = (fleet.root / "broker" / "nats" / "users.conf").read_text()
     assert 'user: "CN=dev-007"' in users
+    # Until the nodes reload, the new certificate maps to no user and is refused.
+    early = Mqtt(fleet, "dev-007").start()
+    clients.append(early)
+    # CONNACK "not authorized" (3.1.1 return code 5, which paho reports as 135).
+    assert early.wait_for(lambda: 135 in early.connects), early.connects
+    assert 0 not in early.connects
     fleet.reload()
     # The reload is asynchronous: a fresh client per attempt until the new user is known.
     deadline = time.monotonic() + WAIT_S
@@ -516,8 +565,10 @@ def test_add_device_and_revoke_device_take_effect_on_reload(
     assert device.wait_for(lambda: device.disconnects > 0), "the revoked device stayed on"
     again = Mqtt(fleet, "dev-007", node=2).start()
     clients.append(again)
-    assert not again.connected(10.0), again.connects
-    # Its old client kept trying to reconnect meanwhile (paho retries every 1-2 s): refused.
+    assert again.wait_for(lambda: 135 in again.connects), again.connects
+    assert 0 not in again.connects
+    # Its old client tries to reconnect (paho retries every 1-2 s): refused too.
+    assert device.wait_for(lambda: 135 in device.connects), device.connects
     assert device.connects.count(0) == 1, device.connects
 
 
