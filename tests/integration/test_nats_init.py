@@ -9,6 +9,7 @@ port with the coordinator's certificate.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import ssl
@@ -47,8 +48,14 @@ def _free(port: int) -> bool:
 
 
 def _port_bases() -> tuple[int, int]:
-    """An MQTT base and a NATS base whose consecutive ports (and +2000, +4000) are free."""
-    for mqtt_base in range(20000, 29000, 37):
+    """An MQTT base and a NATS base whose consecutive ports (and +2000, +4000) are free.
+
+    The scan starts at a random place: other sessions on this machine run these tests at
+    the same time, and two scans from the same start race for the same ports.
+    """
+    start = random.randrange(9000)
+    for step in range(0, 9000, 37):
+        mqtt_base = 20000 + (start + step) % 9000
         nats_base = mqtt_base + 11000
         wanted = [mqtt_base + k for k in range(NODES)]
         wanted += [nats_base + offset + k for offset in (0, 2000, 4000) for k in range(NODES)]
