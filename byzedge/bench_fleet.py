@@ -268,7 +268,13 @@ def _raw_baseline(
 
 
 def _coordinator_settings(
-    workdir: Path, broker: BrokerHandle, config: FleetConfig, rounds: int, fleet: str
+    workdir: Path,
+    broker: BrokerHandle,
+    config: FleetConfig,
+    rounds: int,
+    fleet: str,
+    *,
+    nats_servers: Sequence[str] = (),
 ) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "fleet": fleet,
@@ -286,6 +292,10 @@ def _coordinator_settings(
     if config.workers:  # a leader: updates must fit one message (see the module docstring)
         settings["max_update_bytes"] = DEFAULT_MAX_MESSAGE_BYTES
         settings["cluster"] = {"workers": config.workers, "partial_flush_s": _PARTIAL_FLUSH_S}
+        if nats_servers:  # the workers consume a JetStream stream; the broker speaks 3.1.1
+            settings["cluster"] |= {"broker": "nats", "nats_servers": list(nats_servers)}
+    if nats_servers:
+        settings["mqtt"]["protocol"] = "3.1.1"
     return settings
 
 
@@ -306,6 +316,7 @@ def _measure(
     rounds: int,
     workdir: Path,
     progress: Callable[[str], None],
+    nats_servers: Sequence[str] = (),
 ) -> FleetRow:
     # A fleet per configuration: the previous coordinator's persistent session (the
     # broker keeps queueing its fleet's updates for it) must not see this one's messages.
@@ -340,7 +351,10 @@ def _measure(
     devices.enrol(workdir / "devices")
     settings = workdir / "coordinator.json"
     settings.write_text(
-        json.dumps(_coordinator_settings(workdir, broker, config, rounds, fleet)), encoding="utf-8"
+        json.dumps(
+            _coordinator_settings(workdir, broker, config, rounds, fleet, nats_servers=nats_servers)
+        ),
+        encoding="utf-8",
     )
     workers = _start_workers(settings, config.workers)
     watcher = _ModelWatcher(broker, fleet, coordinator_key.verify_key)
@@ -415,6 +429,7 @@ def run_fleet_bench(
     progress: Callable[[str, str], None] | None = None,
     broker: BrokerHandle | None = None,
     workers: Sequence[int] = (0,),
+    nats_servers: Sequence[str] = (),
 ) -> FleetBenchReport:
     """Measure every configuration; see the module docstring.
 
@@ -435,6 +450,9 @@ def run_fleet_bench(
         A running broker; a private mosquitto by default.
     workers:
         Ingest workers per configuration: 0 is the single coordinator process.
+    nats_servers:
+        With ``broker`` a NATS cluster's MQTT listener: its nodes' ``nats://`` URLs; the
+        workers then consume a JetStream stream (``[cluster] broker = "nats"``).
     """
     grid = [
         FleetConfig(n, m, c, k)
@@ -473,6 +491,7 @@ def run_fleet_bench(
                             rounds=rounds,
                             workdir=root / f"bench{index}",
                             progress=report,
+                            nats_servers=nats_servers,
                         )
                     )
                 finally:

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -165,7 +166,13 @@ class BrokerHandle:
 
 
 def free_port(host: str = _HOST) -> int:
-    """Return a TCP port on ``host`` that was free a moment ago.
+    """Return a TCP port on ``host`` that was free a moment ago, outside the ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` comes from the range it also uses for the
+    source ports of outgoing connections: between the pick and the broker's own bind (or
+    a restart of a killed broker on the same port), another process's connection, or a
+    NATS node's route dialling its peers, may take it ("address already in use"). Ports
+    below that range are never taken that way, so one is tried at random first.
 
     Parameters
     ----------
@@ -175,13 +182,38 @@ def free_port(host: str = _HOST) -> int:
     Returns
     -------
     int
-        A port number chosen by the kernel.
+        A port number.
     """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PORT_RNG.randrange(_PRIVATE_PORTS_FROM, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port = sock.getsockname()[1]
-    assert isinstance(port, int)  # noqa: S101 - AF_INET addresses are (host, port)
-    return port
+        chosen = sock.getsockname()[1]
+    assert isinstance(chosen, int)  # noqa: S101 - AF_INET addresses are (host, port)
+    return chosen
+
+
+# Test brokers' ports are drawn from here up to the ephemeral range's start; from the OS's
+# randomness, so that a test seeding `random` cannot make two processes draw alike.
+_PRIVATE_PORTS_FROM = 20_000
+_PORT_RNG = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 when it cannot be read)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+    return low if low > _PRIVATE_PORTS_FROM + 1_000 else 32_768
 
 
 def find_mosquitto() -> Path | None:
