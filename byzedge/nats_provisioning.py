@@ -33,6 +33,7 @@ With ``node_hosts`` (one host per node) every node uses the base ports.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,9 +228,9 @@ def _user(
     # Devices and the monitor speak MQTT only: their certificates are refused on the NATS
     # client port, so they never reach the JetStream API, $MQTT.sub.> or _INBOX.>.
     kinds = '"STANDARD", "MQTT"' if nats else '"MQTT"'
+    comment = "".join(f"    # {line}\n" for line in textwrap.wrap(note, 84))
     return (
-        f"    # {note}\n"
-        "    {\n"
+        comment + "    {\n"
         f'        user: "CN={name}"\n'
         f"        allowed_connection_types: [{kinds}]\n"
         + _permissions(publish, subscribe)
@@ -364,13 +365,13 @@ _USERS_HEADER = """\
 # from the fleet CA whose subject, "CN=<id>", is not listed is refused at connect):
 # - a device publishes only on byzedge/{fleet}/update/<its id> (and below it) and
 #   byzedge/{fleet}/status/<its id>, and reads only the model, broadcast, resync,
-#   receipts and round-context topics. A publish elsewhere is dropped (see the tests);
-#   on the NATS port it may use no JetStream API at all (no stream deletion, no lease,
-#   no state);
+#   receipts and round-context topics; a publish elsewhere is dropped. Its certificate
+#   is refused on the NATS port (an MQTT-only user), so it reaches no JetStream API: no
+#   stream deletion, no lease, no state;
 # - the ingest workers may look up, create and consume the update stream (never delete
 #   or purge it), and may not touch the leader lease or state;
 # - the coordinator holds the lease (KV byzedge_leader) and the state (object store
-#   byzedge_state);
+#   byzedge_state); it too may not delete or purge the update stream;
 # - the monitor reads only;
 # - a revoked device has no user here: after the reload its certificate is refused.
 #
