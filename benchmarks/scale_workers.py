@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
             broker=broker,
             nats_servers=nats_servers,
         )
-    markdown = render_workers_markdown(report)
+    markdown = render_workers_markdown(report, nats=args.nats)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "scale_workers_nats" if args.nats else "scale_workers"
     (args.out / f"{name}.md").write_text(markdown, encoding="utf-8")

@@ -585,6 +585,17 @@ def render_markdown(report: FleetBenchReport, before: FleetBenchReport | None = 
     return "\n".join(lines) + "\n"
 
 
+# How the workers' table names the broker: (where devices publish, how workers share the
+# stream, who shares the cores), for mosquitto and for a NATS cluster.
+_BROKER_WORDS = {
+    False: ("a private mosquitto", "an MQTT v5 shared subscription", "mosquitto"),
+    True: (
+        "node 0 of a private three-node NATS cluster (MQTT 3.1.1)",
+        "a durable pull consumer of the fleet's R3 JetStream stream",
+        "the three NATS nodes",
+    ),
+}
+
 # Where the scaled-out runs are: their own commands write their own tables.
 _SCALED_OUT = [
     "",
@@ -602,8 +613,10 @@ _SCALED_OUT = [
 ]
 
 
-def render_workers_markdown(report: FleetBenchReport) -> str:
+def render_workers_markdown(report: FleetBenchReport, *, nats: bool = False) -> str:
     """The sharded-ingest table: each configuration with 0 (one process), 1, 2, ... workers.
+
+    ``nats``: the run was on a three-node NATS cluster (``scale_workers.py --nats``).
 
     *round upd/s* counts every row the same way, from the first publish to the round
     summary (the leader's summary, after the workers' partials), so rows with and
@@ -622,10 +635,10 @@ def render_workers_markdown(report: FleetBenchReport) -> str:
         "",
         f"Each configuration ran {report.rounds} rounds (the first warms up). The load "
         f"generator published through {report.connections} MQTT connections (QoS 1) to "
-        "a private mosquitto, all on this machine. *workers 0* is one coordinator process "
-        "that verifies every update; *workers K* is the coordinator as leader plus K "
-        "`coordinator ingest-worker` processes sharing the updates through an MQTT v5 "
-        f"shared subscription (`partial_flush_s = {_PARTIAL_FLUSH_S}`). *round upd/s* = "
+        f"{_BROKER_WORDS[nats][0]}, all on this machine. *workers 0* is one coordinator "
+        "process that verifies every update; *workers K* is the coordinator as leader plus K "
+        f"`coordinator ingest-worker` processes sharing the updates through "
+        f"{_BROKER_WORDS[nats][1]} (`partial_flush_s = {_PARTIAL_FLUSH_S}`). *round upd/s* = "
         "accepted updates / time from the first publish to the round summary, the median of "
         "the rounds after the first; *raw* is a plain subscriber receiving the same messages "
         "in the same run.",
@@ -654,7 +667,8 @@ def render_workers_markdown(report: FleetBenchReport) -> str:
         "",
         "## Reading",
         "",
-        f"The load generator, mosquitto, the leader and the K workers share this machine's "
+        f"The load generator, {_BROKER_WORDS[nats][2]}, the leader and the K workers share "
+        "this machine's "
         f"{cores} cores: a worker adds verification capacity (Ed25519, SHA-256, decoding, "
         "which the leader no longer does) only where a core is idle, and costs a process, "
         "a broker hop and a partial per flush where none is.",

@@ -234,21 +234,30 @@ def _run_coordinator(settings: dict[str, Any], results: _Events) -> None:
 def _coordinator(
     config: CoordinatorConfig, devices: DeviceRegistry, on_round: Callable[[RoundSummary], None]
 ) -> Coordinator:
-    """The coordinator, or with ``[cluster] workers`` the leader (holding the file lease)."""
+    """The coordinator, or with ``[cluster] workers`` the leader (holding the broker's lease)."""
     from byzedge.coordinator.cluster.leader import ClusterLeader  # noqa: PLC0415
-    from byzedge.coordinator.cluster.lease import FileLease  # noqa: PLC0415
+    from byzedge.coordinator.cluster.lease import build_lease  # noqa: PLC0415
     from byzedge.coordinator.service import Coordinator  # noqa: PLC0415
     from byzedge.protocol.signing import SigningKey  # noqa: PLC0415
 
     key = SigningKey.load(config.signing_key)
     if config.cluster.workers == 0:
         return Coordinator(config, signing_key=key, devices=devices, on_round=on_round)
-    lease = FileLease(config.state_dir)
+    _register_broker(config)
+    lease = build_lease(config)
     epoch = lease.acquire()
     assert epoch is not None  # noqa: S101 - acquire() without a timeout blocks until held
     return ClusterLeader(
         config, signing_key=key, devices=devices, lease=lease, epoch=epoch, on_round=on_round
     )
+
+
+def _register_broker(config: CoordinatorConfig) -> None:
+    """Load the NATS source, lease and state store when the config names that broker."""
+    if config.cluster.broker == "nats":
+        from byzedge.coordinator.cluster.nats_factory import register_nats  # noqa: PLC0415
+
+        register_nats()
 
 
 def worker_process(settings: dict[str, Any], number: int) -> None:
@@ -266,6 +275,7 @@ def worker_process(settings: dict[str, Any], number: int) -> None:
     results = _Events()
     try:
         config = CoordinatorConfig.model_validate(settings)
+        _register_broker(config)
         source = build_source(config, config.mqtt, number)
         worker = IngestWorker(
             config,
