@@ -445,11 +445,16 @@ class TrainingMethod(Protocol):
         Whether the server's step leaves a compressed broadcast in
         :attr:`ServerState.broadcast` that devices can follow instead of the dense model
         (Byz-EF21-BC).
+    server_mirrors:
+        Whether the server keeps a ``d``-float mirror of every device's estimator and
+        aggregates all of them each round (EF21, DASHA, Clip21-SGD2M): ``n d`` floats in
+        memory and in the state file.
     """
 
     name: ClassVar[str]
     compressor_class: ClassVar[Literal["unbiased", "contractive", "any"]]
     compressed_broadcast: ClassVar[bool]
+    server_mirrors: ClassVar[bool]
 
     # server half
     def plan(self, round_number: int, params: Vector, state: ServerState) -> RoundPlan:

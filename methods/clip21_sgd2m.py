@@ -113,6 +113,7 @@ class Clip21SGD2M:
     name: ClassVar[str] = "clip21-sgd2m"
     compressor_class: ClassVar[Literal["unbiased", "contractive", "any"]] = "any"
     compressed_broadcast: ClassVar[bool] = False
+    server_mirrors: ClassVar[bool] = True
     default_aggregator: ClassVar[tuple[str, Mapping[str, Any]]] = DEFAULT_AGGREGATOR
     option_names: ClassVar[tuple[str, ...]] = (
         "step_size",

@@ -95,6 +95,7 @@ class ByzDashaPage:
     name: ClassVar[str] = "byz-dasha-page"
     compressor_class: ClassVar[Literal["unbiased", "contractive", "any"]] = "unbiased"
     compressed_broadcast: ClassVar[bool] = False
+    server_mirrors: ClassVar[bool] = True
     default_aggregator: ClassVar[tuple[str, Mapping[str, Any]]] = DEFAULT_AGGREGATOR
     option_names: ClassVar[tuple[str, ...]] = (
         "step_size",

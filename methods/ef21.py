@@ -98,6 +98,7 @@ class ByzEF21:
     name: ClassVar[str] = "byz-ef21"
     compressor_class: ClassVar[Literal["unbiased", "contractive", "any"]] = "contractive"
     compressed_broadcast: ClassVar[bool] = False
+    server_mirrors: ClassVar[bool] = True
     default_aggregator: ClassVar[tuple[str, Mapping[str, Any]]] = DEFAULT_AGGREGATOR
     option_names: ClassVar[tuple[str, ...]] = ("step_size", "full_batch", "batch_size", "seed")
 

@@ -100,6 +100,7 @@ class ByzVRMarina:
     name: ClassVar[str] = "byz-vr-marina"
     compressor_class: ClassVar[Literal["unbiased", "contractive", "any"]] = "unbiased"
     compressed_broadcast: ClassVar[bool] = False
+    server_mirrors: ClassVar[bool] = False
     default_aggregator: ClassVar[tuple[str, Mapping[str, Any]]] = DEFAULT_AGGREGATOR
     option_names: ClassVar[tuple[str, ...]] = (
         "step_size",

@@ -279,6 +279,7 @@ class MomentumSGD:
     name: ClassVar[str] = "br-sgdm"
     compressor_class: ClassVar[Literal["unbiased", "contractive", "any"]] = "any"
     compressed_broadcast: ClassVar[bool] = False
+    server_mirrors: ClassVar[bool] = False
 
     def __init__(self, **options: OptionValue) -> None:
         self.step_size = check_positive("step_size", options.get("step_size", 0.1))

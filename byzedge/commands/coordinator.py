@@ -175,9 +175,45 @@ def _check_config_ok(args: argparse.Namespace, config: CoordinatorConfig, enroll
         if code:
             return code
     spec, _ = resolve_model(config.model, config.model_template)
+    if spec is not None:
+        problems = mirror_problems(config.algorithm, enrolled, spec.dim, physical_memory())
+        if problems:
+            return report_problems("coordinator", problems)
     print(describe(spec) if spec is not None else f"model {config.model}")
     print(f"{args.config}: ok (fleet {config.fleet}, {enrolled} enrolled devices)")
     return 0
+
+
+def physical_memory() -> int:
+    """Return the memory of this machine in bytes (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 0
+
+
+def mirror_problems(algorithm: str, enrolled: int, dim: int, memory: int) -> list[str]:
+    """A method keeping a mirror of every device that would not fit in memory.
+
+    EF21, DASHA and Clip21-SGD2M keep ``d`` floats per device on the server and aggregate
+    all of them each round: at 10^6 devices and the 4,810-parameter ``mlp`` that is 19 GB,
+    held, rewritten into the state file and read by the robust rule every round. More
+    than half of the machine's memory is refused before the coordinator runs out of it.
+    """
+    from byzedge.methods import METHODS  # noqa: PLC0415
+
+    method = METHODS.get(algorithm)
+    if method is None or not method.server_mirrors or memory <= 0:
+        return []
+    need = enrolled * dim * 4
+    if need <= memory // 2:
+        return []
+    return [
+        f"algorithm {algorithm}: a mirror of {dim:,} floats for each of {enrolled:,} enrolled "
+        f"devices is {need / 1e9:.1f} GB, over half of this machine's {memory / 1e9:.1f} GB, "
+        "and every round aggregates all of them; use a method without server mirrors "
+        "(fedavg, byz-vr-marina, byz-vr-marina-pp) or a smaller model"
+    ]
 
 
 def _run(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from byzedge.cli import main
+from byzedge.commands.coordinator import mirror_problems
 from byzedge.protocol.signing import SigningKey
 
 
@@ -268,3 +269,17 @@ def test_tls_key_without_a_tls_table_is_a_usage_error(
     assert _errors(capsys) == [
         "byzedge coordinator: --tls-key was given but the config has no [mqtt.tls] table"
     ]
+
+
+def test_mirrors_of_a_million_devices_that_do_not_fit_are_a_problem() -> None:
+    gib = 1 << 30
+    # EF21 at 10^6 devices and mlp's 4,810 parameters: 19.2 GB of mirrors on a 24 GiB host.
+    problems = mirror_problems("byz-ef21", 1_000_000, 4_810, 24 * gib)
+    assert len(problems) == 1
+    assert "19.2 GB" in problems[0]
+    assert "byz-vr-marina" in problems[0]
+    # The same fleet fits at 10^4 devices; methods without mirrors never need them.
+    assert mirror_problems("byz-ef21", 10_000, 4_810, 24 * gib) == []
+    assert mirror_problems("byz-dasha-page", 1_000_000, 4_810, 24 * gib) != []
+    assert mirror_problems("byz-vr-marina", 1_000_000, 4_810, 24 * gib) == []
+    assert mirror_problems("fedavg", 1_000_000, 4_810, 24 * gib) == []
