@@ -606,7 +606,10 @@ _SCALED_OUT = [
     "(`python benchmarks/scale_workers.py`).",
     "- Updates through MQTT, a replicated JetStream stream and 1 or 2 pull workers on a "
     "three-node NATS cluster, against raw MQTT on the same cluster: "
-    "[scale_nats.md](scale_nats.md) (`python benchmarks/scale_nats.py`).",
+    "[scale_nats.md](scale_nats.md) (`python benchmarks/scale_nats.py`); the whole "
+    "coordinator with 0, 1, 2 and 4 workers on that cluster: "
+    "[scale_workers_nats.md](scale_workers_nats.md) "
+    "(`python benchmarks/scale_workers.py --nats`).",
     "- This machine has 2 cores shared by the load generator, the broker(s), the leader "
     "and the workers: a worker adds verification capacity only where a core is idle, so "
     "these curves are flat or bend down here; more cores were not available to measure.",
