@@ -92,10 +92,13 @@ def _port_bases() -> tuple[int, int]:
     The scan starts at a place drawn at random: other sessions on this machine run the
     same tests at the same time, and two that scan alike race for the same ports.
     """
-    start = random.randrange(20000, 29000)
-    for step in range(0, 9000, 41):
-        mqtt_base = 20000 + (start - 20000 + step) % 9000
-        nats_base = mqtt_base + 11000
+    # Every port (the highest is nats_base + 4002 < 31100) stays below the kernel's
+    # ephemeral range (32768 and up): there a node's route dialling a peer could take
+    # a listener's port as its source port.
+    start = random.randrange(7000)
+    for step in range(0, 7000, 41):
+        mqtt_base = 12000 + (start + step) % 7000
+        nats_base = mqtt_base + 8000
         wanted = [mqtt_base + k for k in range(NODES)]
         wanted += [nats_base + offset + k for offset in (0, 2000, 4000) for k in range(NODES)]
         if all(_free(port) for port in wanted):
