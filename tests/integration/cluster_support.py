@@ -254,13 +254,27 @@ class DeviceDriver:
         # Subscribed on every CONNACK: a reconnect (a NATS node failing over the MQTT
         # sessions) may start a clean session, and devices must still see the rounds.
         self._client.on_connect = self._on_connect
+        # A NATS node refuses SUBSCRIBEs while its MQTT session stream elects a leader:
+        # asked again a second later, as the product's client (daemon.mqtt) does.
+        self._client.on_subscribe = self._on_subscribe
         self._client.connect(fleet.broker.host, fleet.broker.port)
         self._client.loop_start()
 
+    def _subscribe(self) -> None:
+        self._client.subscribe([(topics.model_topic(FLEET), 1), (topics.receipts_topic(FLEET), 1)])
+
     def _on_connect(
-        self, client: Any, _userdata: Any, _flags: Any, _reason: Any, _props: Any
+        self, _client: Any, _userdata: Any, _flags: Any, _reason: Any, _props: Any
     ) -> None:
-        client.subscribe([(topics.model_topic(FLEET), 1), (topics.receipts_topic(FLEET), 1)])
+        self._subscribe()
+
+    def _on_subscribe(
+        self, _client: Any, _userdata: Any, _mid: int, reasons: Any, _props: Any
+    ) -> None:
+        if any(getattr(reason, "is_failure", False) for reason in reasons):
+            retry = threading.Timer(1.0, self._subscribe)
+            retry.daemon = True
+            retry.start()
 
     def close(self) -> None:
         self._client.disconnect()
