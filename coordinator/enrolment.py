@@ -46,6 +46,7 @@ __all__ = [
     "DatabaseEnrolment",
     "Enrolment",
     "EnrolmentStoreError",
+    "KeyCache",
     "SortedIds",
     "SqliteEnrolment",
     "closing_enrolment",
@@ -53,6 +54,7 @@ __all__ = [
     "enrolment_dsn",
     "open_database_enrolment",
     "open_enrolment",
+    "read_key_folder",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -151,6 +153,73 @@ _SCHEMA = (
 )
 
 
+class KeyCache:
+    """The parsed keys a database store keeps: an LRU of at most ``size`` keys.
+
+    Parsing a key is the cost a lookup saves: a round of 10,000 devices reads each key
+    once from the database, then from here (benchmarks/results/enrolment.md).
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            msg = f"cache_size must be at least 1, got {size}"
+            raise ValueError(msg)
+        self.size = size
+        self._keys: OrderedDict[str, VerifyKey] = OrderedDict()
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._keys
+
+    def get(self, device_id: str) -> VerifyKey | None:
+        """The cached key of ``device_id`` (now the most recently used), or ``None``."""
+        key = self._keys.get(device_id)
+        if key is not None:
+            self._keys.move_to_end(device_id)
+        return key
+
+    def put(self, device_id: str, key: VerifyKey) -> None:
+        """Keep ``key``, evicting the least recently used beyond :attr:`size`."""
+        self._keys[device_id] = key
+        self._keys.move_to_end(device_id)
+        if len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+
+    def pop(self, device_id: str) -> None:
+        """Forget ``device_id``'s key (enrolled again, or revoked)."""
+        self._keys.pop(device_id, None)
+
+    def missing(self, device_ids: Iterable[str]) -> list[str]:
+        """The ids of ``device_ids`` not cached, once each, at most :attr:`size` of them.
+
+        A prefetch reads no more: ids beyond the LRU's size would evict each other.
+        """
+        wanted = [d for d in dict.fromkeys(device_ids) if d not in self._keys]
+        return wanted[: self.size]
+
+
+def read_key_folder(folder: Path) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The ``(device_id, raw key)`` of every ``<device_id>.pub`` in ``folder``, and the skips.
+
+    A file with a bad name or key is skipped with one line saying why, as the files
+    store skips it with a warning.
+
+    Raises
+    ------
+    NotADirectoryError
+        When ``folder`` is not a folder.
+    """
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder")
+    pairs: list[tuple[str, bytes]] = []
+    skipped: list[str] = []
+    for path in sorted(folder.glob("*.pub")):
+        try:
+            pairs.append((validate_device_id(path.stem), VerifyKey.load(path).raw))
+        except (ProtocolError, OSError) as exc:
+            skipped.append(f"{path}: {exc}")
+    return pairs, skipped
+
+
 class SqliteEnrolment(Mapping[str, VerifyKey]):
     """Enrolled devices in an embedded SQLite database (WAL mode).
 
@@ -169,17 +238,13 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
     """
 
     def __init__(self, path: Path, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
-        if cache_size < 1:
-            msg = f"cache_size must be at least 1, got {cache_size}"
-            raise ValueError(msg)
+        self._cache = KeyCache(cache_size)
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         # The coordinator reads from its main loop and reloads on SIGHUP in the same loop;
         # the lock keeps a shared connection safe if a caller uses another thread.
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
-        self._cache: OrderedDict[str, VerifyKey] = OrderedDict()
-        self._cache_size = cache_size
         self._sorted = SortedIds()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -196,7 +261,6 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
         with self._lock:
             key = self._cache.get(device_id)
             if key is not None:
-                self._cache.move_to_end(device_id)
                 return key
             row = self._db.execute(
                 "SELECT public_key FROM devices WHERE device_id = ? AND revoked = 0",
@@ -205,9 +269,7 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
             if row is None:
                 raise KeyError(device_id)
             key = VerifyKey.from_raw(bytes(row[0]))
-            self._cache[device_id] = key
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._cache.put(device_id, key)
             return key
 
     def __contains__(self, device_id: object) -> bool:
@@ -261,8 +323,7 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
         queries costs a fraction of one query per update (benchmarks/results/enrolment.md).
         Ids beyond the LRU's size are not read (they would evict each other).
         """
-        wanted = [d for d in dict.fromkeys(device_ids) if d not in self._cache]
-        wanted = wanted[: self._cache_size]
+        wanted = self._cache.missing(device_ids)
         found = 0
         with self._lock:
             for start in range(0, len(wanted), _PREFETCH_CHUNK):
@@ -274,15 +335,9 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
                     chunk,
                 ).fetchall()
                 for device_id, raw in rows:
-                    self._remember(device_id, VerifyKey.from_raw(bytes(raw)))
+                    self._cache.put(device_id, VerifyKey.from_raw(bytes(raw)))
                 found += len(rows)
         return found
-
-    def _remember(self, device_id: str, key: VerifyKey) -> None:
-        self._cache[device_id] = key
-        self._cache.move_to_end(device_id)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
 
     def _list_ids(self) -> list[str]:
         rows = self._db.execute(
@@ -321,7 +376,7 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
             enrolled: list[str] = []
             revoked: list[str] = []
             for device_id, is_revoked in rows:
-                self._cache.pop(device_id, None)
+                self._cache.pop(device_id)
                 (revoked if is_revoked else enrolled).append(device_id)
         return enrolled, revoked
 
@@ -355,7 +410,7 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
                 ((device_id, raw, when, seq) for device_id, raw in rows),
             )
             for device_id, _ in rows:
-                self._cache.pop(device_id, None)
+                self._cache.pop(device_id)
         return len(rows)
 
     def revoke(self, device_id: str) -> bool:
@@ -366,7 +421,7 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
                 "UPDATE devices SET revoked = 1, seq = ? WHERE device_id = ? AND revoked = 0",
                 (seq, device_id),
             ).rowcount
-            self._cache.pop(device_id, None)
+            self._cache.pop(device_id)
         return changed > 0
 
     def import_folder(self, folder: Path) -> tuple[int, list[str]]:
@@ -375,15 +430,7 @@ class SqliteEnrolment(Mapping[str, VerifyKey]):
         Returns the number imported and one line per skipped file (a bad name or key, as
         the files store skips it with a warning).
         """
-        if not folder.is_dir():
-            raise NotADirectoryError(f"{folder} is not a folder")
-        pairs: list[tuple[str, bytes]] = []
-        skipped: list[str] = []
-        for path in sorted(folder.glob("*.pub")):
-            try:
-                pairs.append((validate_device_id(path.stem), VerifyKey.load(path).raw))
-            except (ProtocolError, OSError) as exc:
-                skipped.append(f"{path}: {exc}")
+        pairs, skipped = read_key_folder(folder)
         return self.enrol_many(pairs), skipped
 
     def close(self) -> None:

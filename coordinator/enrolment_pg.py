@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -27,8 +26,13 @@ import psycopg
 from numpy.typing import NDArray
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from byzedge.coordinator.enrolment import DEFAULT_CACHE_SIZE, EnrolmentStoreError, SortedIds
-from byzedge.protocol.errors import ProtocolError
+from byzedge.coordinator.enrolment import (
+    DEFAULT_CACHE_SIZE,
+    EnrolmentStoreError,
+    KeyCache,
+    SortedIds,
+    read_key_folder,
+)
 from byzedge.protocol.signing import VerifyKey
 from byzedge.protocol.topics import validate_device_id
 
@@ -107,14 +111,10 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
     """
 
     def __init__(self, dsn: str, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
-        if cache_size < 1:
-            msg = f"cache_size must be at least 1, got {cache_size}"
-            raise ValueError(msg)
+        self._cache = KeyCache(cache_size)
         self._dsn = dsn
         self._label = redact_dsn(dsn)
         self._lock = threading.RLock()
-        self._cache: OrderedDict[str, VerifyKey] = OrderedDict()
-        self._cache_size = cache_size
         self._sorted = SortedIds()
         self._db = self._connect()
         try:
@@ -133,7 +133,6 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
         with self._lock:
             key = self._cache.get(device_id)
             if key is not None:
-                self._cache.move_to_end(device_id)
                 return key
             row = self._query_one(
                 "SELECT public_key FROM byzedge_devices WHERE device_id = %s AND NOT revoked",
@@ -142,9 +141,7 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
             if row is None:
                 raise KeyError(device_id)
             key = VerifyKey.from_raw(bytes(row[0]))
-            self._cache[device_id] = key
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._cache.put(device_id, key)
             return key
 
     def __contains__(self, device_id: object) -> bool:
@@ -223,8 +220,7 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
         keys instead of one per update (benchmarks/results/enrolment.md). Ids beyond the
         LRU's size are not read (they would evict each other).
         """
-        wanted = [d for d in dict.fromkeys(device_ids) if d not in self._cache]
-        wanted = wanted[: self._cache_size]
+        wanted = self._cache.missing(device_ids)
         if not wanted:
             return 0
 
@@ -238,10 +234,7 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
         with self._lock:
             rows = self._retrying(read)
             for device_id, raw in rows:
-                self._cache[str(device_id)] = VerifyKey.from_raw(bytes(raw))
-                self._cache.move_to_end(str(device_id))
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+                self._cache.put(str(device_id), VerifyKey.from_raw(bytes(raw)))
         return len(rows)
 
     def refresh(self) -> tuple[list[str], list[str]]:
@@ -264,7 +257,7 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
             enrolled: list[str] = []
             revoked: list[str] = []
             for device_id, is_revoked in rows:
-                self._cache.pop(str(device_id), None)
+                self._cache.pop(str(device_id))
                 (revoked if is_revoked else enrolled).append(str(device_id))
             return enrolled, revoked
 
@@ -319,7 +312,7 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
         with self._lock:
             self._retrying(write)
             for device_id, _ in rows:
-                self._cache.pop(device_id, None)
+                self._cache.pop(device_id)
         return len(rows)
 
     def revoke(self, device_id: str) -> bool:
@@ -337,7 +330,7 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
 
         with self._lock:
             changed = self._retrying(write)
-            self._cache.pop(device_id, None)
+            self._cache.pop(device_id)
         return changed > 0
 
     def import_folder(self, folder: Path) -> tuple[int, list[str]]:
@@ -346,15 +339,7 @@ class PostgresEnrolment(Mapping[str, VerifyKey]):
         Returns the number imported and one line per skipped file (a bad name or key, as
         the files store skips it with a warning).
         """
-        if not folder.is_dir():
-            raise NotADirectoryError(f"{folder} is not a folder")
-        pairs: list[tuple[str, bytes]] = []
-        skipped: list[str] = []
-        for path in sorted(folder.glob("*.pub")):
-            try:
-                pairs.append((validate_device_id(path.stem), VerifyKey.load(path).raw))
-            except (ProtocolError, OSError) as exc:
-                skipped.append(f"{path}: {exc}")
+        pairs, skipped = read_key_folder(folder)
         return self.enrol_many(pairs), skipped
 
     def close(self) -> None:
