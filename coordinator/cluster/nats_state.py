@@ -102,7 +102,7 @@ class JetStreamStateStore:
         tls: ssl.SSLContext | None = None,
         bucket: str = DEFAULT_BUCKET,
         save_timeout_s: float = 60.0,
-        load_timeout_s: float = 30.0,
+        load_timeout_s: float = 60.0,
     ) -> None:
         self._local = local
         self.fleet = fleet
@@ -181,13 +181,23 @@ class JetStreamStateStore:
     # -- the cluster's copy ------------------------------------------------------------
 
     def _load_shared(self) -> CoordinatorState | None:
+        deadline = time.monotonic() + self.load_timeout_s
         if not self._link.wait_ready(self.load_timeout_s):
             msg = f"fleet {self.fleet}: no NATS cluster within {self.load_timeout_s:.0f} s"
             raise SharedStateError(msg)
-        try:
-            blob = self._link.call(lambda _js: self._get(), _CALL_TIMEOUT_S)
-        except _TRANSIENT as exc:
-            raise SharedStateError(f"fleet {self.fleet}: state not readable: {exc}") from exc
+        while True:
+            # A read during a stream leader election times out: asked again until the
+            # deadline, as a save is, since a standby takes over just after a failure.
+            try:
+                blob = self._link.call(lambda _js: self._get(), _CALL_TIMEOUT_S)
+            except _TRANSIENT as exc:
+                if time.monotonic() >= deadline:
+                    msg = f"fleet {self.fleet}: state not readable: {exc}"
+                    raise SharedStateError(msg) from exc
+                _LOGGER.warning("fleet %s: state not readable yet, retrying: %s", self.fleet, exc)
+                time.sleep(1.0)
+            else:
+                break
         if blob is None:
             return None
         try:

@@ -46,8 +46,15 @@ def stores(nats_cluster: NatsCluster) -> Iterator[list[JetStreamStateStore]]:
 def _store(
     cluster: NatsCluster, folder: Path, epoch: int, made: list[JetStreamStateStore]
 ) -> JetStreamStateStore:
+    # Generous: on a loaded machine a stream leader election after a node kill takes a
+    # while, and both a save and a load wait it out.
     store = JetStreamStateStore(
-        StateStore(folder), cluster.nats_urls, FLEET, epoch=epoch, save_timeout_s=30.0
+        StateStore(folder),
+        cluster.nats_urls,
+        FLEET,
+        epoch=epoch,
+        save_timeout_s=90.0,
+        load_timeout_s=90.0,
     )
     made.append(store)
     return store
