@@ -48,11 +48,6 @@ class DownlinkMessages:
     mode: BroadcastMode
     messages: tuple[tuple[str, bytes], ...]
 
-    @property
-    def broadcast_bytes(self) -> int:
-        """Size of the broadcast: what a following device downloads this round."""
-        return len(self.messages[0][1])
-
 
 def _same(a: NDArray[np.float32], b: NDArray[np.float32]) -> bool:
     """Bitwise equality (``-0.0`` and ``+0.0`` differ, as in the digests)."""

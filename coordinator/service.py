@@ -769,19 +769,27 @@ class Coordinator:
         for entry in entries:
             outcome = self._ingest.submit_payload(entry.device_id, entry.payload, window)
             self._take(outcome, intake, journaled=True)
-        if entries:
-            _LOGGER.info(
-                "round %d: %d update(s) recovered from the journal, %d accepted",
-                window.round,
-                len(entries),
-                len(intake.accepted),
-            )
-            self._audit_event(
-                "journal-recovered",
-                round=window.round,
-                entries=len(entries),
-                accepted=sorted(intake.accepted),
-            )
+        self._journal_recovered(window.round, len(entries), "update(s)", intake)
+
+    def _journal_recovered(
+        self, round_number: int, entries: int, what: str, intake: _Intake
+    ) -> None:
+        """Log and audit what a restart took back from the round's journal (if anything)."""
+        if not entries:
+            return
+        _LOGGER.info(
+            "round %d: %d %s recovered from the journal, %d update(s) accepted",
+            round_number,
+            entries,
+            what,
+            len(intake.accepted),
+        )
+        self._audit_event(
+            "journal-recovered",
+            round=round_number,
+            entries=entries,
+            accepted=sorted(intake.accepted),
+        )
 
     def _take(
         self, outcome: IngestOutcome | None, intake: _Intake, *, journaled: bool = False

@@ -199,19 +199,7 @@ class ClusterLeader(Coordinator):
             partial = self._decode(entry.payload)
             if partial is not None and self._for_this_round(partial):
                 self._take_partial(partial, intake)
-        if entries:
-            _LOGGER.info(
-                "round %d: %d partial(s) recovered from the journal, %d update(s) held",
-                window.round,
-                len(entries),
-                len(intake.accepted),
-            )
-            self._audit_event(
-                "journal-recovered",
-                round=window.round,
-                entries=len(entries),
-                accepted=sorted(intake.accepted),
-            )
+        self._journal_recovered(window.round, len(entries), "partial(s)", intake)
         _LOGGER.info(
             "round %d: %s mode (epoch %d), %d device(s) expected",
             window.round,
